@@ -1,0 +1,92 @@
+"""Shared test helpers: host-state guards that restore what a test changed, even when it fails."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+HUGEPAGES_SYSFS = Path("/sys/kernel/mm/hugepages")
+HOST_LOCK = Path("/run/vfiotask-tests.lock")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+requires_root = pytest.mark.skipif(not is_root(), reason="needs root (changes host state)")
+
+
+def status_field(name: str, pid: int | str = "self") -> int:
+    """A `kB` field of /proc/PID/status in bytes (VmLck, VmPin, ...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(name)
+
+
+@pytest.fixture
+def host_lock() -> Iterator[None]:
+    """Serialize tests that change host-wide state (hugepage pools, libvirtd) across processes."""
+    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(HOST_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _pool_files() -> list[Path]:
+    files = list(HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages"))
+    files += list(Path("/sys/devices/system/node").glob("node*/hugepages/hugepages-*/nr_hugepages"))
+    return files
+
+
+@pytest.fixture
+def hugepage_pools(host_lock: None) -> Iterator[None]:
+    """Let a test resize hugepage pools; every pool is put back as it was afterwards."""
+    if not is_root():
+        pytest.skip("needs root to resize hugepage pools")
+    saved = {path: path.read_text() for path in HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages")}
+    try:
+        yield
+    finally:
+        for path, value in saved.items():
+            path.write_text(value)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private VFIOTASK_STATE_DIR, so tests never touch /run/vfiotask."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("VFIOTASK_STATE_DIR", str(path))
+    return path
+
+
+def vfiotask_command() -> list[str]:
+    exe = shutil.which("vfiotask", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "vfiotask.integrations.cli.main"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None,
+            timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed `vfiotask` command as a user would, capturing its output."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [*(prefix or []), *vfiotask_command(), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=input,
+    )

@@ -1,0 +1,1 @@
+"""The `vfiotask` command: a thin layer of argparse over the library."""

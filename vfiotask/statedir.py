@@ -1,0 +1,21 @@
+"""Where vfiotask keeps what must survive the process: limits, journals, bind records.
+
+`/run` is right for all of it: it is per boot, like the pins, reservations and bindings it
+describes, so a reboot cannot leave a journal that points at state that no longer exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("/run/vfiotask")
+STATE_DIR_ENV = "VFIOTASK_STATE_DIR"
+
+
+def state_dir(create: bool = True) -> Path:
+    """The state directory, from VFIOTASK_STATE_DIR or /run/vfiotask, created 0700 on demand."""
+    path = Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    if create:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
