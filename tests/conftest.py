@@ -90,3 +90,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, prefix: list[str] | N
         timeout=timeout,
         input=input,
     )
+
+
+@pytest.fixture
+def hugetlbfs_mount(hugepage_pools: None, tmp_path: Path) -> Iterator[Path]:
+    """A private hugetlbfs mount (2 MiB pages), unmounted afterwards."""
+    mountpoint = tmp_path / "hugetlbfs"
+    mountpoint.mkdir()
+    result = subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mountpoint)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount hugetlbfs: {result.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
