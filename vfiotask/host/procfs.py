@@ -1,0 +1,79 @@
+"""Readers of /proc/PID files: locked memory, capabilities and limits of a process.
+
+The accountant must start from what the kernel already charges to a process (VmLck + VmPin)
+and must know whether the limit applies at all (CAP_IPC_LOCK), so these are read from the same
+files the kernel writes.  `proc_root` lets tests hand in a small fake tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+CAP_IPC_LOCK = 14
+RLIM_INFINITY = -1  # what psutil and resource report for "unlimited"
+
+
+def _pid_dir(pid: int | None, proc_root: Path) -> Path:
+    return proc_root / ("self" if pid is None else str(pid))
+
+
+def status_fields(pid: int | None = None, *, proc_root: Path = PROC) -> dict[str, str]:
+    """/proc/PID/status as a dict of raw values (`'VmLck': '0 kB'`)."""
+    fields: dict[str, str] = {}
+    for line in (_pid_dir(pid, proc_root) / "status").read_text().splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def status_bytes(name: str, pid: int | None = None, *, proc_root: Path = PROC) -> int:
+    """A `kB` field of /proc/PID/status in bytes; 0 when the kernel does not show it."""
+    value = status_fields(pid, proc_root=proc_root).get(name)
+    if not value:
+        return 0
+    number, _, unit = value.partition(" ")
+    return int(number) * (1024 if unit.strip() == "kB" else 1)
+
+
+@dataclass(frozen=True)
+class LockedMemory:
+    """What the kernel charges to a process's locked_vm / pinned_vm, in bytes."""
+
+    vm_lck: int
+    vm_pin: int
+
+    @property
+    def total(self) -> int:
+        return self.vm_lck + self.vm_pin
+
+
+def locked_memory(pid: int | None = None, *, proc_root: Path = PROC) -> LockedMemory:
+    fields = status_fields(pid, proc_root=proc_root)
+
+    def kb(name: str) -> int:
+        value = fields.get(name, "0 kB").split()
+        return int(value[0]) * 1024 if value else 0
+
+    return LockedMemory(vm_lck=kb("VmLck"), vm_pin=kb("VmPin"))
+
+
+def effective_capabilities(pid: int | None = None, *, proc_root: Path = PROC) -> int:
+    """The CapEff bit mask of a process."""
+    return int(status_fields(pid, proc_root=proc_root).get("CapEff", "0"), 16)
+
+
+def has_capability(capability: int, pid: int | None = None, *, proc_root: Path = PROC) -> bool:
+    return bool(effective_capabilities(pid, proc_root=proc_root) >> capability & 1)
+
+
+def memlock_limit_from_limits(pid: int | None = None, *, proc_root: Path = PROC) -> tuple[int, int]:
+    """(soft, hard) RLIMIT_MEMLOCK from /proc/PID/limits; RLIM_INFINITY for `unlimited`."""
+    for line in (_pid_dir(pid, proc_root) / "limits").read_text().splitlines():
+        if line.startswith("Max locked memory"):
+            values = line[len("Max locked memory") :].split()
+            soft, hard = (RLIM_INFINITY if v == "unlimited" else int(v) for v in values[:2])
+            return soft, hard
+    raise ValueError(f"no 'Max locked memory' line in {_pid_dir(pid, proc_root) / 'limits'}")
