@@ -1,0 +1,155 @@
+"""Hugepage reservations: per owner, all nodes or none, journaled, given back exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import requires_root
+from vfiotask.errors import HugepageShortageError, UsageError, VfiotaskError
+from vfiotask.host.hugepages import HugepagePools
+from vfiotask.jobs.hugepages import HugepageReserver
+from vfiotask.journal import Journal
+
+MiB2 = 2 << 20
+
+
+def make_sysfs(root: Path, nodes: int = 2, sizes_kb: tuple[int, ...] = (2048, 1048576)) -> Path:
+    """A sysfs tree with empty pools, as a host with `nodes` NUMA nodes shows it."""
+    for size in sizes_kb:
+        dirs = [root / f"sys/kernel/mm/hugepages/hugepages-{size}kB"]
+        dirs += [root / f"sys/devices/system/node/node{n}/hugepages/hugepages-{size}kB" for n in range(nodes)]
+        for directory in dirs:
+            directory.mkdir(parents=True)
+            for name in ("nr_hugepages", "free_hugepages", "surplus_hugepages", "resv_hugepages"):
+                (directory / name).write_text("0\n")
+    (root / "proc").mkdir()
+    (root / "proc/meminfo").write_text("MemTotal: 24000000 kB\nHugepagesize:       2048 kB\n")
+    return root
+
+
+class KernelLikePools(HugepagePools):
+    """Pools in a fixture tree whose nodes hold at most `capacity[node]` pages, as a full node does."""
+
+    def __init__(self, root: Path, capacity: dict[int | None, int]) -> None:
+        super().__init__(root)
+        self.capacity = capacity
+
+    def set_total(self, page_size: int, count: int, node: int | None = None) -> int:
+        return super().set_total(page_size, min(count, self.capacity.get(node, 1 << 30)), node)
+
+
+def pool_count(root: Path, node: int, size_kb: int = 2048) -> int:
+    path = root / f"sys/devices/system/node/node{node}/hugepages/hugepages-{size_kb}kB/nr_hugepages"
+    return int(path.read_text())
+
+
+def reserver(tmp_path: Path, capacity: dict[int | None, int] | None = None) -> HugepageReserver:
+    root = make_sysfs(tmp_path / "root") if not (tmp_path / "root").exists() else tmp_path / "root"
+    return HugepageReserver(KernelLikePools(root, capacity or {}), Journal("hugepages", tmp_path / "state"))
+
+
+def test_reserve_grows_every_node_and_release_gives_exactly_that_back(tmp_path: Path) -> None:
+    r = reserver(tmp_path)
+    root = r.pools.root
+    (root / "sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages").write_text("3\n")
+
+    held = r.reserve("guest1", {0: 8 * MiB2, 1: 4 * MiB2 + 1})
+
+    assert (pool_count(root, 0), pool_count(root, 1)) == (8, 3 + 5)
+    assert held.pages == {0: 8, 1: 5} and held.page_size == MiB2
+    assert [o.owner for o in r.owners()] == ["guest1"]
+    assert r.release("guest1") == held
+    assert (pool_count(root, 0), pool_count(root, 1)) == (0, 3)
+    assert r.owners() == []
+
+
+def test_reserving_again_is_a_no_op(tmp_path: Path) -> None:
+    r = reserver(tmp_path)
+    r.reserve("guest1", {0: 4 * MiB2})
+    again = r.reserve("guest1", {0: 4 * MiB2})
+    assert again.already_held
+    assert pool_count(r.pools.root, 0) == 4
+    with pytest.raises(UsageError, match="already holds"):
+        r.reserve("guest1", {0: 8 * MiB2})
+    assert pool_count(r.pools.root, 0) == 4
+
+
+def test_two_owners_add_up_and_release_independently(tmp_path: Path) -> None:
+    r = reserver(tmp_path)
+    r.reserve("a", {0: 2 * MiB2})
+    r.reserve("b", {0: 3 * MiB2})
+    assert pool_count(r.pools.root, 0) == 5
+    r.release("a")
+    assert pool_count(r.pools.root, 0) == 3
+    assert r.release("a") is None
+    assert pool_count(r.pools.root, 0) == 3
+
+
+def test_shortfall_on_one_node_undoes_every_node(tmp_path: Path) -> None:
+    r = reserver(tmp_path, capacity={1: 6})
+    with pytest.raises(HugepageShortageError, match=r"node 1 gave 6 of 10 hugepages of 2.0 MiB") as info:
+        r.reserve("guest1", {0: 10 * MiB2, 1: 10 * MiB2})
+    assert info.value.exit_status == 3
+    assert (pool_count(r.pools.root, 0), pool_count(r.pools.root, 1)) == (0, 0)
+    assert r.owners() == []
+
+
+@pytest.mark.parametrize("index", [1, 2])
+def test_injected_failure_undoes_what_grew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
+    monkeypatch.setenv("VFIOTASK_FAIL", f"hugepages:{index}")
+    r = reserver(tmp_path)
+    with pytest.raises(VfiotaskError, match="EIO") as info:
+        r.reserve("guest1", {0: 4 * MiB2, 1: 4 * MiB2})
+    assert info.value.exit_status == 1
+    assert (pool_count(r.pools.root, 0), pool_count(r.pools.root, 1)) == (0, 0)
+    assert r.owners() == []
+
+
+def test_bad_requests_change_nothing(tmp_path: Path) -> None:
+    r = reserver(tmp_path)
+    with pytest.raises(UsageError, match=r"no hugepage pool of 4\.0 MiB"):
+        r.reserve("g", {0: MiB2}, page_size=4 << 20)
+    with pytest.raises(UsageError, match="NUMA node 7"):
+        r.reserve("g", {7: MiB2})
+    with pytest.raises(UsageError, match="owner"):
+        r.reserve("a/\n", {0: MiB2})
+    assert pool_count(r.pools.root, 0) == 0
+    assert not (tmp_path / "state/hugepages.json").exists()
+
+
+def test_default_page_size_comes_from_meminfo(tmp_path: Path) -> None:
+    r = reserver(tmp_path)
+    assert r.reserve("g", {None: 1}).page_size == MiB2
+    assert int((r.pools.root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").read_text()) == 1
+
+
+@requires_root
+def test_real_pool_reserve_and_release(hugepage_pools: None, tmp_path: Path) -> None:
+    pools = HugepagePools()
+    if MiB2 not in pools.page_sizes():
+        pytest.skip("no 2 MiB hugepage pool on this kernel")
+    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    node = pools.nodes()[0] if pools.nodes() else None
+    before = pools.state(MiB2, node).total
+    r.reserve("test-real", {node: 8 * MiB2}, MiB2)
+    assert pools.state(MiB2, node).total == before + 8
+    assert pools.state(MiB2, node).free >= 8
+    r.release("test-real")
+    assert pools.state(MiB2, node).total == before
+
+
+@requires_root
+def test_real_pool_that_cannot_grow_is_left_as_it_was(hugepage_pools: None, tmp_path: Path) -> None:
+    pools = HugepagePools()
+    gib = 1 << 30
+    if gib not in pools.page_sizes():
+        pytest.skip("no 1 GiB hugepage pool on this kernel")
+    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    before = pools.state(gib).total
+    too_much = (Path("/proc/meminfo").read_text().split()[1])  # MemTotal in kB
+    with pytest.raises(HugepageShortageError, match="nothing was kept"):
+        r.reserve("test-huge", {None: int(too_much) * 1024 * 2}, gib)
+    assert pools.state(gib).total == before
+    assert r.owners() == []

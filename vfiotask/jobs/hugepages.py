@@ -1,0 +1,243 @@
+"""Hugepage reservations per owner: grown on every node at once, undone on a shortfall, journaled.
+
+A reservation adds pages to the kernel's persistent pools for one owner (a guest, an admin's
+name) and its release takes exactly those pages away again, so two owners never fight over a
+count and a reboot-free host goes back to the pools it had.  Asking the kernel for pages on a
+large NUMA host means compacting and zeroing memory per node, which is why each node's pool is
+one part of an engine task; a node that cannot give all its pages puts its own pool back and
+fails the task, and the engine shrinks the pools that already grew.  The journal lock serializes
+reservations across processes, and an owner that reserves again gets what it already has.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vfiotask.engine import Engine, Part, Task
+from vfiotask.errors import (
+    HostStateError,
+    HugepageShortageError,
+    TaskFailed,
+    UsageError,
+    VfiotaskError,
+    describe_exception,
+)
+from vfiotask.host.hugepages import HugepagePools, PoolState
+from vfiotask.journal import Journal
+from vfiotask.units import format_size
+
+TASK_NAME = "hugepages"
+JOURNAL_NAME = "hugepages"
+ANY_NODE = "any"
+
+
+def default_engine() -> Engine:
+    """The host's engine policy when the host layer provides one, else the plain engine."""
+    try:
+        module = importlib.import_module("vfiotask.host.cpus")
+    except ImportError:
+        return Engine()
+    engine: Engine = module.host_engine()
+    return engine
+
+
+def _node_key(node: int | None) -> str:
+    return ANY_NODE if node is None else str(node)
+
+
+def _node_of(key: str) -> int | None:
+    return None if key == ANY_NODE else int(key)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What `owner` holds: `pages[node]` pages of `page_size` bytes (node None: the global pool)."""
+
+    owner: str
+    page_size: int
+    pages: Mapping[int | None, int]
+    already_held: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.page_size * sum(self.pages.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "page_size": self.page_size,
+            "pages": {_node_key(node): count for node, count in self.pages.items()},
+            "bytes": self.size,
+            "already_held": self.already_held,
+        }
+
+    @classmethod
+    def from_journal(cls, owner: str, record: Mapping[str, Any]) -> Reservation:
+        return cls(owner, int(record["page_size"]), {_node_of(k): int(v) for k, v in record["pages"].items()})
+
+
+def validate_owner(owner: str) -> str:
+    if not owner or len(owner) > 200 or not owner.isascii() or not owner.isprintable():
+        raise UsageError(f"owner {owner!r} is not usable", hint="use a short printable ASCII name, e.g. the guest's")
+    return owner
+
+
+class HugepageReserver:
+    """Reservations against the pools under `pools.root`, journaled in `journal`."""
+
+    def __init__(
+        self,
+        pools: HugepagePools | None = None,
+        journal: Journal | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.pools = pools or HugepagePools()
+        self.journal = journal or Journal(JOURNAL_NAME)
+        self.engine = engine
+
+    # -- choosing ------------------------------------------------------------------------------
+
+    def resolve_page_size(self, page_size: int | None) -> int:
+        sizes = self.pools.page_sizes()
+        if not sizes:
+            raise HugepageShortageError(
+                "this kernel offers no hugepage pools", hint="enable CONFIG_HUGETLBFS or back the guest otherwise"
+            )
+        if page_size is None:
+            default = self.pools.default_page_size()
+            return default if default in sizes else sizes[0]
+        if page_size not in sizes:
+            offered = ", ".join(format_size(size) for size in sizes)
+            raise UsageError(f"no hugepage pool of {format_size(page_size)}", hint=f"use one of: {offered}")
+        return page_size
+
+    def _check_node(self, node: int | None) -> None:
+        if node is not None and node not in self.pools.nodes():
+            known = ", ".join(map(str, self.pools.nodes())) or "none"
+            raise UsageError(f"NUMA node {node} has no hugepage pools", hint=f"use one of the nodes: {known}")
+
+    # -- reserving -----------------------------------------------------------------------------
+
+    def reserve(self, owner: str, demands: Mapping[int | None, int], page_size: int | None = None) -> Reservation:
+        """Give `owner` at least `demands[node]` bytes of hugepages on each node, or nothing at all."""
+        validate_owner(owner)
+        size = self.resolve_page_size(page_size)
+        wanted: dict[int | None, int] = {}
+        for node, nbytes in demands.items():
+            self._check_node(node)
+            if nbytes <= 0:
+                raise UsageError(f"hugepage size {nbytes} must be greater than zero", hint="give a size such as 1G")
+            wanted[node] = wanted.get(node, 0) + -(-nbytes // size)
+        if not wanted:
+            raise UsageError("nothing to reserve", hint="give a size")
+        with self.journal.locked() as data:
+            owners = data.setdefault("owners", {})
+            if owner in owners:
+                held = Reservation.from_journal(owner, owners[owner])
+                if held.page_size == size and dict(held.pages) == wanted:
+                    return Reservation(owner, size, held.pages, already_held=True)
+                raise UsageError(
+                    f"owner {owner!r} already holds {format_size(held.size)} of hugepages",
+                    hint=f"release it first: vfiotask hugepages release --owner {owner}",
+                )
+            self._grow(size, wanted)
+            owners[owner] = Reservation(owner, size, wanted).to_json()
+        return Reservation(owner, size, wanted)
+
+    def _grow(self, page_size: int, wanted: dict[int | None, int]) -> None:
+        order = list(wanted)
+        lock = threading.Lock()
+        added: dict[int, int] = {}
+
+        def grow(start: int, end: int) -> None:
+            for index in range(start, end):
+                node = order[index]
+                before = self.pools.state(page_size, node).total
+                got = self.pools.set_total(page_size, before + wanted[node], node) - before
+                if got < wanted[node]:
+                    self.pools.set_total(page_size, before, node)
+                    where = "the global pool" if node is None else f"node {node}"
+                    raise HugepageShortageError(
+                        f"{where} gave {max(got, 0)} of {wanted[node]} hugepages of {format_size(page_size)} "
+                        f"asked for; nothing was kept",
+                        hint="free memory or reserve at boot (hugepages= on the kernel command line), then retry",
+                    )
+                with lock:
+                    added[index] = got
+
+        def shrink(start: int, end: int) -> None:
+            for index in range(start, end):
+                node = order[index]
+                with lock:
+                    count = added.pop(index, 0)
+                total = self.pools.state(page_size, node).total
+                self.pools.set_total(page_size, max(total - count, 0), node)
+
+        parts = [Part(index, 1, node) for index, node in enumerate(order)]
+        task = Task(name=TASK_NAME, chunk=grow, parts=parts, undo=shrink, min_chunk=1, align=1)
+        try:
+            (self.engine or default_engine()).run(task)
+        except TaskFailed as exc:
+            if exc.undo_errors:
+                raise HostStateError(
+                    f"hugepage reservation failed and could not be undone: {exc.one_line()}",
+                    hint="check the pools with 'vfiotask hugepages status' and shrink them by hand",
+                ) from exc
+            if isinstance(exc.cause, VfiotaskError):
+                raise exc.cause from exc
+            raise VfiotaskError(
+                f"hugepage reservation failed ({describe_exception(exc.cause)}); nothing was kept",
+                hint="check the pools with 'vfiotask hugepages status' and the kernel log",
+            ) from exc
+
+    # -- releasing -----------------------------------------------------------------------------
+
+    def release(self, owner: str) -> Reservation | None:
+        """Give back what `owner` holds; None when it holds nothing (releasing twice is harmless)."""
+        validate_owner(owner)
+        with self.journal.locked() as data:
+            record = data.get("owners", {}).get(owner)
+            if record is None:
+                return None
+            held = Reservation.from_journal(owner, record)
+            failures = []
+            for node, count in held.pages.items():
+                try:
+                    total = self.pools.state(held.page_size, node).total
+                    self.pools.set_total(held.page_size, max(total - count, 0), node)
+                except OSError as exc:
+                    failures.append(f"node {_node_key(node)}: {describe_exception(exc)}")
+            del data["owners"][owner]
+        if failures:
+            raise HostStateError(
+                f"could not shrink every pool for {owner!r}: {'; '.join(failures)}",
+                hint="check the pools with 'vfiotask hugepages status'",
+            )
+        return held
+
+    # -- showing -------------------------------------------------------------------------------
+
+    def owners(self) -> list[Reservation]:
+        data = self.journal.read()
+        return [Reservation.from_journal(owner, record) for owner, record in sorted(data.get("owners", {}).items())]
+
+    def pools_state(self) -> list[PoolState]:
+        states = []
+        for size in self.pools.page_sizes():
+            states.append(self.pools.state(size))
+            states.extend(self.pools.state(size, node) for node in self.pools.nodes())
+        return states
+
+
+def reserve(owner: str, demands: Mapping[int | None, int], page_size: int | None = None,
+            *, root: Path = Path("/")) -> Reservation:
+    return HugepageReserver(HugepagePools(root)).reserve(owner, demands, page_size)
+
+
+def release(owner: str, *, root: Path = Path("/")) -> Reservation | None:
+    return HugepageReserver(HugepagePools(root)).release(owner)
