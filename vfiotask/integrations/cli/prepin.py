@@ -1,9 +1,219 @@
-"""`vfiotask prepin` (placeholder until its issue lands)."""
+"""`vfiotask prepin`: open a guest RAM region, prefault it in parallel, pin it, report.
+
+A thin layer over the library: `open_region`, `prefault`, `pin`.  With no arguments it runs the
+embedded default that `make run` shows: 1 GiB of memfd, pinned with mlock when the memlock
+budget allows (otherwise it says why on stderr and shows the prefault alone).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vfiotask.engine import HelperKind
+from vfiotask.errors import MemlockLimitError, UsageError
+from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
+from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
+from vfiotask.memory.accountant import LockedMemoryAccountant
+from vfiotask.memory.region import Region, RegionSpec, open_region
+from vfiotask.units import format_size, parse_size
+
+DEFAULT_SIZE = "1G"
+DEFAULT_BACKING = "memfd"
+PIN_MODES = ("auto", "none", "mlock", "vfio", "mock")
+SYSFS_ROOT_ENV = "VFIOTASK_SYSFS_ROOT"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    return None
+    parser = subparsers.add_parser(
+        "prepin",
+        help="prefault and pin guest RAM in parallel",
+        description="Prefault a guest RAM region on every usable CPU, pin it, and report. "
+        "With no arguments: 1 GiB memfd, pinned when the memlock limit allows.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", default=DEFAULT_SIZE, help="region size, e.g. 4G (K, M, G, T; default 1G)")
+    parser.add_argument(
+        "--backing", default=DEFAULT_BACKING, metavar="anon|memfd|PATH",
+        help="anonymous memory, a memfd (default), or a file on tmpfs or hugetlbfs",
+    )
+    parser.add_argument("--page-size", metavar="SIZE", help="hugetlb page size for a memfd (2M, 1G)")
+    parser.add_argument("--node", type=int, metavar="N", help="bind the region to NUMA node N")
+    parser.add_argument("--threads", default="auto", metavar="auto|N", help="most workers to use (default auto)")
+    parser.add_argument(
+        "--helpers", default="auto", choices=("auto", "thread", "process"),
+        help="helper threads or processes for the prefault (default: the faster for the backing)",
+    )
+    parser.add_argument("--min-chunk", metavar="SIZE", help=f"smallest chunk (default {format_size(MIN_CHUNK)})")
+    parser.add_argument(
+        "--pin", default="auto", choices=PIN_MODES,
+        help="auto: mlock when the memlock budget allows; none; mlock; vfio or mock: DMA-map through a container",
+    )
+    parser.add_argument("--group", type=int, metavar="N", help="IOMMU group for --pin vfio/mock")
+    parser.add_argument("--device", metavar="ADDR", help="PCI device for --pin vfio/mock (its group is used)")
+    parser.add_argument("--iova", default="0", metavar="BASE", help="IOVA the region is mapped at (default 0)")
+    parser.add_argument(
+        "--sysfs-root", type=Path, default=os.environ.get(SYSFS_ROOT_ENV) or None, metavar="DIR",
+        help=f"sysfs tree to read devices from (env {SYSFS_ROOT_ENV})",
+    )
+    parser.add_argument("--domain", metavar="NAME", help="prepare the RAM of libvirt domain NAME instead")
+    parser.add_argument("--force", action="store_true", help="allow a backing file on a disk filesystem")
+    parser.add_argument("--hold", action="store_true", help="keep the pins until SIGTERM or SIGINT, then undo")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+@dataclass
+class Options:
+    """The command's arguments, checked."""
+
+    spec: RegionSpec
+    max_threads: int
+    helpers: HelperKind | None
+    min_chunk: int
+    pin: str
+
+
+def parse_threads(text: str) -> int:
+    """`auto` -> 0 (the engine decides), else a positive count."""
+    if text == "auto":
+        return 0
+    if not text.strip().lstrip("-").isdigit():
+        raise UsageError(f"--threads {text!r} is not a number", hint="give auto or a count of 1 or more")
+    count = int(text)
+    if count < 1:
+        raise UsageError(f"--threads {count}: at least one thread is needed", hint="give auto or a count of 1 or more")
+    return count
+
+
+def parse_int(text: str, what: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not a number", hint="give a decimal or 0x-prefixed number") from None
+
+
+def options(args: argparse.Namespace) -> Options:
+    size = parse_size(args.size, what="--size")
+    page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
+    if args.node is not None and args.node < 0:
+        raise UsageError(f"--node {args.node} does not exist", hint="give an online NUMA node number")
+    helpers = None if args.helpers == "auto" else HelperKind(args.helpers)
+    return Options(
+        spec=RegionSpec(size=size, backing=args.backing, page_size=page_size, node=args.node, force=args.force),
+        max_threads=parse_threads(args.threads),
+        helpers=helpers,
+        min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk else MIN_CHUNK,
+        pin=args.pin,
+    )
+
+
+def _open_backend(args: argparse.Namespace) -> contextlib.AbstractContextManager[PinBackend]:
+    if args.pin in ("vfio", "mock"):
+        module = importlib.import_module("vfiotask.jobs.vfio_pin")
+        manager: contextlib.AbstractContextManager[PinBackend] = module.open_backend(
+            args.pin,
+            group=args.group,
+            device=args.device,
+            iova=parse_int(args.iova, "--iova"),
+            sysfs_root=args.sysfs_root,
+        )
+        return manager
+    return contextlib.nullcontext(MlockBackend())
+
+
+def _decide_pin(mode: str, size: int, accountant: LockedMemoryAccountant) -> tuple[bool, str | None]:
+    """Whether to pin, and why not when `auto` gives up; an explicit mode over budget raises."""
+    if mode == "none":
+        return False, None
+    try:
+        accountant.check(size, "the region")
+    except MemlockLimitError as exc:
+        if mode != "auto":
+            raise
+        return False, f"not pinning: {exc.one_line()}; showing the prefault alone"
+    return True, None
+
+
+def result(region: Region, report: PrefaultReport, pinning: Pinning | None, note: str | None,
+           backend: str) -> dict[str, Any]:
+    pin_seconds = pinning.report.seconds if pinning else 0.0
+    seconds = report.seconds + pin_seconds
+    return {
+        "bytes": region.size,
+        "backing": region.kind if region.path is None else str(region.path),
+        "page_size": region.page_size,
+        "threads": report.threads,
+        "chunks": report.chunks,
+        "helpers": report.helpers,
+        "method": report.method,
+        "prefault_seconds": round(report.seconds, 6),
+        "pin": backend if pinning else "none",
+        "pin_threads": pinning.report.threads if pinning else 0,
+        "pin_chunks": pinning.report.chunks if pinning else 0,
+        "pin_seconds": round(pin_seconds, 6),
+        "seconds": round(seconds, 6),
+        "gib_per_s": round(region.size / (1 << 30) / seconds, 3) if seconds > 0 else 0.0,
+        "locked_bytes": pinning.locked_bytes if pinning else 0,
+        "note": note,
+    }
+
+
+def render_table(data: dict[str, Any]) -> str:
+    headers = ["size", "page size", "threads", "chunks", "prefault s", "pin s", "GiB/s", "locked"]
+    row = [
+        format_size(data["bytes"]),
+        format_size(data["page_size"]),
+        f"{data['threads']} {data['helpers']}{'s' if data['threads'] != 1 else ''}",
+        str(data["chunks"]),
+        f"{data['prefault_seconds']:.3f}",
+        f"{data['pin_seconds']:.3f}" if data["pin"] != "none" else "-",
+        f"{data['gib_per_s']:.2f}",
+        format_size(data["locked_bytes"]) + (f" ({data['pin']})" if data["pin"] != "none" else ""),
+    ]
+    widths = [max(len(h), len(c)) for h, c in zip(headers, row, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in (headers, row)]
+    return "\n".join(lines)
+
+
+def _hold() -> None:
+    """Wait for SIGTERM (raised as Terminated by the command's handler) or SIGINT."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            signal.pause()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.domain:
+        ahead = importlib.import_module("vfiotask.integrations.libvirt.ahead")
+        return int(ahead.run_prepin_domain(args))
+    opts = options(args)
+    with contextlib.ExitStack() as stack:
+        region = open_region(opts.spec)
+        stack.push(region.__exit__)  # on an error or signal the created file goes too
+        accountant = LockedMemoryAccountant()
+        do_pin, note = _decide_pin(opts.pin, region.size, accountant)
+        if note:
+            print(f"vfiotask: {note}", file=sys.stderr, flush=True)
+        backend: PinBackend | None = stack.enter_context(_open_backend(args)) if do_pin else None
+        report = prefault(region, max_threads=opts.max_threads, helpers=opts.helpers, min_chunk=opts.min_chunk)
+        pinning = None
+        if backend is not None:
+            pinning = pin(region, backend, accountant, max_threads=opts.max_threads, min_chunk=opts.min_chunk)
+            stack.callback(pinning.release)
+        data = result(region, report, pinning, note, backend.name if backend else "none")
+        print(json.dumps(data, sort_keys=True) if args.json else render_table(data), flush=True)
+        if args.hold:
+            _hold()
+    return 0
