@@ -105,3 +105,25 @@ def hugetlbfs_mount(hugepage_pools: None, tmp_path: Path) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A private directory on tmpfs (/dev/shm) for backing files, removed with what is left in it."""
+    base = Path("/dev/shm")
+    if not base.is_dir():
+        pytest.skip("no /dev/shm tmpfs on this host")
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vfiotask-test-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def drop_ipc_lock(memlock: int = 8 << 20) -> list[str]:
+    """A command prefix that runs a child without CAP_IPC_LOCK and with RLIMIT_MEMLOCK lowered."""
+    if not shutil.which("setpriv") or not shutil.which("prlimit"):
+        pytest.skip("setpriv and prlimit (util-linux) are needed to drop CAP_IPC_LOCK")
+    return ["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock", "prlimit", f"--memlock={memlock}"]
