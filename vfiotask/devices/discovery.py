@@ -1,0 +1,44 @@
+"""One entry point for discovery, whatever reads the tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vfiotask.devices.model import Host, HostPaths
+from vfiotask.devices.sysfs import discover_sysfs
+
+SYSFS_ROOT_ENV = "VFIOTASK_SYSFS_ROOT"
+
+
+def sysfs_root_from_env(value: str | Path | None) -> Path | None:
+    """The --sysfs-root given, else VFIOTASK_SYSFS_ROOT, else None (the real /sys)."""
+    if value:
+        return Path(value)
+    env = os.environ.get(SYSFS_ROOT_ENV)
+    return Path(env) if env else None
+
+
+def discover(sysfs_root: Path | None = None) -> Host:
+    """Every PCI device and IOMMU group: pyudev on the real host, the sysfs reader for a fixture
+    tree (`sysfs_root`, a directory laid out as the kernel lays out /sys)."""
+    paths = HostPaths.for_root(sysfs_root)
+    if paths.fixture:
+        if not (paths.sys / "bus" / "pci" / "devices").is_dir():
+            from vfiotask.errors import UsageError
+
+            raise UsageError(
+                f"{paths.sys} is not a sysfs tree (no bus/pci/devices)",
+                hint="give --sysfs-root a directory laid out like /sys, e.g. fixtures/sysfs/viable/sys",
+            )
+        return discover_sysfs(paths)
+    try:
+        return discover_udev_host(paths)
+    except ImportError:
+        return discover_sysfs(paths)
+
+
+def discover_udev_host(paths: HostPaths) -> Host:
+    from vfiotask.devices.udev import discover_udev
+
+    return discover_udev(paths)
