@@ -2,10 +2,26 @@
 
 The engine knows nothing of memory, VFIO or libvirt.  A client gives it a `Task` (a range or
 NUMA parts, a chunk function, an optional undo) and gets back a `TaskReport`, or a
-`TaskFailed` after every completed chunk has been undone.
+`TaskFailed` after every completed chunk has been undone.  What it knows of the host comes
+from a `CpuFactsSource` (`vfiotask.host.cpus.host_engine()` builds an engine with the real one).
+
+Example::
+
+    from vfiotask.engine import Engine, Task
+
+    seen = bytearray(1 << 20)
+    def chunk(start: int, end: int) -> None:
+        seen[start:end] = b"\\1" * (end - start)
+    report = Engine().run(Task.over_range("fill", 0, len(seen), chunk, min_chunk=64 << 10))
+    print(report.threads, report.chunks)
 """
 
+from vfiotask.engine.chunks import chunk_size_for
+from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource, format_cpu_list, parse_cpu_list
+from vfiotask.engine.faults import FAIL_ENV, injected_failure
+from vfiotask.engine.policy import CpuBudget, CpuPolicy, cpu_budget, wanted_threads
 from vfiotask.engine.runner import Engine, run_task
+from vfiotask.engine.slots import SlotPool
 from vfiotask.engine.task import (
     ChunkFn,
     HelperKind,
@@ -15,15 +31,30 @@ from vfiotask.engine.task import (
     TaskReport,
     UndoFn,
 )
+from vfiotask.engine.workers import HelperProcessDied
 
 __all__ = [
+    "FAIL_ENV",
+    "AffinityFacts",
     "ChunkFn",
+    "CpuBudget",
+    "CpuFacts",
+    "CpuFactsSource",
+    "CpuPolicy",
     "Engine",
     "HelperKind",
+    "HelperProcessDied",
     "Part",
     "ProgressFn",
+    "SlotPool",
     "Task",
     "TaskReport",
     "UndoFn",
+    "chunk_size_for",
+    "cpu_budget",
+    "format_cpu_list",
+    "injected_failure",
+    "parse_cpu_list",
     "run_task",
+    "wanted_threads",
 ]

@@ -1,98 +1,321 @@
-"""Running a task.  (Reference version: every chunk in the caller, in order.)"""
+"""Running a task: choose the threads, start the helpers, work as one of them, undo on failure.
+
+The caller is always a worker and never needs a slot, so a task makes progress even on a host
+whose helper slots are all taken.  Undo runs in the caller, single-threaded, newest chunk first:
+it is the slow path, and it must see a quiet task (every helper finished) to know exactly which
+chunks completed.  SIGINT and SIGTERM are held back while a task runs in the main thread: the
+signal stops the queue instead of raising at an arbitrary point (where a completed chunk could
+be lost from the record), and once everything is undone the handler that was in place runs, so
+the caller still sees its KeyboardInterrupt or `Terminated`.
+"""
 
 from __future__ import annotations
 
-import errno
+import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
+from vfiotask.engine.chunks import ChunkQueue, chunk_size_for, count_chunks, split
+from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
+from vfiotask.engine.faults import FAIL_ENV, injected_failure
+from vfiotask.engine.policy import CpuBudget, CpuPolicy, cpu_budget, distribute, helper_cap, wanted_threads
+from vfiotask.engine.priority import LOWEST, thread_nice
+from vfiotask.engine.slots import SlotLease, SlotPool
 from vfiotask.engine.task import HelperKind, Task, TaskReport
-from vfiotask.errors import TaskFailed, UsageError
+from vfiotask.engine.workers import Helper, ProcessHelper, RunState, ThreadHelper
+from vfiotask.errors import Interrupted, TaskFailed, UsageError, describe_exception
 
-FAIL_ENV = "VFIOTASK_FAIL"
+__all__ = ["FAIL_ENV", "Engine", "chunk_size_for", "injected_failure", "run_task", "split"]
 
+log = logging.getLogger(__name__)
 
-def injected_failure(task_name: str) -> int | None:
-    """The 1-based chunk index VFIOTASK_FAIL asks to fail for this task (`JOB:K[,JOB:K...]`)."""
-    spec = os.environ.get(FAIL_ENV, "")
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        job, _, index = item.partition(":")
-        if job == task_name and index.isdigit() and int(index) > 0:
-            return int(index)
-    return None
-
-
-def chunk_size_for(size: int, threads: int, min_chunk: int, align: int) -> int:
-    """About four chunks per thread (load balancing), a multiple of align, never below min_chunk."""
-    target = size // (threads * 4) if threads > 0 else size
-    step = max(align, 1)
-    chunk = max(target - target % step, min_chunk)
-    chunk = -(-chunk // step) * step
-    return max(chunk, step)
-
-
-def split(task: Task, chunk: int) -> Iterator[tuple[int, int, int | None]]:
-    for part in task.parts:
-        position = part.start
-        while position < part.end:
-            end = min(position + chunk, part.end)
-            yield position, end, part.node
-            position = end
+_DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Engine:
-    """Runs tasks.  The reference version runs every chunk in the caller."""
+    """Runs tasks on the CPUs the caller may use, with ktask's undo contract.
+
+    `facts`: where CPU facts come from, read again for every task (default: the caller's
+    affinity only; `vfiotask.host.cpus.host_engine()` gives the full host view).  `policy`:
+    thresholds and caps.  `slots`: the host-wide helper slots (default: under the state dir).
+    `default_max_threads`: the cap when a task says `max_threads=0` (0: no cap beyond CPUs and
+    slots).  `defer_signals`: hold SIGINT/SIGTERM back while a task runs in the main thread.
+    """
+
+    def __init__(
+        self,
+        facts: CpuFactsSource | None = None,
+        *,
+        policy: CpuPolicy | None = None,
+        slots: SlotPool | None = None,
+        default_max_threads: int = 0,
+        defer_signals: bool = True,
+    ) -> None:
+        self.facts = facts or AffinityFacts()
+        self.policy = policy or CpuPolicy()
+        self.slots = slots or SlotPool()
+        self.default_max_threads = default_max_threads
+        self.defer_signals = defer_signals
 
     def run(self, task: Task) -> TaskReport:
-        if task.size <= 0:
-            raise UsageError(f"task {task.name!r} has nothing to do (size {task.size})")
+        """Run every chunk of `task` once; on failure undo the completed ones and raise TaskFailed.
+
+        A KeyboardInterrupt (or SIGINT/SIGTERM) mid-task stops it, undoes it, and is re-raised.
+        """
+        _validate(task)
         began = time.monotonic()
-        chunk = chunk_size_for(task.size, 1, task.min_chunk, task.align)
-        fail_at = injected_failure(task.name)
-        done: list[tuple[int, int]] = []
-        units = 0
-        index = 0
+        facts = self.facts.read()
+        budget = cpu_budget(facts, self.policy)
+        wanted, limited_by = wanted_threads(
+            task.size, task.min_chunk, task.max_threads, budget, self.default_max_threads
+        )
+        chunks = count_chunks(task.parts, chunk_size_for(task.size, wanted, task.min_chunk, task.align))
+        if chunks < wanted:
+            wanted, limited_by = chunks, "chunks"
+        lease = SlotLease()
+        state: RunState | None = None
         try:
-            for start, end, _node in split(task, chunk):
-                index += 1
-                if fail_at == index:
-                    raise OSError(errno.EIO, f"injected failure ({FAIL_ENV}={task.name}:{index})")
-                task.chunk(start, end)
-                done.append((start, end))
-                units += end - start
-                if task.progress:
-                    task.progress(units, task.size)
-        except BaseException as exc:
-            undo_errors = self._undo(task, done)
-            if isinstance(exc, KeyboardInterrupt):
-                raise  # Ctrl-C or SIGTERM (errors.Terminated): undone, then re-raised as it came
-            failing = (start, end)
-            raise TaskFailed(task.name, failing[0], failing[1], exc, undo_errors) from exc
+            helper_nodes = self._grant(task, facts, budget, wanted - 1, lease)
+            threads = 1 + len(helper_nodes)
+            if threads < wanted:
+                limited_by = "helper slots"
+            chunk = chunk_size_for(task.size, threads, task.min_chunk, task.align)
+            queue = ChunkQueue(task.parts, chunk)
+            state = RunState(task, queue, injected_failure(task.name))
+            with self._signals_deferred(state):
+                try:
+                    raises = self._work(task, state, helper_nodes, facts, budget)
+                except BaseException as exc:  # not from a chunk: an interrupt the engine did not hold back
+                    for start, end, error in self._undo(task, state):
+                        exc.add_note(f"{task.name}: undo of [{start:#x}, {end:#x}) failed: {describe_exception(error)}")
+                    raise
+                undo_errors = self._undo(task, state) if state.stopped else []
+        finally:
+            lease.release()
+        if state.stopped:
+            self._raise_outcome(task, state, undo_errors)
         return TaskReport(
             name=task.name,
             size=task.size,
-            threads=1,
-            chunks=len(done),
+            threads=threads,
+            chunks=len(state.done),
             chunk_size=chunk,
             seconds=time.monotonic() - began,
-            helpers=HelperKind.THREAD,
-            chunks_per_worker={"caller": len(done)},
+            helpers=task.helpers,
+            chunks_per_worker=dict(state.per_worker),
+            priority_raises=raises,
+            limited_by=limited_by,
+            helper_nodes=tuple(helper_nodes),
+            cpus_usable=budget.count,
         )
 
+    # -- choosing helpers -------------------------------------------------------------------
+
+    def _grant(
+        self, task: Task, facts: CpuFacts, budget: CpuBudget, helpers: int, lease: SlotLease
+    ) -> list[int | None]:
+        """Take host-wide slots, then share them among the task's nodes; one entry per helper."""
+        if helpers <= 0:
+            return []
+        fraction = self.policy.helper_fraction
+        got = self.slots.take("cpu", helper_cap(facts.online_count, fraction), helpers, lease)
+        weights: dict[int | None, int] = {}
+        for part in task.parts:
+            key = part.node if part.node in facts.nodes else None
+            weights[key] = weights.get(key, 0) + part.size
+        capacity = {
+            node: len(facts.nodes[node] & budget.cpus) for node in weights if node is not None
+        }
+        shares = distribute(got, weights, capacity)
+        nodes: list[int | None] = []
+        spare = shares.pop(None, 0)
+        for node, count in sorted(shares.items(), key=lambda item: item[0] or 0):
+            assert node is not None
+            taken = self.slots.take(f"node{node}", helper_cap(len(facts.nodes[node]), fraction), count, lease)
+            if taken < count:
+                log.debug("node %d is at its helper limit: %d of its helpers run anywhere", node, count - taken)
+            nodes += [node] * taken
+            spare += count - taken
+        return nodes + [None] * spare
+
+    # -- running ----------------------------------------------------------------------------
+
+    def _work(
+        self,
+        task: Task,
+        state: RunState,
+        helper_nodes: list[int | None],
+        facts: CpuFacts,
+        budget: CpuBudget,
+    ) -> int:
+        """Start the helpers, work as the caller, lift and join the helpers; returns the lifts."""
+        helpers = self._helpers(task, state, helper_nodes, facts, budget)
+        try:
+            for helper in helpers:
+                helper.spawn()
+            for helper in helpers:
+                helper.start()
+            while (chunk := state.claim(None)) is not None:
+                state.execute(chunk, "caller", task.chunk)
+            return self._lift_and_join(helpers)
+        except BaseException:
+            state.queue.stop()
+            _join_all(helpers)
+            raise
+
+    def _helpers(
+        self,
+        task: Task,
+        state: RunState,
+        helper_nodes: list[int | None],
+        facts: CpuFacts,
+        budget: CpuBudget,
+    ) -> list[Helper]:
+        helpers: list[Helper] = []
+        processes: list[ProcessHelper] = []
+        for number, node in enumerate(helper_nodes, start=1):
+            cpus = None
+            if node is not None:
+                cpus = (facts.nodes[node] & budget.cpus) or (facts.nodes[node] & facts.allowed) or None
+            name = f"helper-{number}"
+            if task.helpers is HelperKind.PROCESS:
+                assert task.process_chunk_factory is not None
+                helper = ProcessHelper(name, state, node, cpus, task.process_chunk_factory, processes)
+                processes.append(helper)
+                helpers.append(helper)
+            else:
+                helpers.append(ThreadHelper(name, state, node, cpus))
+        return helpers
+
     @staticmethod
-    def _undo(task: Task, done: list[tuple[int, int]]) -> list[tuple[int, int, BaseException]]:
+    def _lift_and_join(helpers: list[Helper]) -> int:
+        """The caller is out of chunks: lift each unfinished helper to its own priority, then wait."""
+        lifts = 0
+        own = thread_nice()
+        for helper in helpers:
+            if own < LOWEST and not helper.finished.is_set() and helper.priority.lift(own):
+                lifts += 1
+            helper.join()
+        return lifts
+
+    @staticmethod
+    def _undo(task: Task, state: RunState) -> list[tuple[int, int, BaseException]]:
         errors: list[tuple[int, int, BaseException]] = []
         if task.undo is None:
             return errors
-        for start, end in reversed(done):
+        for chunk in reversed(state.done):
             try:
-                task.undo(start, end)
-            except Exception as exc:  # reported with the task's failure, never swallowed
-                errors.append((start, end, exc))
+                task.undo(chunk.start, chunk.end)
+            except BaseException as exc:  # reported with the task's failure, never swallowed
+                log.error("%s: undo of [%#x, %#x) failed: %s", task.name, chunk.start, chunk.end,
+                          describe_exception(exc))
+                errors.append((chunk.start, chunk.end, exc))
         return errors
 
+    @staticmethod
+    def _raise_outcome(task: Task, state: RunState, undo_errors: list[tuple[int, int, BaseException]]) -> None:
+        notes = [
+            f"{task.name}: chunk [{c.start:#x}, {c.end:#x}) also failed: {describe_exception(e)}"
+            for c, e in state.later_failures
+        ]
+        notes += [
+            f"{task.name}: undo of [{start:#x}, {end:#x}) failed: {describe_exception(exc)}"
+            for start, end, exc in undo_errors
+        ]
+        failure = state.failure
+        if state.signum is not None and failure is not None:
+            notes.insert(0, f"{task.name}: chunk [{failure[0].start:#x}, {failure[0].end:#x}) had failed: "
+                            f"{describe_exception(failure[1])}")
+        try:
+            if state.signum is not None:
+                _redeliver(state.signum)
+                raise Interrupted(f"{task.name} stopped by signal {state.signum}; everything done was undone",
+                                  signum=state.signum)
+            assert failure is not None
+            if not isinstance(failure[1], Exception):
+                raise failure[1]  # a KeyboardInterrupt from a chunk: undone, re-raised as it came
+        except BaseException as exc:
+            for note in notes:
+                exc.add_note(note)
+            raise
+        chunk, cause = failure
+        error = TaskFailed(task.name, chunk.start, chunk.end, cause, undo_errors)
+        for note in notes[: len(state.later_failures)]:
+            error.add_note(note)
+        raise error from cause
 
-def run_task(task: Task) -> TaskReport:
-    """Run `task` with a default engine."""
-    return Engine().run(task)
+    # -- signals ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _signals_deferred(self, state: RunState) -> Iterator[None]:
+        if not self.defer_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
+
+        def hold(signum: int, _frame: FrameType | None) -> None:
+            state.interrupt(signum)
+
+        try:
+            for signum in _DEFERRED_SIGNALS:
+                handler = signal.getsignal(signum)
+                if handler is signal.SIG_IGN or handler is None:
+                    continue
+                previous[signum] = handler
+                signal.signal(signum, hold)
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+def _redeliver(signum: int) -> None:
+    """Run the handler that was in place when the signal arrived (it raises, or ends the process)."""
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        handler(signum, None)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), signum)
+    raise KeyboardInterrupt  # not reached when the default action ends the process
+
+
+def _join_all(helpers: list[Helper]) -> None:
+    """Wait for every helper's chunk in flight, even through a second Ctrl-C."""
+    for helper in helpers:
+        while True:
+            try:
+                helper.join()
+                break
+            except KeyboardInterrupt:
+                continue
+
+
+def _validate(task: Task) -> None:
+    if task.size <= 0:
+        raise UsageError(f"task {task.name!r} has nothing to do (size {task.size})",
+                         hint="give the task a range of at least one unit")
+    for part in task.parts:
+        if part.size < 0 or part.start < 0:
+            raise UsageError(f"task {task.name!r} has a part with a negative start or size: {part}",
+                             hint="describe each part as (start >= 0, size >= 0, node)")
+    if task.min_chunk < 1 or task.align < 1 or task.max_threads < 0:
+        raise UsageError(
+            f"task {task.name!r}: min_chunk {task.min_chunk}, align {task.align}, max_threads {task.max_threads}",
+            hint="min_chunk and align must be at least 1, max_threads 0 (default cap) or more",
+        )
+    if task.helpers is HelperKind.PROCESS and task.process_chunk_factory is None:
+        raise UsageError(f"task {task.name!r} asks for helper processes but has no process_chunk_factory",
+                         hint="give a factory that maps the task's object in the helper, or use threads")
+
+
+def run_task(task: Task, engine: Engine | None = None) -> TaskReport:
+    """Run `task` with `engine` (default: an engine over the caller's affinity)."""
+    return (engine or Engine()).run(task)
+

@@ -82,3 +82,10 @@ class TaskReport:
     helpers: HelperKind = HelperKind.THREAD
     chunks_per_worker: dict[str, int] = field(default_factory=dict)
     priority_raises: int = 0
+    limited_by: str = ""
+    """What set the thread count: size, cpus, busy cpus, cgroup cpu quota, cpufreq governor ...,
+    max_threads, chunks or helper slots."""
+    helper_nodes: tuple[int | None, ...] = ()
+    """The node each helper ran on (None: anywhere)."""
+    cpus_usable: int = 0
+    """The CPUs the policy found usable for this task."""

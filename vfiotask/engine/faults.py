@@ -1,0 +1,27 @@
+"""Fault injection: a documented testing interface that makes one chunk of one task fail.
+
+`VFIOTASK_FAIL=JOB:K[,JOB:K...]`: the K-th chunk claimed (1-based) by the task named JOB fails
+with EIO before it runs.  It lives in the engine so that every client's undo path can be driven
+from outside, the same way for threads and processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+FAIL_ENV = "VFIOTASK_FAIL"
+
+
+def injected_failure(task_name: str) -> int | None:
+    """The 1-based chunk index VFIOTASK_FAIL asks to fail for this task (`JOB:K[,JOB:K...]`)."""
+    spec = os.environ.get(FAIL_ENV, "")
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        job, _, index = item.partition(":")
+        if job.strip() == task_name and index.strip().isdigit() and int(index) > 0:
+            return int(index)
+    return None
+
+
+def injected_error(task_name: str, index: int) -> OSError:
+    return OSError(errno.EIO, f"injected failure ({FAIL_ENV}={task_name}:{index})")
