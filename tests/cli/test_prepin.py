@@ -1,0 +1,251 @@
+"""`vfiotask prepin` as a user runs it: output, exit status, one-line errors, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import drop_ipc_lock, run_cli, status_field
+from vfiotask.host.hugepages import HugepagePools
+
+MiB = 1 << 20
+SMALL = ["--size", "32M", "--min-chunk", "4M"]
+
+# Runs the command in-process, then reports what the kernel says is still locked before exiting.
+WRAPPER = (
+    "import sys\n"
+    "from vfiotask.integrations.cli.main import main\n"
+    "from vfiotask.host.procfs import locked_memory\n"
+    "rc = main(sys.argv[1:])\n"
+    "print(f'VmLck-after: {locked_memory().vm_lck}', file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def run_wrapped(*args: str, env: dict[str, str] | None = None,
+                prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*(prefix or []), sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def locked_after(result: subprocess.CompletedProcess[str]) -> int:
+    line = [x for x in result.stderr.splitlines() if x.startswith("VmLck-after:")][-1]
+    return int(line.split()[1])
+
+
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [x for x in result.stderr.splitlines() if not x.startswith("VmLck-after:")]
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], status: int, *words: str) -> str:
+    lines = error_lines(result)
+    assert result.returncode == status, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vfiotask: ")
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0]
+    return lines[0]
+
+
+def test_embedded_default_prefaults_and_pins_a_gib() -> None:
+    result = run_cli("prepin")
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    for column in ("size", "page size", "threads", "chunks", "prefault s", "pin s", "GiB/s", "locked"):
+        assert column in header
+    assert row.startswith("1.0 GiB")
+    assert row.endswith("1.0 GiB (mlock)")  # root holds CAP_IPC_LOCK here
+
+
+def test_json_fields() -> None:
+    result = run_cli("prepin", *SMALL, "--json", "--backing", "anon")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("bytes", "page_size", "threads", "chunks", "prefault_seconds", "pin_seconds", "seconds",
+                "gib_per_s", "locked_bytes"):
+        assert key in data
+    assert (data["bytes"], data["page_size"], data["locked_bytes"], data["pin"]) == (32 * MiB, 4096, 32 * MiB, "mlock")
+    assert data["chunks"] >= 2 and data["threads"] >= 1
+    assert data["seconds"] == pytest.approx(data["prefault_seconds"] + data["pin_seconds"], abs=1e-5)
+
+
+def test_pin_none_locks_nothing() -> None:
+    result = run_wrapped("prepin", *SMALL, "--json", "--pin", "none")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["locked_bytes"] == 0
+    assert locked_after(result) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "words"),
+    [
+        (["--size", "0"], 2, ["greater than zero"]),
+        (["--size=-1G"], 2, ["not a size"]),
+        (["--size", "lots"], 2, ["not a size"]),
+        (["--size", "4097"], 2, ["not a multiple"]),
+        (["--size", "100T"], 3, ["more than the host can give"]),
+        (["--size", "8M", "--threads", "0"], 2, ["--threads"]),
+        (["--size", "8M", "--threads", "many"], 2, ["--threads"]),
+        (["--size", "8M", "--node", "4096"], 2, ["NUMA node 4096"]),
+        (["--size", "8M", "--pin", "sometimes"], 2, ["--pin"]),
+    ],
+)
+def test_bad_input_one_line(args: list[str], status: int, words: list[str]) -> None:
+    assert_one_line(run_cli("prepin", *args), status, *words)
+
+
+def test_bad_backing_paths_create_nothing(shm_dir: Path, tmp_path: Path) -> None:
+    (shm_dir / "other.ram").write_bytes(b"\0" * 4096)
+    (shm_dir / "link.ram").symlink_to(shm_dir / "other.ram")
+    cases = [
+        (str(shm_dir / "missing" / "guest.ram"), 2, "does not exist"),
+        (str(tmp_path / "guest.ram"), 2, "10x slower"),
+        (str(shm_dir / "other.ram"), 2, "exists with size"),
+        (str(shm_dir / "link.ram"), 2, "symbolic link"),
+    ]
+    before = sorted(os.listdir(shm_dir)), sorted(os.listdir(tmp_path))
+    for backing, status, words in cases:
+        assert_one_line(run_cli("prepin", "--size", "8M", "--backing", backing), status, words)
+        assert (sorted(os.listdir(shm_dir)), sorted(os.listdir(tmp_path))) == before
+    assert (shm_dir / "other.ram").read_bytes() == b"\0" * 4096
+
+
+def test_force_accepts_a_disk_file(tmp_path: Path) -> None:
+    result = run_cli("prepin", "--size", "8M", "--backing", str(tmp_path / "guest.ram"), "--force", "--pin", "none")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "guest.ram").stat().st_size == 8 * MiB
+
+
+def test_created_file_stays_populated_after_success(shm_dir: Path) -> None:
+    path = shm_dir / "guest.ram"
+    result = run_wrapped("prepin", *SMALL, "--backing", str(path))
+    assert result.returncode == 0, result.stderr
+    assert path.stat().st_blocks * 512 == 32 * MiB
+    assert locked_after(result) == 0  # pins released at exit, pages kept
+
+
+def test_memlock_limit_without_cap_ipc_lock_exits_3_with_nothing_locked(shm_dir: Path) -> None:
+    prefix = drop_ipc_lock(8 * MiB)
+    path = shm_dir / "guest.ram"
+    result = run_wrapped("prepin", *SMALL, "--pin", "mlock", "--backing", str(path), prefix=prefix)
+    line = assert_one_line(result, 3, "RLIMIT_MEMLOCK", "8388608 bytes", "CAP_IPC_LOCK", "<memtune><hard_limit>")
+    assert "33554432 bytes" in line
+    assert locked_after(result) == 0
+    assert not path.exists()
+
+
+def test_memlock_limit_allows_what_fits() -> None:
+    result = run_wrapped("prepin", "--size", "4M", "--min-chunk", "1M", "--pin", "mlock", "--json",
+                         prefix=drop_ipc_lock(8 * MiB))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["locked_bytes"] == 4 * MiB
+    assert locked_after(result) == 0
+
+
+def test_auto_pin_over_budget_says_so_and_shows_the_prefault() -> None:
+    result = run_wrapped("prepin", *SMALL, prefix=drop_ipc_lock(8 * MiB))
+    assert result.returncode == 0
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith("vfiotask: not pinning:")
+    assert "8388608 bytes" in lines[0] and "prefault alone" in lines[0]
+    _header, row = result.stdout.strip().splitlines()
+    assert row.startswith("32.0 MiB") and row.endswith("0 B")
+    assert locked_after(result) == 0
+
+
+@pytest.mark.parametrize("job", ["prefault", "pin"])
+def test_injected_failure_at_each_chunk_undoes_everything(job: str, shm_dir: Path) -> None:
+    path = shm_dir / "guest.ram"
+    ok = run_cli("prepin", *SMALL, "--json", "--backing", str(shm_dir / "probe.ram"))
+    data = json.loads(ok.stdout)
+    chunks = data["chunks"] if job == "prefault" else data["pin_chunks"]
+    assert chunks >= 2
+    for index in range(1, chunks + 1):
+        result = run_wrapped("prepin", *SMALL, "--backing", str(path), env={"VFIOTASK_FAIL": f"{job}:{index}"})
+        assert_one_line(result, 1, "EIO", "chunk")
+        assert locked_after(result) == 0
+        assert not path.exists(), f"{job}:{index} left the backing file"
+
+
+def test_hugetlbfs_backing(hugetlbfs_mount: Path) -> None:
+    pools = HugepagePools()
+    pools.set_total(2 * MiB, pools.state(2 * MiB).total + 16)
+    free = pools.state(2 * MiB).free
+    path = hugetlbfs_mount / "guest.ram"
+    result = run_cli("prepin", *SMALL, "--backing", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["page_size"], data["locked_bytes"]) == (2 * MiB, 32 * MiB)
+    assert pools.state(2 * MiB).free == free - 16  # the file keeps its pages
+    path.unlink()
+
+
+def test_hugetlbfs_pool_too_small_exits_3_clean(hugetlbfs_mount: Path) -> None:
+    pools = HugepagePools()
+    before = pools.state(2 * MiB)
+    size = (before.available + 4) * 2
+    result = run_cli("prepin", "--size", f"{size}M", "--backing", str(hugetlbfs_mount / "guest.ram"))
+    assert_one_line(result, 3, "2.0 MiB hugepage pool too small", f"{before.available + 4} pages needed",
+                    f"{before.available} free")
+    assert os.listdir(hugetlbfs_mount) == []
+    assert pools.state(2 * MiB) == before
+
+
+def _hold(sig: int, shm_dir: Path) -> None:
+    path = shm_dir / "guest.ram"
+    child = subprocess.Popen([sys.executable, "-c", WRAPPER, "prepin", *SMALL, "--backing", str(path), "--hold"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert "locked" in child.stdout.readline()
+        assert "32.0 MiB (mlock)" in child.stdout.readline()
+        assert status_field("VmLck", child.pid) == 32 * MiB
+        child.send_signal(sig)
+        _out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert "VmLck-after: 0" in err
+    assert path.stat().st_blocks * 512 == 32 * MiB
+
+
+def test_hold_until_sigterm_then_undo(shm_dir: Path) -> None:
+    _hold(signal.SIGTERM, shm_dir)
+
+
+def test_hold_until_sigint_then_undo(shm_dir: Path) -> None:
+    _hold(signal.SIGINT, shm_dir)
+
+
+def test_hold_in_process_releases_before_returning(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from vfiotask.integrations.cli.main import main
+
+    start = status_field("VmLck")
+    seen: list[int] = []
+
+    def signal_when_locked() -> None:
+        for _ in range(600):
+            locked = status_field("VmLck") - start
+            if locked:
+                seen.append(locked)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            threading.Event().wait(0.05)
+
+    watcher = threading.Thread(target=signal_when_locked)
+    watcher.start()
+    assert main(["prepin", *SMALL, "--hold", "--json"]) == 0
+    watcher.join()
+    assert seen == [32 * MiB]
+    assert status_field("VmLck") == start
