@@ -1,0 +1,221 @@
+"""The CPU facts the engine plans with, read from a host tree: `HostCpuFacts` and `host_engine`.
+
+Everything is read under `root` so that tests point it at a fixture tree (`fixtures/host/...`):
+online CPUs and nodes from sysfs, the caller's affinity (the real thread's on `/`, the fixture's
+`Cpus_allowed_list` elsewhere), the cgroup CPU quota, cpufreq governors, and how busy each CPU
+is.  It is read again for every task, because CPUs go on- and offline and cgroup limits change
+while a host runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vfiotask.engine import CpuFacts, Engine, parse_cpu_list
+from vfiotask.host.cgroups import cpu_quota
+from vfiotask.host.numa import node_cpus
+
+log = logging.getLogger(__name__)
+
+CPU_ROOT = "sys/devices/system/cpu"
+PROC_STAT = "proc/stat"
+SELF_STATUS = "proc/self/status"
+REAL_ROOT = Path("/")
+
+
+def online_cpus(root: Path = REAL_ROOT) -> frozenset[int]:
+    """Online CPUs (`cpu/online`); where the file is missing, every `cpuN` directory."""
+    base = root / CPU_ROOT
+    try:
+        return parse_cpu_list((base / "online").read_text())
+    except FileNotFoundError:
+        pass
+    if not base.is_dir():
+        return frozenset()
+    return frozenset(int(p.name[3:]) for p in base.iterdir() if p.name[3:].isdigit() and p.name.startswith("cpu"))
+
+
+def caller_affinity(root: Path = REAL_ROOT) -> frozenset[int]:
+    """The calling thread's CPUs on the real host; a fixture tree's `Cpus_allowed_list` elsewhere."""
+    if root == REAL_ROOT:
+        return frozenset(os.sched_getaffinity(0))
+    for line in (root / SELF_STATUS).read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return parse_cpu_list(line.split(":", 1)[1])
+    return online_cpus(root)
+
+
+def governors(cpus: Iterable[int], root: Path = REAL_ROOT) -> dict[int, str]:
+    """The cpufreq governor of each CPU that has one (a VM or a kernel without cpufreq has none)."""
+    found: dict[int, str] = {}
+    for cpu in cpus:
+        try:
+            found[cpu] = (root / CPU_ROOT / f"cpu{cpu}/cpufreq/scaling_governor").read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """Cumulative busy and total time of one CPU, in clock ticks, from `/proc/stat`."""
+
+    busy: int
+    total: int
+
+
+def parse_proc_stat(text: str) -> dict[int, CpuTimes]:
+    """Per-CPU times from `/proc/stat` by CPU number (psutil's per-CPU list loses the numbers
+    when a CPU is offline).  Idle is idle + iowait; steal counts as busy: the host took it."""
+    found: dict[int, CpuTimes] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or not name[3:].isdigit():
+            continue
+        values = [int(v) for v in rest.split()[:8]]
+        values += [0] * (8 - len(values))
+        total = sum(values)
+        found[int(name[3:])] = CpuTimes(busy=total - values[3] - values[4], total=total)
+    return found
+
+
+def own_cpu_seconds() -> float:
+    """CPU time this process has used: every thread, living or ended, and its reaped children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    when: float
+    cpus: dict[int, CpuTimes]
+    own: float
+
+
+class BusySampler:
+    """How busy each CPU is with work other than this process's, at a cost a task can afford.
+
+    A fresh sample waits `interval` seconds; a later task reuses the window since the previous
+    sample when that is between `min_window` and `max_age` old, and the last answer when it is
+    younger still.  What this process itself used in the window (its previous task's helpers,
+    say) is taken off the busiest CPUs, so a task that follows another does not mistake its
+    predecessor for a competitor.  `stat_files` are read in turn (the last repeats): a fixture
+    gives two snapshots; the real host gives `/proc/stat`.
+    """
+
+    def __init__(
+        self,
+        root: Path = REAL_ROOT,
+        *,
+        interval: float = 0.02,
+        min_window: float = 0.05,
+        max_age: float = 2.0,
+        stat_files: Sequence[Path] | None = None,
+        own_seconds: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        ticks_per_second: int | None = None,
+    ) -> None:
+        self.files = list(stat_files or [root / PROC_STAT])
+        self.interval = interval
+        self.min_window = min_window
+        self.max_age = max_age
+        self.own_seconds = own_seconds or (own_cpu_seconds if root == REAL_ROOT else (lambda: 0.0))
+        self.clock = clock
+        self.hz = ticks_per_second or os.sysconf("SC_CLK_TCK")
+        self._reads = 0
+        self._last: _Snapshot | None = None
+        self._answer: dict[int, float] | None = None
+
+    def _snapshot(self) -> _Snapshot:
+        path = self.files[min(self._reads, len(self.files) - 1)]
+        self._reads += 1
+        return _Snapshot(self.clock(), parse_proc_stat(path.read_text()), self.own_seconds())
+
+    def sample(self, cpus: Iterable[int]) -> dict[int, float]:
+        """Per CPU in `cpus`, the fraction of the window it spent busy with others' work."""
+        now = self._snapshot()
+        before = self._last
+        if before is not None and now.when - before.when < self.min_window and self._answer is not None:
+            return self._answer
+        if before is None or now.when - before.when > self.max_age:
+            if self.interval > 0:
+                time.sleep(self.interval)
+            before, now = now, self._snapshot()
+        self._last = now
+        self._answer = _busy_fractions(before, now, frozenset(cpus), self.hz)
+        return self._answer
+
+
+def _busy_fractions(before: _Snapshot, now: _Snapshot, cpus: frozenset[int], hz: int) -> dict[int, float]:
+    fractions: dict[int, float] = {}
+    windows: list[int] = []
+    for cpu in cpus:
+        old, new = before.cpus.get(cpu), now.cpus.get(cpu)
+        if old is None or new is None or new.total <= old.total:
+            continue
+        windows.append(new.total - old.total)
+        fractions[cpu] = (new.busy - old.busy) / (new.total - old.total)
+    if not windows:
+        return fractions
+    window_seconds = sum(windows) / len(windows) / hz
+    own = max(0.0, now.own - before.own) / window_seconds if window_seconds > 0 else 0.0
+    for cpu in sorted(fractions, key=lambda c: -fractions[c]):
+        if own <= 0:
+            break
+        taken = min(fractions[cpu], own)
+        fractions[cpu] -= taken
+        own -= taken
+    return fractions
+
+
+class HostCpuFacts:
+    """`CpuFactsSource` over a host tree: read() gathers everything the thread policy weighs."""
+
+    def __init__(self, root: Path = REAL_ROOT, *, sampler: BusySampler | None = None) -> None:
+        self.root = root
+        self.sampler = sampler if sampler is not None else _default_sampler(root)
+
+    def read(self) -> CpuFacts:
+        online = online_cpus(self.root)
+        allowed = caller_affinity(self.root)
+        if online:
+            allowed = (allowed & online) or online
+        quota = cpu_quota(self.root)
+        try:
+            busy = self.sampler.sample(allowed)
+        except OSError as exc:
+            log.debug("cannot tell how busy CPUs are: %s", exc)
+            busy = {}
+        nodes = {node: cpus & online if online else cpus for node, cpus in node_cpus(self.root).items()}
+        return CpuFacts(
+            allowed=allowed,
+            online=online or allowed,
+            quota=quota.cpus if quota else None,
+            busy=busy,
+            governors=governors(allowed, self.root),
+            nodes=nodes,
+        )
+
+
+_SAMPLERS: dict[Path, BusySampler] = {}
+
+
+def _default_sampler(root: Path) -> BusySampler:
+    """One sampler per tree, shared by every engine in the process, so tasks reuse its window."""
+    if root not in _SAMPLERS:
+        _SAMPLERS[root] = BusySampler(root, interval=0.02 if root == REAL_ROOT else 0.0)
+    return _SAMPLERS[root]
+
+
+def host_engine(root: Path = REAL_ROOT, **kwargs: Any) -> Engine:
+    """An engine that plans with this host's CPU facts; the jobs' default engine.
+
+    Keyword arguments go to `Engine` (policy, slots, default_max_threads, defer_signals).
+    """
+    return Engine(facts=HostCpuFacts(root), **kwargs)

@@ -1,0 +1,44 @@
+"""NUMA nodes and their CPUs, from sysfs.
+
+A kernel built without NUMA has no node directory at all; that is one node holding every CPU,
+which callers get by treating an empty answer as "no node constraint".
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from vfiotask.engine.facts import parse_cpu_list
+
+NODE_ROOT = "sys/devices/system/node"
+_NODE_DIR = re.compile(r"^node(\d+)$")
+
+
+def online_nodes(root: Path = Path("/")) -> frozenset[int]:
+    """The online nodes (`node/online`), or every node directory where that file is missing."""
+    base = root / NODE_ROOT
+    try:
+        return parse_cpu_list((base / "online").read_text())
+    except FileNotFoundError:
+        pass
+    if not base.is_dir():
+        return frozenset()
+    return frozenset(int(m.group(1)) for p in base.iterdir() if (m := _NODE_DIR.match(p.name)))
+
+
+def node_cpus(root: Path = Path("/")) -> dict[int, frozenset[int]]:
+    """Each online node's CPUs (`nodeN/cpulist`); a memory-only node has none."""
+    base = root / NODE_ROOT
+    found: dict[int, frozenset[int]] = {}
+    for node in sorted(online_nodes(root)):
+        try:
+            found[node] = parse_cpu_list((base / f"node{node}" / "cpulist").read_text())
+        except FileNotFoundError:
+            found[node] = frozenset()
+    return found
+
+
+def node_exists(node: int, root: Path = Path("/")) -> bool:
+    """Whether `node` is online, so that `--node 7` on a one-node host is refused up front."""
+    return node in online_nodes(root)
