@@ -10,9 +10,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Protocol
+from typing import Any, Protocol
 
-IoctlArg = int | ctypes.Structure | ctypes.Array  # type: ignore[type-arg,unused-ignore]
+IoctlArg = int | ctypes.Structure | ctypes.Array[Any] | ctypes.c_int
 
 
 class Syscalls(Protocol):

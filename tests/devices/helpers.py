@@ -1,0 +1,56 @@
+"""Small helpers for device-layer tests: fixture trees and regions to map."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from vfiotask.host import libc
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "sysfs"
+TREES = ("viable", "sibling", "bridge")
+
+
+def sysfs(tree: str) -> Path:
+    return FIXTURES / tree / "sys"
+
+
+def copy_tree(tree: str, tmp_path: Path) -> Path:
+    """A writable copy of a fixture host; returns its sys/ directory."""
+    target = tmp_path / tree
+    shutil.copytree(FIXTURES / tree, target, symlinks=True)
+    return target / "sys"
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, str]]:
+    """Every file's content and every link's target under root, for byte-for-byte comparison."""
+    found: dict[str, tuple[str, str]] = {}
+    for current, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(current) / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                found[rel] = ("link", os.readlink(path))
+            elif path.is_file():
+                found[rel] = ("file", path.read_bytes().hex())
+            else:
+                found[rel] = ("dir", "")
+    return found
+
+
+@contextmanager
+def memfd_region(size: int) -> Iterator[int]:
+    """A shared memfd mapping of `size` bytes; yields its address."""
+    fd = os.memfd_create("vfiotask-test", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, fd)
+        try:
+            yield addr
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
