@@ -11,7 +11,6 @@ reservations across processes, and an owner that reserves again gets what it alr
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,22 +27,13 @@ from vfiotask.errors import (
     describe_exception,
 )
 from vfiotask.host.hugepages import HugepagePools, PoolState
+from vfiotask.jobs._engine import default_engine
 from vfiotask.journal import Journal
 from vfiotask.units import format_size
 
 TASK_NAME = "hugepages"
 JOURNAL_NAME = "hugepages"
 ANY_NODE = "any"
-
-
-def default_engine() -> Engine:
-    """The host's engine policy when the host layer provides one, else the plain engine."""
-    try:
-        module = importlib.import_module("vfiotask.host.cpus")
-    except ImportError:
-        return Engine()
-    engine: Engine = module.host_engine()
-    return engine
 
 
 def _node_key(node: int | None) -> str:

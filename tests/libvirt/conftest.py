@@ -1,0 +1,79 @@
+"""Running the hook as libvirtd does: argv, the XML on stdin, an environment of LC_ALL, PATH, HOME."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+HOOK = REPO / "hooks" / "qemu"
+
+
+@dataclass
+class HookHost:
+    """A private memory_backing_dir on tmpfs, a qemu.conf naming it, and a private state dir."""
+
+    backing_dir: Path
+    conf: Path
+    state: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "VFIOTASK_STATE_DIR": str(self.state), "VFIOTASK_LIBVIRT_QEMU_CONF": str(self.conf)}
+        env.update(extra)
+        return env
+
+    def run(self, name: str, phase: str, subphase: str, xml: str | bytes | None,
+            **extra: str) -> subprocess.CompletedProcess[bytes]:
+        data = xml.encode() if isinstance(xml, str) else xml
+        return subprocess.run(
+            [sys.executable, str(HOOK), name, phase, subphase, "-"],
+            input=data,
+            stdin=None if data is not None else subprocess.DEVNULL,
+            capture_output=True,
+            env=self.env(**extra),
+            timeout=120,
+        )
+
+    def guest_dir(self, short_name: str) -> Path:
+        return self.backing_dir / "libvirt" / "qemu" / short_name
+
+    def journal(self) -> dict[str, object]:
+        import json
+
+        path = self.state / "libvirt.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+@pytest.fixture
+def hook_host(tmp_path: Path) -> Iterator[HookHost]:
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm tmpfs")
+    backing = Path("/dev/shm") / f"vfiotask-test-{uuid.uuid4().hex[:8]}"
+    backing.mkdir()
+    conf = tmp_path / "qemu.conf"
+    conf.write_text(f'memory_backing_dir = "{backing}"\n')
+    try:
+        yield HookHost(backing, conf, tmp_path / "state")
+    finally:
+        shutil.rmtree(backing, ignore_errors=True)
+
+
+def stderr_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("vfiotask: ")
+    return lines[0]
+
+
+def file_blocks(path: Path) -> int:
+    return os.lstat(path).st_blocks * 512

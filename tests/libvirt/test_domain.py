@@ -1,0 +1,101 @@
+"""The domain model read from libvirt XML, and the hardening of the parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.libvirt.xmls import guest_xml
+from vfiotask.errors import UsageError
+from vfiotask.integrations.libvirt import paths
+from vfiotask.integrations.libvirt.domain import parse_domain, parse_nodeset, validate_name
+from vfiotask.integrations.libvirt.xmlsafe import MAX_XML_BYTES
+
+FULL = """<domain type='kvm' id='12'>
+  <name>vm1</name><uuid>4dea22b3-1d52-d8f3-2516-782e98ab3fa0</uuid>
+  <memory unit='GiB'>4</memory>
+  <metadata>
+    <other:thing xmlns:other='http://example.org/x'/>
+    <vfiotask:config xmlns:vfiotask='https://vfiotask.org/xmlns/1' threads='3' prefault='off' fail='prefault:2'/>
+  </metadata>
+  <memtune><hard_limit unit='KiB'>6291456</hard_limit></memtune>
+  <memoryBacking>
+    <hugepages><page size='1' unit='G' nodeset='1'/><page size='2048' unit='KiB' nodeset='0'/></hugepages>
+    <source type='file'/><access mode='shared'/><locked/><allocation mode='immediate' threads='4'/>
+  </memoryBacking>
+  <numatune><memory mode='strict' nodeset='0-1'/><memnode cellid='0' mode='strict' nodeset='1'/></numatune>
+  <cpu><numa><cell id='0' cpus='0' memory='1' unit='GiB'/><cell id='1' cpus='1' memory='3' unit='GiB'/></numa></cpu>
+  <devices>
+    <hostdev mode='subsystem' type='pci' managed='yes'>
+      <source><address domain='0x0000' bus='0x06' slot='0x02' function='0x1'/></source>
+    </hostdev>
+    <hostdev mode='subsystem' type='usb'><source><vendor id='0x1'/></source></hostdev>
+  </devices>
+  <seclabel type='dynamic' model='dac' relabel='yes'><label>+64055:+107</label></seclabel>
+</domain>"""
+
+
+def test_everything_the_hook_needs_is_read() -> None:
+    d = parse_domain(FULL)
+    assert (d.name, d.id, d.uuid) == ("vm1", 12, "4dea22b3-1d52-d8f3-2516-782e98ab3fa0")
+    assert d.memory == 4 << 30
+    assert [(c.id, c.memory) for c in d.cells] == [(0, 1 << 30), (1, 3 << 30)]
+    assert d.backing.locked and d.backing.allocation_mode == "immediate" and d.backing.allocation_threads == 4
+    assert d.backing.source_type == "file" and d.backing.access_mode == "shared"
+    assert d.page_size_for(0) == 2 << 20 and d.page_size_for(1) == 1 << 30
+    assert not d.backing.file_backed  # hugepages: QEMU makes its own file in a directory
+    assert d.numatune.host_node(0) == 1 and d.numatune.host_node(1) is None
+    assert d.hard_limit == 6 << 30
+    assert [(h.address, h.managed) for h in d.hostdevs] == [("0000:06:02.1", True)]
+    assert d.config.present and d.config.threads == 3 and not d.config.prefault and d.config.fail == "prefault:2"
+    assert d.dac_label is not None and (d.dac_label.user, d.dac_label.group) == ("+64055", "+107")
+    assert d.ours and d.short_name == "12-vm1"
+
+
+def test_a_plain_guest_is_not_ours() -> None:
+    d = parse_domain(guest_xml("plain", 512, id=3))
+    assert not d.ours and d.hostdevs == () and not d.config.present
+
+
+def test_ram_file_paths_follow_libvirts_rule(tmp_path: Path) -> None:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('# memory_backing_dir = "/nope"\nmemory_backing_dir = "/dev/shm/vm"\n')
+    d = parse_domain(guest_xml("a-very-long-guest-name-indeed", 512, id=5, file_backed=True))
+    assert paths.guest_dir(d, conf).as_posix() == "/dev/shm/vm/libvirt/qemu/5-a-very-long-guest-na"
+    assert [(f.name, f.size) for f in paths.ram_files(d)] == [("pc.ram", 512 << 20)]
+    numa = parse_domain(guest_xml("n", 512, id=5, file_backed=True, cells=[256, 256]))
+    assert [f.name for f in paths.ram_files(numa)] == ["ram-node0", "ram-node1"]
+    conf.write_text("")
+    assert paths.guest_dir(d, conf).as_posix() == "/var/lib/libvirt/qemu/ram/5-a-very-long-guest-na"
+
+
+@pytest.mark.parametrize(
+    ("xml", "needle"),
+    [
+        ("", "is empty"),
+        ("<domain><name>x</name>", "malformed"),
+        (FULL[: len(FULL) // 2], "malformed"),
+        ("<!DOCTYPE d [<!ENTITY a 'aaaa'>]><domain><name>&a;</name></domain>", "DOCTYPE"),
+        ("<domain><name>x</name></domain>", "no <memory>"),
+        ("<network><name>x</name></network>", "not <domain>"),
+        ("<domain><name>x</name><memory unit='parsec'>1</memory></domain>", "unknown unit"),
+        ("<domain><name>x</name><memory>lots</memory></domain>", "not a whole number"),
+        (" " * (MAX_XML_BYTES + 1), "larger than 4 MiB"),
+    ],
+)
+def test_bad_xml_is_refused_with_a_reason(xml: str, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        parse_domain(xml)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "x..y", ".hidden", "tab\there", "new\nline", "caf\u00e9"])
+def test_unusable_names_are_refused(name: str) -> None:
+    with pytest.raises(UsageError, match="not usable"):
+        validate_name(name)
+
+
+def test_nodesets() -> None:
+    assert parse_nodeset("0-3,^2,5") == [0, 1, 3, 5]
+    with pytest.raises(UsageError):
+        parse_nodeset("3-1")

@@ -1,0 +1,174 @@
+"""The hook run directly, as libvirtd runs it, against a private memory_backing_dir on tmpfs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import requires_root
+from tests.libvirt.conftest import HookHost, file_blocks, stderr_line
+from tests.libvirt.xmls import guest_xml
+
+MiB = 1 << 20
+OURS = {"threads": "2"}
+SYSFS = Path(__file__).resolve().parents[2] / "fixtures" / "sysfs"
+
+
+def test_a_guest_that_is_not_ours_is_left_alone(hook_host: HookHost) -> None:
+    xml = guest_xml("plain", 256, id=3, file_backed=True)
+    for phase, sub in (("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end")):
+        result = hook_host.run("plain", phase, sub, xml)
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert not (hook_host.backing_dir / "libvirt").exists()
+    assert hook_host.journal().get("guests", {}) == {}
+
+
+@requires_root
+def test_prepare_populates_start_hands_over_release_removes(hook_host: HookHost) -> None:
+    xml = guest_xml("g1", 64, id=7, file_backed=True, immediate=True, config=OURS, dac="+64055:+64055")
+    ram = hook_host.guest_dir("7-g1") / "pc.ram"
+
+    prepared = hook_host.run("g1", "prepare", "begin", xml)
+    assert (prepared.returncode, prepared.stdout, prepared.stderr) == (0, b"", b"")
+    assert ram.stat().st_size == 64 * MiB and file_blocks(ram) == 64 * MiB
+    assert (ram.stat().st_uid, ram.stat().st_mode & 0o777) == (0, 0o600)
+
+    started = hook_host.run("g1", "start", "begin", xml)
+    assert started.returncode == 0, started.stderr
+    assert (ram.stat().st_uid, ram.stat().st_gid) == (64055, 64055)
+    record = hook_host.journal()["guests"]["g1"]  # type: ignore[index]
+    assert record["at_start"]["allocated"][str(ram)] == 64 * MiB
+
+    for _ in range(2):  # idempotent
+        released = hook_host.run("g1", "release", "end", xml.replace(" id='7'", ""))
+        assert (released.returncode, released.stderr) == (0, b"")
+    assert not ram.exists() and not hook_host.guest_dir("7-g1").exists()
+    assert hook_host.journal()["guests"] == {}
+
+
+@requires_root
+def test_numa_cells_get_one_file_each(hook_host: HookHost) -> None:
+    xml = guest_xml("numa", 64, id=8, file_backed=True, config=OURS, cells=[32, 32])
+    assert hook_host.run("numa", "prepare", "begin", xml).returncode == 0
+    files = sorted(p.name for p in hook_host.guest_dir("8-numa").iterdir())
+    assert files == ["ram-node0", "ram-node1"]
+    assert all(file_blocks(hook_host.guest_dir("8-numa") / f) == 32 * MiB for f in files)
+    hook_host.run("numa", "release", "end", xml)
+    assert not hook_host.guest_dir("8-numa").exists()
+
+
+@requires_root
+@pytest.mark.parametrize("fail", ["prefault:1", "prefault:2"])
+def test_forced_failure_aborts_with_one_line_and_leaves_nothing(hook_host: HookHost, fail: str) -> None:
+    xml = guest_xml("bad", 256, id=9, file_backed=True, config={"fail": fail})
+    result = hook_host.run("bad", "prepare", "begin", xml)
+    assert result.returncode == 1 and result.stdout == b""
+    line = stderr_line(result)
+    assert "guest bad" in line and "EIO" in line
+    assert list((hook_host.backing_dir).iterdir()) == []
+    assert hook_host.journal()["guests"] == {}
+
+
+def test_stale_file_is_never_reused(hook_host: HookHost) -> None:
+    guest = hook_host.guest_dir("4-old")
+    guest.mkdir(parents=True)
+    (guest / "pc.ram").write_bytes(b"secret guest data")
+    result = hook_host.run("old", "prepare", "begin", guest_xml("old", 64, id=4, file_backed=True, config=OURS))
+    assert result.returncode == 1 and "already exists" in stderr_line(result)
+    assert (guest / "pc.ram").read_bytes() == b"secret guest data"
+
+
+@pytest.mark.parametrize(
+    ("name", "phase", "xml", "needle"),
+    [
+        ("x", "prepare", "<domain><name>x</name>", "malformed"),
+        ("x", "prepare", "", "is empty"),
+        ("x", "prepare", None, "is empty"),
+        ("x", "prepare", "<!DOCTYPE x><domain/>", "DOCTYPE"),
+        ("x", "start", "<domain", "malformed"),
+        ("a/b", "prepare", guest_xml("a/b", 64, id=1, config=OURS), "not usable"),
+        ("..", "prepare", guest_xml("..", 64, id=1, config=OURS), "not usable"),
+        ("caf\u00e9", "prepare", guest_xml("caf\u00e9", 64, id=1, config=OURS), "not usable"),
+        ("y", "prepare", guest_xml("x", 64, id=1, config=OURS), "is for 'x'"),
+        ("x", "prepare", guest_xml("x", 64, config=OURS), "no id"),
+        ("x", "prepare", guest_xml("x", 64, id=1, config={"threads": "many"}), "not a count"),
+    ],
+)
+def test_bad_input_fails_prepare_with_one_line(hook_host: HookHost, name: str, phase: str,
+                                               xml: str | None, needle: str) -> None:
+    result = hook_host.run(name, phase, "begin", xml)
+    assert result.returncode == 1 and result.stdout == b""
+    assert needle in stderr_line(result)
+    assert list(hook_host.backing_dir.iterdir()) == []
+
+
+def test_other_phases_and_bad_names_never_fail_a_stop(hook_host: HookHost) -> None:
+    assert hook_host.run("a/../b", "release", "end", "").returncode == 0
+    assert hook_host.run("x", "teleport", "begin", "<junk").returncode == 0
+    assert hook_host.run("x", "stopped", "end", "<junk").returncode == 0
+    unicode_plain = guest_xml("caf\u00e9", 64, id=2)
+    assert hook_host.run("caf\u00e9", "prepare", "begin", unicode_plain).returncode == 0
+
+
+def test_missing_memory_backing_dir(hook_host: HookHost) -> None:
+    hook_host.conf.write_text(f'memory_backing_dir = "{hook_host.backing_dir}/nope"\n')
+    result = hook_host.run("m", "prepare", "begin", guest_xml("m", 64, id=1, file_backed=True, config=OURS))
+    assert result.returncode == 1
+    assert "memory_backing_dir" in stderr_line(result) and "does not exist" in stderr_line(result)
+    assert hook_host.journal()["guests"] == {}
+
+
+@requires_root
+def test_missing_qemu_user_fails_start_and_release_cleans_up(hook_host: HookHost) -> None:
+    xml = guest_xml("u", 64, id=5, file_backed=True, config=OURS, dac="nosuchuser-vt:nosuchgroup-vt")
+    assert hook_host.run("u", "prepare", "begin", xml).returncode == 0
+    result = hook_host.run("u", "start", "begin", xml)
+    assert result.returncode == 1 and "nosuchuser-vt" in stderr_line(result)
+    assert hook_host.run("u", "release", "end", xml).returncode == 0
+    assert not hook_host.guest_dir("5-u").exists()
+
+
+@requires_root
+def test_start_never_follows_a_link_put_in_place(hook_host: HookHost, tmp_path: Path) -> None:
+    xml = guest_xml("l", 64, id=6, file_backed=True, config=OURS, dac="+64055:+64055")
+    assert hook_host.run("l", "prepare", "begin", xml).returncode == 0
+    ram = hook_host.guest_dir("6-l") / "pc.ram"
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    ram.unlink()
+    os.symlink(victim, ram)
+    result = hook_host.run("l", "start", "begin", xml)
+    assert result.returncode == 1
+    assert victim.stat().st_uid == 0
+    hook_host.run("l", "release", "end", xml)
+    assert victim.exists()
+
+
+@requires_root
+def test_memlock_budget_below_guest_ram_is_refused(hook_host: HookHost, tmp_path: Path) -> None:
+    xml = guest_xml("pin", 512, id=2, hostdevs=["0000:01:00.0"], hard_limit_mib=256)
+    result = hook_host.run("pin", "prepare", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "viable/sys"))
+    assert result.returncode == 1
+    line = stderr_line(result)
+    assert "RLIMIT_MEMLOCK" in line and "hard_limit" in line
+    assert hook_host.journal()["guests"] == {}
+
+
+def test_hostdev_in_a_group_shared_with_a_host_driver_is_refused(hook_host: HookHost) -> None:
+    xml = guest_xml("sib", 256, id=2, hostdevs=["0000:01:00.0"])
+    result = hook_host.run("sib", "prepare", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "sibling/sys"))
+    assert result.returncode == 1
+    assert "0000:01:00.1" in stderr_line(result)
+    assert hook_host.journal()["guests"] == {}
+
+
+def test_viable_hostdev_passes_and_release_clears_it(hook_host: HookHost) -> None:
+    xml = guest_xml("ok", 256, id=2, hostdevs=["0000:01:00.0", "0000:01:00.1"])
+    env = {"VFIOTASK_SYSFS_ROOT": str(SYSFS / "viable/sys")}
+    result = hook_host.run("ok", "prepare", "begin", xml, **env)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert "ok" in hook_host.journal()["guests"]  # type: ignore[operator]
+    assert hook_host.run("ok", "release", "end", xml, **env).returncode == 0
+    assert hook_host.journal()["guests"] == {}

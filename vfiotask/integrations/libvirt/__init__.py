@@ -1,0 +1,5 @@
+"""libvirt integration: the domain model, the qemu hook, staging ahead of a start, and tuning.
+
+Kept free of imports on purpose: the hook imports this package for every phase of every guest,
+and for a guest that is not ours it must be gone within milliseconds.
+"""

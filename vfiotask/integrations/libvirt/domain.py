@@ -1,0 +1,325 @@
+"""The parts of a libvirt domain definition that decide how a guest's RAM must be prepared.
+
+Only what the hook, staging and tuning act on is modelled: memory and NUMA cells, memory backing,
+numatune, the memtune hard limit (it becomes QEMU's RLIMIT_MEMLOCK), PCI host devices, the DAC
+label libvirt gives QEMU, and vfiotask's own settings, kept under `<metadata>` in our namespace as
+libvirt's documentation asks applications to do.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from vfiotask.errors import UsageError
+from vfiotask.integrations.libvirt.xmlsafe import parse_xml
+
+NAMESPACE = "https://vfiotask.org/xmlns/1"
+CONFIG_TAG = f"{{{NAMESPACE}}}config"
+
+_UNITS = {
+    "b": 1, "bytes": 1,
+    "kb": 1000, "k": 1024, "kib": 1024,
+    "mb": 1000**2, "m": 1024**2, "mib": 1024**2,
+    "gb": 1000**3, "g": 1024**3, "gib": 1024**3,
+    "tb": 1000**4, "t": 1024**4, "tib": 1024**4,
+}  # fmt: skip
+
+
+def scaled(text: str | None, unit: str | None, *, what: str, default_unit: str = "KiB") -> int:
+    """A libvirt scaled integer (`<memory unit='GiB'>4</memory>`) in bytes."""
+    factor = _UNITS.get((unit or default_unit).lower())
+    if factor is None:
+        raise UsageError(f"{what} has unknown unit {unit!r}", hint="use KiB, MiB, GiB or another libvirt unit")
+    try:
+        value = int((text or "").strip())
+    except ValueError as exc:
+        raise UsageError(f"{what} {text!r} is not a whole number", hint="fix the domain definition") from exc
+    if value < 0:
+        raise UsageError(f"{what} is negative", hint="fix the domain definition")
+    return value * factor
+
+
+def parse_nodeset(text: str, *, what: str = "nodeset") -> list[int]:
+    """libvirt's set syntax: `0-3,^2,5` -> [0, 1, 3, 5]."""
+    chosen: set[int] = set()
+    excluded: set[int] = set()
+    try:
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            target = excluded if item.startswith("^") else chosen
+            item = item.lstrip("^")
+            low, _, high = item.partition("-")
+            first, last = int(low), int(high or low)
+            if first < 0 or last < first:
+                raise ValueError(item)
+            target.update(range(first, last + 1))
+    except ValueError as exc:
+        raise UsageError(f"{what} {text!r} is not a node set", hint="write nodes like 0-3,^2,5") from exc
+    return sorted(chosen - excluded)
+
+
+@dataclass(frozen=True)
+class NumaCell:
+    """A guest NUMA cell: its RAM is one file `ram-nodeN` when file-backed."""
+
+    id: int
+    memory: int
+
+
+@dataclass(frozen=True)
+class HugepageSpec:
+    """`<page size=... nodeset=.../>`: guest cells `nodeset` (None: all) use pages of `size` bytes."""
+
+    size: int | None
+    nodeset: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MemoryBacking:
+    hugepages: tuple[HugepageSpec, ...] = ()
+    source_type: str | None = None  # file, anonymous, memfd
+    access_mode: str | None = None  # shared, private
+    locked: bool = False
+    allocation_mode: str | None = None  # immediate, ondemand
+    allocation_threads: int | None = None
+
+    @property
+    def uses_hugepages(self) -> bool:
+        return bool(self.hugepages)
+
+    @property
+    def file_backed(self) -> bool:
+        """QEMU gets a file in memory_backing_dir that can be created and populated before it starts."""
+        return self.source_type == "file" and not self.uses_hugepages
+
+
+@dataclass(frozen=True)
+class Numatune:
+    mode: str | None = None
+    nodeset: tuple[int, ...] = ()
+    memnodes: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def host_node(self, cell: int | None) -> int | None:
+        """The one host node a guest cell's memory must come from, or None when not pinned to one."""
+        nodes = self.memnodes[cell] if cell is not None and cell in self.memnodes else self.nodeset
+        return nodes[0] if len(nodes) == 1 else None
+
+
+@dataclass(frozen=True)
+class Hostdev:
+    address: str  # 0000:06:02.0
+    managed: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    """vfiotask's settings for a guest, from `<vfiotask:config .../>` in `<metadata>`.
+
+    `fail` is the test interface for fault injection: the hook runs with only LC_ALL, PATH and
+    HOME from libvirtd, so VFIOTASK_FAIL cannot reach it through the environment.
+    """
+
+    present: bool = False
+    threads: int = 0  # 0: the engine's policy
+    prefault: bool = True
+    hugepages: bool = True
+    fail: str = ""
+
+
+@dataclass(frozen=True)
+class DacLabel:
+    user: str
+    group: str
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    uuid: str | None
+    id: int | None
+    memory: int
+    cells: tuple[NumaCell, ...]
+    backing: MemoryBacking
+    numatune: Numatune
+    hard_limit: int | None
+    hostdevs: tuple[Hostdev, ...]
+    config: Config
+    dac_label: DacLabel | None
+    has_viommu: bool = False
+
+    @property
+    def ours(self) -> bool:
+        """A guest the hook acts on: it passes PCI devices through, or asks for vfiotask by metadata."""
+        return bool(self.hostdevs) or self.config.present
+
+    @property
+    def short_name(self) -> str:
+        """libvirt's `ID-NAME` (name cut to 20 characters) used for per-guest directories."""
+        if self.id is None:
+            raise UsageError(f"domain {self.name!r} has no id", hint="this is only known once libvirt starts it")
+        return f"{self.id}-{self.name[:20]}"
+
+    def page_size_for(self, cell: int | None) -> int | None:
+        """The hugepage size a guest cell uses (None: the host's default size)."""
+        for spec in self.backing.hugepages:
+            if spec.nodeset is None or cell is None or cell in spec.nodeset:
+                return spec.size
+        return None
+
+
+def validate_name(name: str) -> str:
+    """Refuse names that could escape a directory or break a log line."""
+    bad = (
+        not name
+        or "/" in name
+        or ".." in name
+        or name.startswith(".")
+        or not name.isascii()
+        or not name.isprintable()
+    )
+    if bad:
+        raise UsageError(
+            f"guest name {name!r} is not usable by vfiotask",
+            hint="use printable ASCII without '/', '..' or a leading dot",
+        )
+    return name
+
+
+def _text(element: ET.Element | None) -> str | None:
+    return None if element is None or element.text is None else element.text.strip()
+
+
+def _hostdevs(root: ET.Element) -> tuple[Hostdev, ...]:
+    found = []
+    for dev in root.findall("./devices/hostdev"):
+        if dev.get("mode", "subsystem") != "subsystem" or dev.get("type") != "pci":
+            continue
+        address = dev.find("./source/address")
+        if address is None:
+            raise UsageError("a PCI hostdev has no source address", hint="fix the domain definition")
+        try:
+            parts = [int(address.get(key, "0"), 0) for key in ("domain", "bus", "slot", "function")]
+        except ValueError as exc:
+            raise UsageError("a PCI hostdev address is not numeric", hint="fix the domain definition") from exc
+        found.append(Hostdev(f"{parts[0]:04x}:{parts[1]:02x}:{parts[2]:02x}.{parts[3]:x}", dev.get("managed") == "yes"))
+    return tuple(found)
+
+
+def _backing(root: ET.Element) -> MemoryBacking:
+    node = root.find("./memoryBacking")
+    if node is None:
+        return MemoryBacking()
+    pages: list[HugepageSpec] = []
+    huge = node.find("./hugepages")
+    if huge is not None:
+        for page in huge.findall("./page"):
+            size = scaled(page.get("size"), page.get("unit"), what="hugepage size") if page.get("size") else None
+            nodeset = page.get("nodeset")
+            pages.append(HugepageSpec(size, tuple(parse_nodeset(nodeset)) if nodeset else None))
+        if not pages:
+            pages.append(HugepageSpec(None))
+    source, access, allocation = node.find("./source"), node.find("./access"), node.find("./allocation")
+    threads = allocation.get("threads") if allocation is not None else None
+    return MemoryBacking(
+        hugepages=tuple(pages),
+        source_type=source.get("type") if source is not None else None,
+        access_mode=access.get("mode") if access is not None else None,
+        locked=node.find("./locked") is not None,
+        allocation_mode=allocation.get("mode") if allocation is not None else None,
+        allocation_threads=int(threads) if threads and threads.isdigit() else None,
+    )
+
+
+def _numatune(root: ET.Element) -> Numatune:
+    node = root.find("./numatune")
+    if node is None:
+        return Numatune()
+    memory = node.find("./memory")
+    memnodes = {}
+    for memnode in node.findall("./memnode"):
+        cell = memnode.get("cellid", "")
+        if cell.isdigit() and memnode.get("nodeset"):
+            memnodes[int(cell)] = tuple(parse_nodeset(memnode.get("nodeset", "")))
+    return Numatune(
+        mode=memory.get("mode") if memory is not None else None,
+        nodeset=tuple(parse_nodeset(memory.get("nodeset", ""))) if memory is not None else (),
+        memnodes=memnodes,
+    )
+
+
+def _config(root: ET.Element) -> Config:
+    node = root.find(f"./metadata/{CONFIG_TAG}")
+    if node is None:
+        return Config()
+
+    def flag(key: str, default: bool) -> bool:
+        value = node.get(key)
+        if value is None:
+            return default
+        if value.lower() in ("on", "yes", "true", "1"):
+            return True
+        if value.lower() in ("off", "no", "false", "0"):
+            return False
+        raise UsageError(f"vfiotask:config {key}={value!r} is not on or off", hint="write on or off")
+
+    threads = node.get("threads", "auto")
+    if threads != "auto" and not (threads.isdigit() and int(threads) > 0):
+        raise UsageError(f"vfiotask:config threads={threads!r} is not a count", hint="write auto or a positive number")
+    return Config(
+        present=True,
+        threads=0 if threads == "auto" else int(threads),
+        prefault=flag("prefault", True),
+        hugepages=flag("hugepages", True),
+        fail=node.get("fail", ""),
+    )
+
+
+def _dac_label(root: ET.Element) -> DacLabel | None:
+    for seclabel in root.findall("./seclabel"):
+        if seclabel.get("model") == "dac":
+            label = _text(seclabel.find("./label"))
+            if label and ":" in label:
+                user, _, group = label.partition(":")
+                return DacLabel(user, group)
+    return None
+
+
+def _memory(root: ET.Element) -> int:
+    for tag in ("memory", "currentMemory"):
+        node = root.find(f"./{tag}")
+        if node is not None:
+            return scaled(node.text, node.get("unit"), what=f"<{tag}>")
+    raise UsageError("domain XML has no <memory>", hint="pass a complete libvirt domain definition")
+
+
+def domain_from_element(root: ET.Element) -> Domain:
+    if root.tag != "domain":
+        raise UsageError(f"the XML's root element is <{root.tag}>, not <domain>", hint="pass a domain definition")
+    name = _text(root.find("./name"))
+    if not name:
+        raise UsageError("domain XML has no <name>", hint="pass a complete libvirt domain definition")
+    raw_id = root.get("id")
+    cells = tuple(
+        NumaCell(int(cell.get("id", str(index))), scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory"))
+        for index, cell in enumerate(root.findall("./cpu/numa/cell"))
+    )
+    hard = root.find("./memtune/hard_limit")
+    return Domain(
+        name=name,
+        uuid=_text(root.find("./uuid")),
+        id=int(raw_id) if raw_id is not None and raw_id.lstrip("-").isdigit() and int(raw_id) >= 0 else None,
+        memory=_memory(root),
+        cells=cells,
+        backing=_backing(root),
+        numatune=_numatune(root),
+        hard_limit=scaled(hard.text, hard.get("unit"), what="memtune hard_limit") if hard is not None else None,
+        hostdevs=_hostdevs(root),
+        config=_config(root),
+        dac_label=_dac_label(root),
+        has_viommu=root.find("./devices/iommu") is not None,
+    )
+
+
+def parse_domain(data: bytes | str) -> Domain:
+    """A Domain from libvirt's XML; UsageError, naming what is wrong, for anything else."""
+    return domain_from_element(parse_xml(data))

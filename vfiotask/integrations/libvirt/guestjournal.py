@@ -1,0 +1,65 @@
+"""What the hook took for each guest, and what `prepin --domain` staged, in the state dir.
+
+`release end` runs in a fresh process long after `prepare begin`, possibly after a crash of
+libvirtd, so everything it must give back is written down by the process that took it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from vfiotask.journal import Journal
+
+JOURNAL_NAME = "libvirt"
+
+
+class GuestJournal:
+    """`guests[name]`: what prepare did; `staged[name]`: files populated ahead of a start."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.journal = Journal(JOURNAL_NAME, directory)
+
+    @property
+    def path(self) -> Path:
+        return self.journal.path
+
+    @contextmanager
+    def locked(self) -> Iterator[dict[str, Any]]:
+        with self.journal.locked() as data:
+            data.setdefault("guests", {})
+            data.setdefault("staged", {})
+            yield data
+
+    def guest(self, name: str) -> dict[str, Any] | None:
+        record: dict[str, Any] | None = self.journal.read().get("guests", {}).get(name)
+        return record
+
+    def staged(self, name: str) -> dict[str, Any] | None:
+        record: dict[str, Any] | None = self.journal.read().get("staged", {}).get(name)
+        return record
+
+    def put_guest(self, name: str, record: dict[str, Any]) -> None:
+        with self.locked() as data:
+            data["guests"][name] = record
+
+    def update_guest(self, name: str, **changes: Any) -> None:
+        with self.locked() as data:
+            if name in data["guests"]:
+                data["guests"][name].update(changes)
+
+    def pop_guest(self, name: str) -> dict[str, Any] | None:
+        with self.locked() as data:
+            record: dict[str, Any] | None = data["guests"].pop(name, None)
+            return record
+
+    def put_staged(self, name: str, record: dict[str, Any]) -> None:
+        with self.locked() as data:
+            data["staged"][name] = record
+
+    def pop_staged(self, name: str) -> dict[str, Any] | None:
+        with self.locked() as data:
+            record: dict[str, Any] | None = data["staged"].pop(name, None)
+            return record

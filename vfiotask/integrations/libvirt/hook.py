@@ -1,0 +1,116 @@
+"""The libvirt qemu hook: `HOOK NAME PHASE SUBPHASE EXTRA`, the domain XML on stdin.
+
+libvirtd waits for the hook on every phase of every guest, so for a guest that is not ours the
+hook must be gone at once: only the stdlib XML parser is imported before that is known, and the
+memory and hugepage code only when there is work.  The hook never writes to stdout (in qemu.d
+the output of one script can be the input of the next), never calls libvirt (libvirtd is
+blocked on us), logs to syslog, and prints one line on stderr when it fails a start: libvirt
+shows that line to the user who ran `virsh start`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO
+
+KNOWN_PHASES = {"prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"}
+EXIT_OK = 0
+EXIT_FAILED = 1
+IDENT = "vfiotask-hook"
+
+
+def log(message: str) -> None:
+    """To syslog when there is one; quietly nowhere when /dev/log is absent."""
+    import syslog
+
+    syslog.openlog(IDENT, syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_INFO, message)
+
+
+def fail(message: str) -> int:
+    line = " ".join(message.split())
+    print(f"vfiotask: {line}", file=sys.stderr)
+    log(f"error: {line}")
+    return EXIT_FAILED
+
+
+def read_stdin(stream: IO[bytes] | None) -> bytes:
+    """The XML libvirt writes, capped one byte past the parser's limit (so oversize is detected)."""
+    from vfiotask.integrations.libvirt.xmlsafe import MAX_XML_BYTES
+
+    if stream is None or stream.isatty():
+        return b""
+    return stream.read(MAX_XML_BYTES + 1)
+
+
+def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 3:
+        return fail("the qemu hook expects NAME PHASE SUBPHASE EXTRA from libvirtd; nothing done")
+    name, phase = argv[1], argv[2]
+    subphase = argv[3] if len(argv) > 3 else "-"
+    if phase not in KNOWN_PHASES:
+        log(f"{name!r}: phase {phase!r} {subphase!r} is not one vfiotask knows; ignored")
+        return EXIT_OK
+    work = (phase, subphase)
+    if work not in {("prepare", "begin"), ("start", "begin"), ("release", "end")}:
+        return EXIT_OK
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing may reach libvirt's stdout pipe
+    if stdin is None:
+        stdin = sys.stdin.buffer if sys.stdin is not None else None
+    try:
+        if work == ("release", "end"):
+            return run_release(name)
+        return run_prepare_or_start(name, phase, read_stdin(stdin))
+    except KeyboardInterrupt:
+        return fail(f"guest {name}: interrupted; everything taken was given back")
+
+
+def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
+    from vfiotask.errors import VfiotaskError
+    from vfiotask.integrations.libvirt.domain import parse_domain, validate_name
+
+    try:
+        domain = parse_domain(data)
+    except VfiotaskError as exc:
+        return fail(f"guest {name} {phase}: {exc.one_line()}")
+    if not domain.ours:
+        return EXIT_OK
+    try:
+        validate_name(name)
+        if domain.name != name:
+            return fail(f"guest {name}: the XML on stdin is for {domain.name!r}; nothing done")
+        from vfiotask.integrations.libvirt import phases
+
+        ctx = phases.HookContext(log=log)
+        if phase == "prepare":
+            if domain.id is None:
+                return fail(f"guest {name}: the XML has no id attribute; nothing done")
+            phases.prepare(domain, ctx)
+            log(f"{name}: prepared")
+        else:
+            at_start = phases.start(domain, ctx)
+            if at_start is not None:
+                log(f"{name}: files handed to QEMU ({at_start.get('owner')})")
+    except VfiotaskError as exc:
+        return fail(f"guest {name}: {exc.one_line()}")
+    return EXIT_OK
+
+
+def run_release(name: str) -> int:
+    """Undo what prepare did; any problem is logged and the stop goes on (exit 0)."""
+    from vfiotask.errors import VfiotaskError, describe_exception
+    from vfiotask.integrations.libvirt.domain import validate_name
+
+    try:
+        validate_name(name)
+        from vfiotask.integrations.libvirt import phases
+
+        for problem in phases.release(name, phases.HookContext(log=log)):
+            log(f"{name}: release: {problem}")
+    except VfiotaskError as exc:
+        log(f"{name}: release: {exc.one_line()}")
+    except Exception as exc:  # the stop must never fail because of us
+        log(f"{name}: release failed: {describe_exception(exc)}")
+    return EXIT_OK

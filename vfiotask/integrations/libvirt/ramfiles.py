@@ -1,0 +1,112 @@
+"""Creating and populating a guest's RAM files, and the records that let another process undo it.
+
+The same code serves the hook at `prepare begin` (files in the guest's own directory) and
+`prepin --domain` ahead of a start (files in the staging directory, renamed into place later).
+Every record carries the file's device and inode, so an undo never removes a file that someone
+else has since put at that path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vfiotask.engine import Engine
+from vfiotask.errors import HostStateError
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A RAM file vfiotask made: where, how big, which node, and its identity."""
+
+    path: str
+    size: int
+    node: int | None
+    dev: int
+    inode: int
+    allocated: int
+    seconds: float = 0.0
+    threads: int = 0
+    staged_from: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileRecord:
+        fields = {name: data.get(name) for name in cls.__dataclass_fields__}
+        return cls(**fields)  # type: ignore[arg-type]
+
+    def still_ours(self) -> bool:
+        """The path still names the file this record describes (same device and inode, not a link)."""
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == (self.dev, self.inode)
+
+    def remove(self) -> bool:
+        """Unlink the file if it is still ours; True when something was removed."""
+        if not self.still_ours():
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+            return True
+        return False
+
+
+def populate_file(path: Path, size: int, node: int | None, *, threads: int = 0,
+                  engine: Engine | None = None) -> FileRecord:
+    """Create `path` at `size` and populate every page in parallel on `node`; nothing left on failure."""
+    from vfiotask.jobs.prefault import prefault
+    from vfiotask.memory.region import RegionSpec, open_region
+
+    if os.path.lexists(path):
+        raise HostStateError(
+            f"guest RAM file {path} already exists (left by an earlier run?)",
+            hint="make sure no guest uses it, remove it, then start the guest again",
+        )
+    region = open_region(RegionSpec(size=size, backing=str(path), node=node, create=True))
+    try:
+        report = prefault(region, engine=engine, max_threads=threads)
+        info = os.fstat(region.fd) if region.fd is not None else os.lstat(path)
+    except BaseException:
+        region.close(remove_created=True)
+        raise
+    region.close(remove_created=False)
+    return FileRecord(
+        path=str(path),
+        size=size,
+        node=node,
+        dev=info.st_dev,
+        inode=info.st_ino,
+        allocated=info.st_blocks * 512,
+        seconds=report.seconds,
+        threads=report.threads,
+    )
+
+
+def chown_nofollow(record: FileRecord, uid: int, gid: int) -> None:
+    """Give the file to QEMU's user without ever following a link put in its place."""
+    fd = os.open(record.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (record.dev, record.inode):
+            raise HostStateError(
+                f"guest RAM file {record.path} was replaced since it was populated",
+                hint="check what else writes to memory_backing_dir, then start the guest again",
+            )
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def allocated_bytes(path: str) -> int:
+    try:
+        return os.lstat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0

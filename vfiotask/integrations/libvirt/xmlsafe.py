@@ -1,0 +1,44 @@
+"""Parsing XML that arrives from outside (the hook's stdin, libvirt) without trusting it.
+
+The stdlib parser expands internal entities, so a crafted document can blow up memory; a domain
+definition never needs a DOCTYPE, so any declaration is refused before the parser sees it, and
+input is capped in size so a runaway writer cannot make the hook hold gigabytes.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from vfiotask.errors import UsageError
+
+MAX_XML_BYTES = 4 << 20
+_DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
+
+
+def parse_xml(data: bytes | str, *, what: str = "domain XML") -> ET.Element:
+    """Parse a document; UsageError for anything oversized, declared, empty or malformed."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > MAX_XML_BYTES:
+        raise UsageError(
+            f"{what} is larger than {MAX_XML_BYTES >> 20} MiB",
+            hint="pass a libvirt domain definition, not some other file",
+        )
+    if not raw.strip():
+        raise UsageError(f"{what} is empty", hint="give the domain definition on standard input")
+    if _DECLARATION.search(raw):
+        raise UsageError(f"{what} contains a DOCTYPE or ENTITY declaration", hint="remove it; libvirt never writes one")
+    try:
+        return ET.fromstring(raw)
+    except ET.ParseError as exc:
+        raise UsageError(f"{what} is malformed ({exc})", hint="check that the whole definition was passed") from exc
+
+
+def register_namespaces(data: bytes | str) -> None:
+    """Keep the prefixes a document uses when it is written back (libvirt metadata keeps its own)."""
+    import io
+
+    raw = data.encode() if isinstance(data, str) else data
+    for _event, (prefix, uri) in ET.iterparse(io.BytesIO(raw), events=("start-ns",)):
+        if prefix and not prefix.startswith("ns"):
+            ET.register_namespace(prefix, uri)
