@@ -1,0 +1,64 @@
+"""`vfiotask hook install|uninstall` into a private hooks directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, run_cli
+from tests.libvirt.xmls import guest_xml
+from vfiotask.integrations.cli.hook import HOOK_BODY
+
+
+def test_install_is_idempotent_and_uninstall_removes(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    first = run_cli("hook", "install", "--hooks-dir", str(hooks))
+    assert first.returncode == 0, first.stderr
+    installed = hooks / "qemu.d" / "50-vfiotask"
+    assert f"installed {installed}" in first.stdout
+    assert installed.stat().st_mode & 0o777 == 0o755
+    assert installed.read_text().splitlines()[0] == f"#!{sys.executable}"
+
+    again = run_cli("hook", "install", "--hooks-dir", str(hooks))
+    assert again.returncode == 0 and "already installed" in again.stdout
+
+    removed = run_cli("hook", "uninstall", "--hooks-dir", str(hooks))
+    assert removed.returncode == 0 and not installed.exists()
+    assert "not installed" in run_cli("hook", "uninstall", "--hooks-dir", str(hooks)).stdout
+
+
+def test_installed_hook_runs_with_libvirtds_bare_environment(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    assert run_cli("hook", "install", "--hooks-dir", str(hooks)).returncode == 0
+    result = subprocess.run(
+        [str(hooks / "qemu.d" / "50-vfiotask"), "plain", "prepare", "begin", "-"],
+        input=guest_xml("plain", 64, id=1).encode(),
+        capture_output=True,
+        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin", "HOME": "/root"},
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def test_the_repository_hook_is_the_installed_body() -> None:
+    text = (REPO / "hooks" / "qemu").read_text()
+    assert text.split("\n", 1)[1] == HOOK_BODY
+    assert os.access(REPO / "hooks" / "qemu", os.X_OK)
+
+
+def test_a_foreign_file_is_not_removed(tmp_path: Path) -> None:
+    target = tmp_path / "qemu.d" / "50-vfiotask"
+    target.parent.mkdir()
+    target.write_text("#!/bin/sh\nexit 0\n")
+    result = run_cli("hook", "uninstall", "--hooks-dir", str(tmp_path))
+    assert result.returncode == 2 and "not vfiotask's hook" in result.stderr
+    assert target.exists()
+
+
+def test_hooks_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "file"
+    plain.write_text("")
+    result = run_cli("hook", "install", "--hooks-dir", str(plain))
+    assert result.returncode == 2 and result.stderr.startswith("vfiotask: ") and "not a directory" in result.stderr
