@@ -1,0 +1,163 @@
+"""The hook under a real libvirtd and QEMU: guests started and stopped with `virsh`.
+
+One private libvirtd serves the module (started after the hook is installed and qemu.conf
+names a tmpfs memory_backing_dir); everything is put back afterwards, also on failure.
+libvirtd runs the hook with only LC_ALL, PATH and HOME, so the hook's state is in /run/vfiotask
+and fault injection reaches it through the guest's `<vfiotask:config fail=...>` metadata.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import HOST_LOCK, HUGEPAGES_SYSFS, is_root
+from tests.libvirt.xmls import guest_xml
+
+pytestmark = pytest.mark.libvirt
+
+PREFIX = "vfiotask-test-"
+STATE = Path("/run/vfiotask")
+POOL_2M = HUGEPAGES_SYSFS / "hugepages-2048kB/nr_hugepages"
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[object]:
+    if not is_root():
+        pytest.skip("needs root to run libvirtd")
+    if not Path("/dev/kvm").exists():
+        pytest.skip("no /dev/kvm")
+    from vfiotask.errors import HostStateError
+    from vfiotask.integrations.libvirt.daemon import PrivateLibvirt, missing_tools
+
+    if missing_tools():
+        pytest.skip(f"not installed: {', '.join(missing_tools())}")
+    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(HOST_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pools = {p: p.read_text() for p in HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages")}
+        try:
+            try:
+                private = PrivateLibvirt(guest_prefix=PREFIX)
+                private.__enter__()
+            except HostStateError as exc:
+                pytest.skip(f"cannot run a private libvirtd: {exc}")
+            try:
+                yield private
+            finally:
+                private.__exit__(None, None, None)
+        finally:
+            for path, value in pools.items():
+                path.write_text(value)
+
+
+def journal() -> dict[str, dict[str, object]]:
+    path = STATE / "libvirt.json"
+    return json.loads(path.read_text()) if path.exists() else {"guests": {}, "staged": {}}
+
+
+def hugepage_owners() -> list[str]:
+    path = STATE / "hugepages.json"
+    return sorted(json.loads(path.read_text()).get("owners", {})) if path.exists() else []
+
+
+def qemu_pid(name: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+
+
+def mapped_inodes(pid: int, needle: str) -> set[int]:
+    inodes = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and needle in fields[5]:
+            inodes.add(int(fields[4]))
+    return inodes
+
+
+def run_guest(lab, name: str, xml: str):  # type: ignore[no-untyped-def]
+    from vfiotask.integrations.libvirt.daemon import virsh
+
+    lab.define(xml)
+    return virsh("start", name, check=False)
+
+
+def stop_guest(name: str) -> None:
+    from vfiotask.integrations.libvirt.daemon import virsh
+
+    virsh("destroy", name, check=False)
+    virsh("undefine", name, check=False)
+
+
+def test_file_backed_guest_ram_is_populated_before_qemu_starts(lab) -> None:  # type: ignore[no-untyped-def]
+    name = PREFIX + "file"
+    xml = guest_xml(name, 512, file_backed=True, immediate=True, config={"threads": "2"})
+    started = run_guest(lab, name, xml)
+    try:
+        assert started.returncode == 0, started.stderr
+        record = journal()["guests"][name]
+        (path,) = [f["path"] for f in record["files"]]  # type: ignore[index, union-attr]
+        assert path.endswith(f"/libvirt/qemu/{record['id']}-{name[:20]}/pc.ram")
+        at_start = record["at_start"]
+        assert at_start["allocated"][path] == 512 * MiB  # type: ignore[index]
+        assert at_start["owner"] == [64055, 64055] or at_start["owner"][0] != 0  # type: ignore[index]
+        assert mapped_inodes(qemu_pid(name), path) == {at_start["inodes"][path]}  # type: ignore[index]
+    finally:
+        stop_guest(name)
+    assert name not in journal()["guests"]
+    assert not Path(path).exists()
+
+
+def test_hugepage_backed_guest_reserves_and_gives_back(lab) -> None:  # type: ignore[no-untyped-def]
+    name = PREFIX + "huge"
+    before = int(POOL_2M.read_text())
+    started = run_guest(lab, name, guest_xml(name, 512, hugepages="2048", config={}))
+    try:
+        assert started.returncode == 0, started.stderr
+        assert int(POOL_2M.read_text()) == before + 256
+        assert hugepage_owners() == [f"libvirt:{name}:{2 * MiB}"]
+    finally:
+        stop_guest(name)
+    assert int(POOL_2M.read_text()) == before
+    assert hugepage_owners() == []
+
+
+@pytest.mark.parametrize(
+    ("suffix", "backing", "fail", "message"),
+    [
+        ("fpre", {"file_backed": True}, "prefault:1", "prefault: Input/output error"),
+        ("fhuge", {"hugepages": "2048"}, "hugepages:1", "hugepage reservation failed"),
+    ],
+)
+def test_forced_failure_aborts_the_start_and_leaves_the_host_as_before(  # type: ignore[no-untyped-def]
+    lab, suffix: str, backing: dict[str, object], fail: str, message: str
+) -> None:
+    name = PREFIX + suffix
+    pool = int(POOL_2M.read_text())
+    entries = sorted(os.listdir(lab.backing_dir))
+    started = run_guest(lab, name, guest_xml(name, 512, config={"fail": fail}, **backing))  # type: ignore[arg-type]
+    try:
+        assert started.returncode != 0
+        assert f"vfiotask: guest {name}: {message}" in started.stderr
+    finally:
+        stop_guest(name)
+    assert int(POOL_2M.read_text()) == pool
+    assert name not in journal()["guests"] and hugepage_owners() == []
+    qemu_dir = lab.backing_dir / "libvirt" / "qemu"
+    assert not qemu_dir.exists() or not any(p.name.endswith(name[:20]) for p in qemu_dir.iterdir())
+    assert sorted(os.listdir(lab.backing_dir)) == entries
+
+
+def test_a_guest_that_is_not_ours_starts_untouched(lab) -> None:  # type: ignore[no-untyped-def]
+    name = PREFIX + "plain"
+    started = run_guest(lab, name, guest_xml(name, 512))
+    try:
+        assert started.returncode == 0, started.stderr
+        assert name not in journal()["guests"]
+    finally:
+        stop_guest(name)
