@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -113,7 +114,7 @@ class PrivateLibvirt:
             subprocess.run([daemon, "-d", "-p", str(pidfile)], check=True, timeout=60)
             pid = self._wait_pid(pidfile)
             self.pids[daemon] = pid
-            self._undo.append((f"stop {daemon}", lambda pid=pid, pidfile=pidfile: self._stop(pid, pidfile)))
+            self._undo.append((f"stop {daemon}", partial(self._stop, pid, pidfile)))
         self._undo.append(("remove test guests", self.remove_guests))
         self._wait_ready()
 
