@@ -1,0 +1,184 @@
+"""bind/unbind against copies of the fixture trees: exact restore, refusals, every undo path.
+
+Never against the real /sys: the one real-root test hands the job a control that fails on any
+write, and checks that the refusal comes first.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.devices.helpers import copy_tree, snapshot
+from vfiotask.devices import discover, group_viability, uses_of
+from vfiotask.devices.driverctl import FakeSysfsKernel
+from vfiotask.devices.model import HostPaths
+from vfiotask.errors import DeviceError, TaskFailed, UsageError
+from vfiotask.jobs.bind import bind, bindings_journal, unbind
+
+CASES = [("viable", ["0000:00:14.0"], 3), ("sibling", ["0000:01:00.0"], 1), ("bridge", ["0000:05:01.0"], 4)]
+
+
+@pytest.mark.parametrize(("tree", "addresses", "group"), CASES)
+def test_bind_unbind_round_trip_restores_the_tree_byte_for_byte(
+    tree: str, addresses: list[str], group: int, tmp_path: Path, state_dir: Path
+) -> None:
+    root = copy_tree(tree, tmp_path)
+    before = snapshot(root.parent)
+    result = bind(addresses, sysfs_root=root)
+    assert result.groups == [group]
+    host = discover(root)
+    assert group_viability(host.groups[group]).viable
+    assert all(d.driver in ("vfio-pci", "pcieport", None) for d in host.groups[group].devices)
+    assert snapshot(root.parent) != before
+    recorded = bindings_journal().read()[str(root)]
+    assert sorted(recorded) == sorted(r.address for r in result.bound)
+    unbind(addresses, sysfs_root=root)
+    assert snapshot(root.parent) == before
+    assert bindings_journal().read() == {}
+
+
+def test_sibling_bind_takes_the_whole_group_and_unbind_gives_back_the_original_drivers(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    root = copy_tree("sibling", tmp_path)
+    result = bind(["01:00.0"], sysfs_root=root)
+    assert [r.address for r in result.bound] == ["0000:01:00.1"]
+    assert result.already == ["0000:01:00.0"]
+    host = discover(root)
+    assert host.device("0000:01:00.1").driver == "vfio-pci"
+    assert host.device("0000:00:01.0").driver == "pcieport"
+    unbind(["0000:01:00.1"], sysfs_root=root)
+    assert discover(root).device("0000:01:00.1").driver == "snd_hda_intel"
+
+
+def test_bridge_bind_leaves_the_bridge_and_binds_what_is_behind_it(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("bridge", tmp_path)
+    result = bind(["0000:05:00.0"], sysfs_root=root)
+    assert [r.address for r in result.bound] == ["0000:05:00.0", "0000:05:01.0"]
+    host = discover(root)
+    assert host.device("0000:00:1e.0").driver is None
+    assert [host.device(a).driver for a in ("0000:05:00.0", "0000:05:01.0")] == ["vfio-pci", "vfio-pci"]
+
+
+@pytest.mark.parametrize(("tree", "address", "why"), [
+    ("viable", "0000:00:17.0", "disk sda1 backs the filesystem at /"),
+    ("viable", "0000:00:1f.6", "network interface eno1 is up"),
+    ("sibling", "0000:00:02.0", "boot VGA device showing the text console"),
+    ("bridge", "0000:3d:00.0", "backs the filesystem at /"),
+])
+def test_devices_the_host_uses_are_refused_and_nothing_changes(
+    tree: str, address: str, why: str, tmp_path: Path, state_dir: Path
+) -> None:
+    root = copy_tree(tree, tmp_path)
+    before = snapshot(root.parent)
+    with pytest.raises(DeviceError) as caught:
+        bind([address], sysfs_root=root)
+    assert why in caught.value.one_line() and "refusing" in caught.value.one_line()
+    assert caught.value.exit_status == 4
+    assert snapshot(root.parent) == before
+    assert bindings_journal().read() == {}
+
+
+def test_unknown_address_is_a_usage_error(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    before = snapshot(root.parent)
+    with pytest.raises(UsageError, match=r"no PCI device 0a:00\.0 under"):
+        bind(["0000:00:14.0", "0a:00.0"], sysfs_root=root)
+    assert snapshot(root.parent) == before
+
+
+def test_driver_not_loaded(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    shutil.rmtree(root / "bus" / "pci" / "drivers" / "vfio-pci")
+    with pytest.raises(DeviceError, match="modprobe vfio-pci"):
+        bind(["0000:00:14.0"], sysfs_root=root)
+
+
+def test_unbind_without_a_record(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    with pytest.raises(UsageError, match="nothing to unbind"):
+        unbind(["0000:01:00.0"], sysfs_root=root)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_failing_bind_chunk_is_undone_byte_for_byte(
+    k: int, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = copy_tree("bridge", tmp_path)
+    before = snapshot(root.parent)
+    monkeypatch.setenv("VFIOTASK_FAIL", f"bind:{k}")
+    with pytest.raises(TaskFailed):
+        bind(["0000:05:00.0"], sysfs_root=root)
+    assert snapshot(root.parent) == before
+    assert bindings_journal().read() == {}
+
+
+def test_a_driver_failing_halfway_restores_that_device(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("bridge", tmp_path)
+    before = snapshot(root.parent)
+
+    class StubbornProbe(FakeSysfsKernel):
+        def probe(self, address: str) -> None:
+            if address == "0000:05:01.0" and self.override_of(address) == "vfio-pci":
+                return  # vfio-pci does not take it: the device stays without a driver
+            super().probe(address)
+
+    with pytest.raises(TaskFailed, match="not taken by vfio-pci"):
+        bind(["0000:05:00.0"], sysfs_root=root, control=StubbornProbe(HostPaths.for_root(root)))
+    assert snapshot(root.parent) == before
+
+
+def test_a_failing_unbind_keeps_the_binding_and_its_record(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = copy_tree("bridge", tmp_path)
+    bind(["0000:05:00.0"], sysfs_root=root)
+    bound = snapshot(root.parent)
+    monkeypatch.setenv("VFIOTASK_FAIL", "unbind:2")
+    with pytest.raises(TaskFailed):
+        unbind(["0000:05:00.0"], sysfs_root=root)
+    assert snapshot(root.parent) == bound
+    assert sorted(bindings_journal().read()[str(root)]) == ["0000:05:00.0", "0000:05:01.0"]
+
+
+def test_fake_kernel_probe_without_override_uses_the_alias_table(tmp_path: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    kernel = FakeSysfsKernel(HostPaths.for_root(root))
+    kernel.unbind("0000:00:1f.6", "e1000e")
+    assert kernel.driver_of("0000:00:1f.6") is None
+    kernel.probe("0000:00:1f.6")
+    assert kernel.driver_of("0000:00:1f.6") == "e1000e"
+
+
+class NoWrites:
+    """A control for the real root that fails the test if anything would be written."""
+
+    def __init__(self) -> None:
+        self.paths = HostPaths.for_root(None)
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the real /sys would have been changed ({name})")
+
+
+def test_real_root_disk_and_nic_are_refused_before_any_write(state_dir: Path) -> None:
+    host = discover(None)
+    in_use = [a for a, d in host.devices.items()
+              if any("backs the filesystem" in u or "is up" in u for u in uses_of(d, host.paths))]
+    if not in_use:
+        pytest.skip("this host has no PCI disk or NIC in use")
+    for address in in_use:
+        with pytest.raises(DeviceError, match="refusing"):
+            bind([address], control=NoWrites())  # type: ignore[arg-type]
+    assert bindings_journal().read() == {}
+
+
+def test_real_root_without_iommu_says_so(state_dir: Path) -> None:
+    host = discover(None)
+    free = [a for a, d in host.devices.items() if d.iommu_group is None and not uses_of(d, host.paths)]
+    if not free or host.groups:
+        pytest.skip("needs a host without IOMMU groups")
+    with pytest.raises(DeviceError, match="intel_iommu=on"):
+        bind([free[0]], control=NoWrites())  # type: ignore[arg-type]

@@ -1,0 +1,224 @@
+"""Bind whole IOMMU groups to vfio-pci, and give them back to exactly the drivers they had.
+
+A group is handed over whole because the kernel will not open a group with a member still on a
+host driver.  Before the first write every device is checked: an unknown address is a usage
+error; a device the host needs (a disk with a mounted filesystem, a network interface that is
+up, the console) is refused, since taking it could crash or cut off the host.
+
+Each device is one chunk of an engine task (named `bind`, or `unbind`, so VFIOTASK_FAIL drives
+the undo): its original driver and driver_override are written to the journal *before* it is
+touched, so `vfiotask unbind`, in another process or after a crash, restores exactly those.
+A chunk that fails halfway restores its own device; completed chunks are undone by the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vfiotask.devices import Host, PciDevice, discover, normalize_address, uses_of
+from vfiotask.devices.driverctl import DriverControl, driver_control
+from vfiotask.devices.viability import ENABLE_IOMMU_HINT
+from vfiotask.engine import Task, TaskReport
+from vfiotask.errors import DeviceError, UsageError
+from vfiotask.jobs._engine import default_engine
+from vfiotask.journal import Journal
+
+BIND_TASK = "bind"
+UNBIND_TASK = "unbind"
+JOURNAL_NAME = "bindings"
+DEFAULT_DRIVER = "vfio-pci"
+
+
+@dataclass(frozen=True)
+class BindRecord:
+    """What a device had before vfiotask bound it."""
+
+    address: str
+    group: int | None
+    driver: str | None
+    override: str | None
+    bound_to: str
+
+
+@dataclass
+class BindResult:
+    groups: list[int]
+    bound: list[BindRecord]
+    already: list[str]
+    report: TaskReport | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"groups": self.groups, "bound": [asdict(r) for r in self.bound], "already": self.already}
+
+
+def bindings_journal(directory: Path | None = None) -> Journal:
+    return Journal(JOURNAL_NAME, directory)
+
+
+def _root_key(host: Host) -> str:
+    return str(host.paths.sys)
+
+
+def _members(host: Host, addresses: Iterable[str]) -> tuple[list[int], list[PciDevice]]:
+    """The groups of the addresses and every device in them (a device without a group alone)."""
+    groups: list[int] = []
+    devices: dict[str, PciDevice] = {}
+    for address in addresses:
+        device = host.device(address)
+        if device.iommu_group is None:
+            devices[device.address] = device
+            continue
+        if device.iommu_group not in groups:
+            groups.append(device.iommu_group)
+        for member in host.group(device.iommu_group).devices:
+            devices[member.address] = member
+    return groups, list(devices.values())
+
+
+def _refuse_host_devices(host: Host, devices: list[PciDevice]) -> None:
+    for device in devices:
+        uses = uses_of(device, host.paths)
+        if uses:
+            raise DeviceError(
+                f"refusing to take {device.address} [{device.ids}] from driver {device.driver or 'none'}: "
+                f"the host is using it ({'; '.join(uses)})",
+                hint="pass through a device the host does not need (see 'vfiotask devices'); "
+                "nothing was changed",
+            )
+
+
+def _needs_rebind(device: PciDevice, driver: str) -> bool:
+    """Bridges and DMA-neutral drivers (pcieport, pci-stub) stay as they are."""
+    if device.driver == driver:
+        return False
+    if device.is_bridge:
+        return False
+    return device.blocks_group or device.driver is None
+
+
+def restore(control: DriverControl, record: BindRecord) -> None:
+    """Put a device back on its original driver with its original driver_override."""
+    address = record.address
+    current = control.driver_of(address)
+    if current == record.driver:
+        control.set_override(address, record.override)
+        return
+    control.set_override(address, record.driver or record.override)
+    if current:
+        control.unbind(address, current)
+    if record.driver:
+        control.probe(address)
+        control.set_override(address, record.override)
+        now = control.driver_of(address)
+        if now != record.driver:
+            raise DeviceError(f"{address} did not go back to driver {record.driver} (it has {now or 'none'})",
+                              hint=f"load the driver (modprobe {record.driver}) and run vfiotask unbind again")
+
+
+def _take(control: DriverControl, record: BindRecord) -> None:
+    address = record.address
+    try:
+        control.set_override(address, record.bound_to)
+        if record.driver:
+            control.unbind(address, record.driver)
+        control.probe(address)
+        now = control.driver_of(address)
+        if now != record.bound_to:
+            raise DeviceError(f"{address} was not taken by {record.bound_to} (it has {now or 'no driver'})",
+                              hint=f"check dmesg; is {record.bound_to} loaded (modprobe {record.bound_to})?")
+    except BaseException:
+        restore(control, record)  # a failing chunk cleans up its own device
+        raise
+
+
+def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path | None = None,
+         journal: Journal | None = None, control: DriverControl | None = None) -> BindResult:
+    """Bind the whole IOMMU group of each address to `driver`, recording what it had."""
+    if not addresses:
+        raise UsageError("no device given", hint="give one or more PCI addresses, e.g. 0000:01:00.0")
+    host = discover(sysfs_root)
+    wanted = [host.device(a).address for a in addresses]  # unknown addresses fail here, before anything
+    groups, members = _members(host, wanted)
+    _refuse_host_devices(host, members)
+    for address in wanted:
+        if host.devices[address].iommu_group is None:
+            raise DeviceError(f"{address} has no IOMMU group: the host's IOMMU is off, so VFIO cannot use it",
+                              hint=ENABLE_IOMMU_HINT)
+    control = control or driver_control(host.paths)
+    if not control.driver_loaded(driver):
+        raise DeviceError(f"driver {driver} is not loaded (no {host.paths.sys}/bus/pci/drivers/{driver})",
+                          hint=f"modprobe {driver}")
+    journal = journal or bindings_journal()
+    records = [BindRecord(d.address, d.iommu_group, d.driver, d.driver_override, driver)
+               for d in members if _needs_rebind(d, driver)]
+    already = [d.address for d in members if d.driver == driver]
+    key = _root_key(host)
+
+    def note(record: BindRecord) -> None:
+        with journal.locked() as data:
+            data.setdefault(key, {}).setdefault(record.address, asdict(record))
+
+    def forget(record: BindRecord) -> None:
+        with journal.locked() as data:
+            data.get(key, {}).pop(record.address, None)
+            if key in data and not data[key]:
+                del data[key]
+
+    def chunk(start: int, end: int) -> None:
+        for record in records[start:end]:
+            note(record)
+            try:
+                _take(control, record)
+            except BaseException:
+                forget(record)
+                raise
+
+    def undo(start: int, end: int) -> None:
+        for record in reversed(records[start:end]):
+            restore(control, record)
+            forget(record)
+
+    report = None
+    if records:
+        report = default_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+    return BindResult(groups, records, already, report)
+
+
+def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Journal | None = None,
+           control: DriverControl | None = None) -> BindResult:
+    """Give every recorded device of the addresses' groups back to its original driver."""
+    if not addresses:
+        raise UsageError("no device given", hint="give one or more PCI addresses, e.g. 0000:01:00.0")
+    host = discover(sysfs_root)
+    wanted = [host.device(normalize_address(a)).address for a in addresses]
+    groups, members = _members(host, wanted)
+    journal = journal or bindings_journal()
+    key = _root_key(host)
+    recorded = journal.read().get(key, {})
+    records = [BindRecord(**recorded[d.address]) for d in members if d.address in recorded]
+    if not records:
+        raise UsageError(
+            f"nothing to unbind: vfiotask has no record of binding {' '.join(wanted)} (or their groups)",
+            hint=f"only devices bound by 'vfiotask bind' are restored; see {journal.path}",
+        )
+    control = control or driver_control(host.paths)
+
+    def chunk(start: int, end: int) -> None:
+        for record in records[start:end]:
+            restore(control, record)
+            with journal.locked() as data:
+                data.get(key, {}).pop(record.address, None)
+                if key in data and not data[key]:
+                    del data[key]
+
+    def undo(start: int, end: int) -> None:
+        for record in reversed(records[start:end]):
+            with journal.locked() as data:
+                data.setdefault(key, {})[record.address] = asdict(record)
+            _take(control, record)
+
+    report = default_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+    return BindResult(groups, records, [], report)
