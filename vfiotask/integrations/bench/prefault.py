@@ -1,0 +1,291 @@
+"""The prefault suite: vfiotask's parallel prefault against 1 thread, the machine's parallel bound
+and QEMU's own preallocation, on the same size and backing, interleaved, medians.
+
+Variants per backing, for each thread count N:
+- `vfiotask N thread(s)` / `vfiotask N processes`: `prefault()` with that helper kind;
+- `bound N processes`: N separate processes, each populating its own size/N region at once;
+- `qemu prealloc-threads=N`: QEMU 7.2 starting with a preallocated backend (when installed);
+plus `qemu no prealloc`, QEMU's start-up alone.  Ratios are taken between medians of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vfiotask.engine import HelperKind
+from vfiotask.errors import HugepageShortageError, UsageError
+from vfiotask.host.hugepages import HugepagePools
+from vfiotask.host.mounts import mount_of
+from vfiotask.integrations.bench import common, qemu
+from vfiotask.jobs.prefault import default_helpers, prefault
+from vfiotask.memory.region import Region, RegionSpec, open_region
+from vfiotask.units import MiB, format_size, parse_size
+
+DEFAULT_SIZE = "4G"
+DEFAULT_BACKINGS = "memfd,hugetlbfs"
+DEFAULT_THREADS = "1,2"
+DEFAULT_REPEAT = 5
+HUGE_2M = 2 * MiB
+
+
+@dataclass
+class Backing:
+    """Where a variant's memory comes from: 'anon', 'memfd', or files in `directory`."""
+
+    name: str
+    kind: str  # "anon" | "memfd" | "file"
+    directory: Path | None = None
+    page_size: int = 4096
+    hugetlb: bool = False
+
+    def spec(self, size: int, tag: str) -> RegionSpec:
+        if self.directory is None:
+            return RegionSpec(size=size, backing=self.kind)
+        return RegionSpec(size=size, backing=str(self.directory / f"vfiotask-bench-{tag}.ram"))
+
+    def file(self, tag: str) -> Path | None:
+        return None if self.directory is None else self.directory / f"vfiotask-bench-{tag}.ram"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of this suite (shared with the others where the names agree)."""
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"--threads {text!r} is not a list of counts", hint="write e.g. 1,2,4") from None
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--threads {text!r}: every count must be 1 or more", hint="write e.g. 1,2,4")
+    return sorted(set(counts))
+
+
+@contextlib.contextmanager
+def _hugetlbfs(size: int) -> Iterator[Path]:
+    """A private 2 MiB hugetlbfs mount with enough pages in the pool; all put back afterwards."""
+    if os.geteuid() != 0:
+        raise UsageError("the hugetlbfs backing needs root to mount and size a pool",
+                         hint="run as root, or give --backing DIR on an existing hugetlbfs mount")
+    pools = HugepagePools()
+    pages = size // HUGE_2M + 1
+    before = pools.state(HUGE_2M).total
+    with tempfile.TemporaryDirectory(prefix="vfiotask-bench-huge-") as scratch:
+        mountpoint = Path(scratch)
+        try:
+            got = pools.set_total(HUGE_2M, before + pages)
+            if got - before < pages:
+                raise HugepageShortageError(
+                    f"the 2.0 MiB pool grew by {got - before} pages, {pages} needed for the benchmark",
+                    hint="free memory or benchmark a smaller --size",
+                )
+            subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mountpoint)], check=True,
+                           capture_output=True)
+            try:
+                yield mountpoint
+            finally:
+                subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
+        finally:
+            pools.set_total(HUGE_2M, before)
+
+
+def _backing(name: str, size: int, stack: contextlib.ExitStack) -> Backing:
+    if name in ("anon", "memfd"):
+        return Backing(name=name, kind=name)
+    directory = stack.enter_context(_hugetlbfs(size)) if name == "hugetlbfs" else Path(name)
+    if not directory.is_dir():
+        raise UsageError(f"--backing {name}: not a directory", hint="give anon, memfd, hugetlbfs or a directory")
+    mount = mount_of(directory)
+    if mount.fstype not in ("tmpfs", "hugetlbfs"):
+        raise UsageError(f"--backing {name} is on {mount.fstype}, not tmpfs or hugetlbfs",
+                         hint="benchmark files on tmpfs or hugetlbfs")
+    hugetlb = mount.fstype == "hugetlbfs"
+    page_size = os.statvfs(directory).f_bsize if hugetlb else 4096
+    return Backing(name=name, kind="file", directory=directory, page_size=page_size, hugetlb=hugetlb)
+
+
+class _Ours:
+    """A vfiotask prefault variant: a fresh region per run, opened and closed untimed."""
+
+    def __init__(self, backing: Backing, size: int, threads: int, helpers: HelperKind) -> None:
+        self.backing, self.size, self.threads, self.helpers = backing, size, threads, helpers
+        self.region: Region | None = None
+        self.used: list[int] = []
+
+    def prepare(self) -> None:
+        self.region = open_region(self.backing.spec(self.size, "ours"))
+
+    def run(self) -> float:
+        assert self.region is not None
+        began = time.monotonic()
+        report = prefault(self.region, max_threads=self.threads, helpers=self.helpers)
+        seconds = time.monotonic() - began
+        self.used.append(report.threads)
+        return seconds
+
+    def cleanup(self) -> None:
+        if self.region is not None:
+            self.region.close(remove_created=True)
+            self.region = None
+
+
+def _bound(backing: Backing, size: int, count: int) -> Callable[[], float]:
+    share = size // count // backing.page_size * backing.page_size
+    regions: dict[int, Region] = {}
+
+    def open_share(index: int) -> tuple[int, int]:
+        region = open_region(backing.spec(share, f"bound-{index}"))
+        regions[index] = region  # lives until the child exits
+        return region.addr, region.size
+
+    def close_share(index: int) -> None:
+        path = backing.file(f"bound-{index}")
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def run() -> float:
+        return common.populate_in_processes(count, open_share, close_share) * size / (share * count)
+
+    return run
+
+
+def _qemu(backing: Backing, size: int, threads: int, prealloc: bool = True) -> Callable[[], float]:
+    def run() -> float:
+        return qemu.time_prealloc(size, threads, backing.file("qemu"), prealloc=prealloc,
+                                  anonymous=backing.kind == "anon")
+
+    return run
+
+
+def _warm(backing: Backing, size: int) -> Callable[[], object]:
+    def warm() -> object:
+        seconds = common.warm_host_memory(size)
+        if backing.hugetlb:  # the pool's own pages: populate and free them once
+            with open_region(backing.spec(size, "warm")) as region:
+                prefault(region, max_threads=1)
+                region.close(remove_created=True)
+        return seconds
+
+    return warm
+
+
+def _variants(backing: Backing, size: int, counts: list[int], use_qemu: bool) -> tuple[list[common.Variant], dict]:
+    variants: list[common.Variant] = []
+    ours: dict[str, _Ours] = {}
+    kinds = [HelperKind.THREAD] + ([HelperKind.PROCESS] if backing.kind != "anon" else [])
+    for count in counts:
+        for kind in kinds:
+            if kind is HelperKind.PROCESS and count == 1:
+                continue
+            name = f"vfiotask {count} {kind.value}{'es' if kind is HelperKind.PROCESS else 's' if count > 1 else ''}"
+            variant = _Ours(backing, size, count, kind)
+            ours[name] = variant
+            variants.append(common.Variant(name, variant.run, variant.prepare, variant.cleanup,
+                                           {"threads": count, "helpers": kind.value}))
+        if count > 1:
+            variants.append(common.Variant(f"bound {count} processes", _bound(backing, size, count),
+                                           info={"threads": count}))
+        if use_qemu:
+            variants.append(common.Variant(f"qemu prealloc-threads={count}", _qemu(backing, size, count),
+                                           info={"threads": count}))
+    if use_qemu:
+        variants.append(common.Variant("qemu no prealloc", _qemu(backing, size, 1, prealloc=False)))
+    return variants, ours
+
+
+def _measure_backing(backing: Backing, size: int, counts: list[int], repeat: int, use_qemu: bool) -> dict[str, Any]:
+    variants, ours = _variants(backing, size, counts, use_qemu)
+    times = common.interleave(variants, repeat, _warm(backing, size))
+    table: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        entry = common.summary(size, times[variant.name])
+        entry.update(variant.info)
+        if variant.name in ours:
+            entry["threads_used"] = sorted(set(ours[variant.name].used))
+        table[variant.name] = entry
+    medians = {name: entry["median_seconds"] for name, entry in table.items()}
+    base = medians.get("vfiotask 1 thread")
+    result: dict[str, Any] = {"backing": backing.name, "page_size": backing.page_size, "variants": table,
+                              "speedup": {}, "efficiency": {}, "vs_qemu": {}, "faster_helpers": {}}
+    for name, entry in table.items():
+        if name not in ours:
+            continue
+        count = entry["threads"]
+        if base:
+            result["speedup"][name] = round(base / medians[name], 3)
+        if f"bound {count} processes" in medians:
+            result["efficiency"][name] = round(medians[f"bound {count} processes"] / medians[name], 3)
+        if f"qemu prealloc-threads={count}" in medians:
+            result["vs_qemu"][name] = round(medians[f"qemu prealloc-threads={count}"] / medians[name], 3)
+    for count in counts:
+        thread_name = f"vfiotask {count} threads"
+        process_name = f"vfiotask {count} processes"
+        if thread_name in medians and process_name in medians:
+            faster = "process" if medians[process_name] < medians[thread_name] else "thread"
+            result["faster_helpers"][str(count)] = faster
+    probe = backing.spec(backing.page_size, "probe")
+    with open_region(probe) as region:
+        result["default_helpers"] = default_helpers(region).value
+        region.close(remove_created=True)
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every backing named in `args.backing` (comma separated); see the module docstring."""
+    size = parse_size(args.size or DEFAULT_SIZE, what="--size")
+    counts = _thread_counts(args.threads or DEFAULT_THREADS)
+    repeat = args.repeat or DEFAULT_REPEAT
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat} must be 1 or more", hint="medians need 5 or more runs")
+    names = [n.strip() for n in (args.backing or DEFAULT_BACKINGS).split(",") if n.strip()]
+    use_qemu = qemu.qemu_binary() is not None and not getattr(args, "no_qemu", False)
+    result: dict[str, Any] = {"suite": "prefault", "size": size, "repeat": repeat, "threads": counts,
+                              "qemu": qemu.qemu_binary(), "warm": True, "backings": []}
+    for name in names:
+        with contextlib.ExitStack() as stack:
+            backing = _backing(name, size, stack)
+            if size % backing.page_size or size // max(counts) % backing.page_size:
+                raise UsageError(f"--size {format_size(size)} does not split into {format_size(backing.page_size)} "
+                                 f"pages for {max(counts)} processes", hint="use a multiple of 2 MiB x threads")
+            result["backings"].append(_measure_backing(backing, size, counts, repeat, use_qemu))
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    size = format_size(result["size"])
+    lines = [f"prefault of {size}, warm host memory, medians of {result['repeat']} interleaved runs"]
+    for entry in result["backings"]:
+        rows = []
+        for name, variant in entry["variants"].items():
+            rows.append([
+                name,
+                f"{variant['median_seconds']:.3f}",
+                f"{variant['gib_per_s']:.2f}",
+                _ratio(entry["speedup"].get(name)),
+                _percent(entry["efficiency"].get(name)),
+                _ratio(entry["vs_qemu"].get(name)),
+            ])
+        lines += ["", f"{entry['backing']} ({format_size(entry['page_size'])} pages; default helpers: "
+                  f"{entry['default_helpers']})"]
+        lines.append(common.render_table(["variant", "median s", "GiB/s", "speedup", "of bound", "vs QEMU"], rows))
+        if entry["faster_helpers"]:
+            lines.append("faster helpers: " + ", ".join(f"{n}: {k}" for n, k in entry["faster_helpers"].items()))
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
