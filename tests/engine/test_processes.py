@@ -1,0 +1,80 @@
+"""Helper processes: a death or a failing factory is a chunk failure (never a hang), undone like any."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from vfiotask.engine import HelperKind, HelperProcessDied, Task
+from vfiotask.errors import TaskFailed, UsageError
+
+from .conftest import Ledger, private_engine
+
+
+def process_task(book: Ledger, factory: object, name: str = "proc") -> Task:
+    return Task.over_range(name, 0, book.size, book.chunk, undo=book.undo, min_chunk=1,
+                           helpers=HelperKind.PROCESS, process_chunk_factory=factory)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", ["exit", "signal"])
+def test_a_helper_process_dying_fails_its_chunk_and_everything_is_undone(how: str) -> None:
+    book = Ledger(64)
+
+    def factory() -> object:
+        def chunk(start: int, end: int) -> None:
+            if how == "exit":
+                os._exit(7)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return chunk
+
+    with pytest.raises(TaskFailed) as failed:
+        private_engine(cpus=2).run(process_task(book, factory))
+    assert isinstance(failed.value.cause, HelperProcessDied)
+    expected = "exited with status 7" if how == "exit" else "killed by signal 9"
+    assert expected in str(failed.value)
+    assert book.marked() == 0 and book.bad_undos == 0
+
+
+def test_a_failing_factory_fails_the_task_cleanly() -> None:
+    book = Ledger(64)
+
+    def factory() -> object:
+        raise PermissionError(13, "cannot open the backing file")
+
+    with pytest.raises(TaskFailed) as failed:
+        private_engine(cpus=2).run(process_task(book, factory))
+    assert isinstance(failed.value.cause, PermissionError)
+    assert book.marked() == 0
+
+
+def test_an_error_in_a_helper_process_comes_back_with_its_errno(monkeypatch: pytest.MonkeyPatch) -> None:
+    book = Ledger(64)
+    parent = os.getpid()
+
+    def factory() -> object:
+        def chunk(start: int, end: int) -> None:
+            if os.getpid() != parent:
+                raise OSError(28, "No space left on device")
+            book.chunk(start, end)
+        return chunk
+
+    with pytest.raises(TaskFailed) as failed:
+        private_engine(cpus=2).run(process_task(book, factory))
+    cause = failed.value.cause
+    assert isinstance(cause, OSError) and cause.errno == 28
+    assert book.marked() == 0
+
+
+def test_helper_processes_need_a_factory() -> None:
+    task = Task.over_range("proc", 0, 64, lambda s, e: None, helpers=HelperKind.PROCESS)
+    with pytest.raises(UsageError):
+        private_engine().run(task)
+
+
+def test_no_helper_process_outlives_the_task() -> None:
+    book = Ledger(64)
+    private_engine(cpus=4).run(process_task(book, lambda: book.chunk))
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
