@@ -168,7 +168,8 @@ def dma_error(
             detail = f" (IOMMU page size {format_size(info.min_pgsize)}; valid IOVA ranges {ranges})"
         return IovaInvalidError(
             f"{where} (vaddr {vaddr:#x}) was refused as invalid{detail}",
-            hint="align IOVA, address and size to the IOMMU page size and keep the range inside a valid IOVA range",
+            hint="align IOVA, address and size to the IOMMU page size and keep the range inside one valid IOVA "
+            "range (on x86 the MSI window 0xfee00000-0xfeefffff is reserved: e.g. --iova 0x100000000 maps above it)",
         )
     if err == errno_module.ENOSPC:
         return DmaEntryLimitError(
