@@ -172,3 +172,46 @@ def test_viable_hostdev_passes_and_release_clears_it(hook_host: HookHost) -> Non
     assert "ok" in hook_host.journal()["guests"]  # type: ignore[operator]
     assert hook_host.run("ok", "release", "end", xml, **env).returncode == 0
     assert hook_host.journal()["guests"] == {}
+
+
+@requires_root
+def test_staged_files_are_moved_into_place_not_populated_again(hook_host: HookHost,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from vfiotask.integrations.libvirt.ahead import stage
+    from vfiotask.integrations.libvirt.domain import parse_domain
+
+    monkeypatch.setenv("VFIOTASK_STATE_DIR", str(hook_host.state))
+    monkeypatch.setenv("VFIOTASK_LIBVIRT_QEMU_CONF", str(hook_host.conf))
+    xml = guest_xml("warm", 64, id=11, file_backed=True, config=OURS)
+    files, new = stage(parse_domain(xml.replace(" id='11'", "")))
+    assert new and [file_blocks(Path(f.path)) for f in files] == [64 * MiB]
+    assert stage(parse_domain(xml))[1] is False  # staging again is a no-op
+    staged = Path(files[0].path)
+
+    assert hook_host.run("warm", "prepare", "begin", xml).returncode == 0
+    ram = hook_host.guest_dir("11-warm") / "pc.ram"
+    assert ram.stat().st_ino == files[0].inode and not staged.exists() and not staged.parent.exists()
+    record = hook_host.journal()
+    assert record["staged"] == {} and record["guests"]["warm"]["files"][0]["staged_from"] == str(staged)  # type: ignore[index]
+    hook_host.run("warm", "release", "end", xml)
+    assert not ram.exists()
+
+
+@requires_root
+def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vfiotask.integrations.libvirt.ahead import stage, unstage
+    from vfiotask.integrations.libvirt.domain import parse_domain
+
+    monkeypatch.setenv("VFIOTASK_STATE_DIR", str(hook_host.state))
+    monkeypatch.setenv("VFIOTASK_LIBVIRT_QEMU_CONF", str(hook_host.conf))
+    xml = guest_xml("warm2", 64, id=12, file_backed=True, config={"fail": "prefault:1"}, cells=[32, 32])
+    files, _ = stage(parse_domain(xml.replace("fail", "x-fail")))
+    # cell 0's staged file fits and is moved into place; cell 1 shrank, so its file is populated anew
+    # and that fails: the moved file must go back to staging, untouched
+    result = hook_host.run("warm2", "prepare", "begin", xml.replace("memory='32' unit='MiB'/></numa>",
+                                                                    "memory='16' unit='MiB'/></numa>"))
+    assert result.returncode == 1 and "EIO" in stderr_line(result)
+    assert all(Path(f.path).exists() for f in files)
+    assert not hook_host.guest_dir("12-warm2").exists()
+    unstage("warm2")
+    assert not any(Path(f.path).exists() for f in files)

@@ -161,3 +161,31 @@ def test_a_guest_that_is_not_ours_starts_untouched(lab) -> None:  # type: ignore
         assert name not in journal()["guests"]
     finally:
         stop_guest(name)
+
+
+def test_prepin_domain_stages_and_the_start_moves_the_file_in(lab) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+
+    name = PREFIX + "warm"
+    lab.define(guest_xml(name, 512, file_backed=True, immediate=True, config={}))
+    env = {k: v for k, v in os.environ.items() if k != "VFIOTASK_STATE_DIR"}
+    try:
+        staged = run_cli("prepin", "--domain", name, "--json", env=env)
+        assert staged.returncode == 0, staged.stderr
+        (file,) = json.loads(staged.stdout)["files"]
+        assert Path(file["path"]).stat().st_blocks * 512 == 512 * MiB
+        from vfiotask.integrations.libvirt.daemon import virsh
+
+        started = virsh("start", name, check=False)
+        assert started.returncode == 0, started.stderr
+        record = journal()["guests"][name]
+        (moved,) = record["files"]  # type: ignore[misc]
+        assert moved["staged_from"] == file["path"] and not Path(file["path"]).exists()
+        assert mapped_inodes(qemu_pid(name), moved["path"]) == {moved["inode"]}
+        assert journal()["staged"] == {}
+        running = run_cli("prepin", "--domain", name, env=env)
+        assert running.returncode == 2 and "is running" in running.stderr
+    finally:
+        stop_guest(name)
+    missing = run_cli("prepin", "--domain", PREFIX + "nope", env=env)
+    assert missing.returncode == 2 and "no libvirt domain named" in missing.stderr

@@ -223,6 +223,7 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
         for leftover in staged_files.values():
             leftover.remove()
         ctx.journal.pop_staged(domain.name)
+        _rmdir(paths.staging_dir(domain.name, ctx.conf))
 
 
 def _rmdir(directory: Path) -> None:

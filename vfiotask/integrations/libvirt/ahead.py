@@ -1,0 +1,122 @@
+"""`vfiotask prepin --domain NAME`: populate a stopped guest's RAM files ahead of its start.
+
+The files are made in a staging directory beside the guests' own directories (the same
+filesystem, so the hook moves them into place at `prepare begin` with one rename) and written
+down in the journal.  A staged file is fresh memory no guest has run on; once a guest used it,
+libvirt removes it at stop, so no start ever gets another run's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from vfiotask.errors import UsageError
+from vfiotask.integrations.libvirt import paths
+from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
+from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+from vfiotask.integrations.libvirt.ramfiles import FileRecord, populate_file
+from vfiotask.units import format_size
+
+
+def parse_threads(text: str | int | None) -> int:
+    if text in (None, "", "auto", 0):
+        return 0
+    if isinstance(text, int):
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--threads {text!r} is not a count", hint="give auto or a number of 1 or more")
+    return int(text)
+
+
+def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
+          journal: GuestJournal | None = None) -> tuple[list[FileRecord], bool]:
+    """Populate `domain`'s RAM files in its staging directory; returns them and whether they were new."""
+    from vfiotask.host.mounts import is_ram_filesystem
+
+    journal = journal or GuestJournal()
+    name = validate_name(domain.name)
+    if not domain.backing.file_backed:
+        raise UsageError(
+            f"guest {name}'s RAM is not file-backed, so there is nothing to populate ahead",
+            hint=f"give it <source type='file'/> and <access mode='shared'/> (vfiotask tune --domain {name} "
+            "--file-backed), or rely on the hook at start",
+        )
+    base = paths.require_backing_dir(conf)
+    if not is_ram_filesystem(base):
+        raise UsageError(f"memory_backing_dir {base} is not tmpfs or hugetlbfs",
+                         hint="point memory_backing_dir in qemu.conf at a tmpfs or hugetlbfs mount")
+    wanted = paths.ram_files(domain)
+    held = journal.staged(name)
+    if held is not None:
+        files = [FileRecord.from_json(f) for f in held.get("files", [])]
+        same = sorted((Path(f.path).name, f.size) for f in files) == sorted((r.name, r.size) for r in wanted)
+        if same and all(f.still_ours() for f in files):
+            return files, False
+        unstage(name, journal=journal)
+    directory = paths.staging_dir(name, conf)
+    made: list[Path] = []
+    for path in reversed([directory, *directory.parents]):
+        if not path.exists():
+            path.mkdir(mode=0o700)
+            made.append(path)
+    done: list[FileRecord] = []
+    try:
+        for ram in wanted:
+            done.append(populate_file(directory / ram.name, ram.size, ram.node, threads=threads))
+    except BaseException:
+        for record in done:
+            record.remove()
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time()})
+    return done, True
+
+
+def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecord]:
+    """Give back the memory of files staged for `name` and never used."""
+    journal = journal or GuestJournal()
+    record = journal.pop_staged(name) or {}
+    files = [FileRecord.from_json(f) for f in record.get("files", [])]
+    for file in files:
+        file.remove()
+        with contextlib.suppress(OSError):
+            Path(file.path).parent.rmdir()
+    return files
+
+
+def run_prepin_domain(args: argparse.Namespace) -> int:
+    from vfiotask.integrations.libvirt import connection
+
+    name = validate_name(args.domain)
+    conn = connection.open_connection(getattr(args, "uri", None) or connection.URI, readonly=True)
+    try:
+        dom = connection.lookup(conn, name)
+        if dom.isActive():
+            raise UsageError(f"guest {name} is running; prepin --domain prepares a guest before its start",
+                             hint="shut it down first, or just start it: the hook prepares it at start")
+        domain = parse_domain(connection.inactive_xml(dom))
+    finally:
+        conn.close()
+    files, new = stage(domain, threads=parse_threads(getattr(args, "threads", None)))
+    result: dict[str, Any] = {
+        "domain": name,
+        "staged": new,
+        "files": [{"path": f.path, "size": f.size, "node": f.node, "seconds": round(f.seconds, 6),
+                   "threads": f.threads} for f in files],
+    }
+    if getattr(args, "json", False):
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    verb = "populated" if new else "already staged"
+    for f in files:
+        took = f" in {f.seconds:.2f} s with {f.threads} thread(s)" if new else ""
+        print(f"{name}: {verb} {f.path} ({format_size(f.size)}){took}")
+    print(f"{name}: its next start moves {'it' if len(files) == 1 else 'them'} into place")
+    return 0
