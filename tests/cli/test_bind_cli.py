@@ -1,0 +1,62 @@
+"""`vfiotask bind` / `unbind` on copies of the fixture trees; the refusals a user sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import run_cli
+from tests.devices.helpers import copy_tree, snapshot
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vfiotask: "), stderr
+    return lines[0]
+
+
+def test_bind_then_unbind_restores_the_tree(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("sibling", tmp_path)
+    before = snapshot(root.parent)
+    result = run_cli("bind", "0000:01:00.0", "--sysfs-root", str(root))
+    assert result.returncode == 0, result.stderr
+    assert "0000:01:00.1: snd_hda_intel -> vfio-pci" in result.stdout
+    shown = run_cli("devices", "--sysfs-root", str(root)).stdout
+    assert "IOMMU group 1: viable" in shown
+    result = run_cli("unbind", "0000:01:00.0", "--sysfs-root", str(root))
+    assert result.returncode == 0, result.stderr
+    assert "0000:01:00.1: vfio-pci -> snd_hda_intel" in result.stdout
+    assert snapshot(root.parent) == before
+
+
+def test_unbind_from_another_process_uses_the_state_dir(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("bridge", tmp_path)
+    assert run_cli("bind", "05:00.0", "--sysfs-root", str(root)).returncode == 0
+    assert (state_dir / "bindings.json").exists()
+    assert run_cli("unbind", "0000:05:01.0", env={"VFIOTASK_SYSFS_ROOT": str(root)}).returncode == 0
+
+
+def test_refusals_exit_4_and_change_nothing(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    before = snapshot(root.parent)
+    result = run_cli("bind", "0000:00:17.0", "--sysfs-root", str(root))
+    assert result.returncode == 4
+    assert "the host is using it (disk sda1 backs the filesystem at /)" in one_line(result.stderr)
+    result = run_cli("bind", "0000:00:1f.6", "--sysfs-root", str(root))
+    assert result.returncode == 4 and "network interface eno1 is up" in one_line(result.stderr)
+    assert snapshot(root.parent) == before
+
+
+def test_unknown_address_exit_2(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    result = run_cli("bind", "0000:42:00.0", "--sysfs-root", str(root))
+    assert result.returncode == 2 and "no PCI device 0000:42:00.0" in one_line(result.stderr)
+    result = run_cli("unbind", "0000:00:14.0", "--sysfs-root", str(root))
+    assert result.returncode == 2 and "nothing to unbind" in one_line(result.stderr)
+
+
+def test_fault_injection_undoes_everything(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("bridge", tmp_path)
+    before = snapshot(root.parent)
+    result = run_cli("bind", "0000:05:00.0", "--sysfs-root", str(root), env={"VFIOTASK_FAIL": "bind:2"})
+    assert result.returncode == 1 and "bind: Input/output error [EIO]" in one_line(result.stderr)
+    assert snapshot(root.parent) == before

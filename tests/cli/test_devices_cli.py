@@ -1,0 +1,54 @@
+"""`vfiotask devices` as a user runs it: fixture trees and this host."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli
+from tests.devices.helpers import sysfs
+
+
+def test_lists_groups_with_viability_and_why_not() -> None:
+    result = run_cli("devices", "--sysfs-root", str(sysfs("sibling")))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "IOMMU group 1: not viable: 0000:01:00.1 [1002:aaf0] is bound to host driver snd_hda_intel" in out
+    assert "0000:01:00.0  [1002:67df]  class 0x030000  driver vfio-pci" in out
+    assert "host uses it: it is the boot VGA device showing the text console" in out
+
+
+def test_json_from_the_environment_variable() -> None:
+    result = run_cli("devices", "--json", env={"VFIOTASK_SYSFS_ROOT": str(sysfs("viable"))})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    group2 = next(g for g in data["groups"] if g["group"] == 2)
+    assert group2["viable"] and [d["address"] for d in group2["devices"]] == ["0000:01:00.0", "0000:01:00.1"]
+    gpu = group2["devices"][0]
+    assert (gpu["vendor_device"], gpu["class"], gpu["driver"], gpu["numa_node"]) == ("10de:1b80", "0x030000",
+                                                                                     "vfio-pci", 0)
+    nic = next(d for g in data["groups"] for d in g["devices"] if d["address"] == "0000:00:1f.6")
+    assert nic["host_uses"] == ["network interface eno1 is up"] and nic["numa_node"] == 1
+
+
+def test_bridge_tree() -> None:
+    result = run_cli("devices", "--json", "--sysfs-root", str(sysfs("bridge")))
+    group4 = next(g for g in json.loads(result.stdout)["groups"] if g["group"] == 4)
+    assert group4["blocking"] == ["0000:05:00.0", "0000:05:01.0"]
+    assert group4["devices"][0]["bridge"] is True
+
+
+def test_this_host() -> None:
+    result = run_cli("devices", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["source"] == "pyudev"
+    if not data["iommu"]:
+        assert data["ungrouped"] and run_cli("devices").stdout.startswith("no IOMMU group (the IOMMU is off")
+
+
+def test_not_a_sysfs_tree(tmp_path: Path) -> None:
+    result = run_cli("devices", "--sysfs-root", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("vfiotask: ") and "not a sysfs tree" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
