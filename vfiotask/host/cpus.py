@@ -92,10 +92,40 @@ def own_cpu_seconds() -> float:
 
 
 @dataclass(frozen=True)
+class OwnUsage:
+    """This process's CPU time: in total (seconds) and per living thread (ticks, last CPU)."""
+
+    seconds: float
+    threads: dict[int, tuple[int, int]]
+
+
+def own_usage() -> OwnUsage:
+    """The process total and, per thread, its CPU ticks and the CPU it last ran on.
+
+    The per-thread part lets the sampler take our own load off the CPU it was on, instead of
+    guessing; what ended threads used is only in the total and is taken off the busiest CPUs.
+    """
+    threads: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc/self/task"):
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        fields = text[text.rindex(")") + 2 :].split()
+        threads[int(entry.name)] = (int(fields[11]) + int(fields[12]), int(fields[36]))
+    return OwnUsage(own_cpu_seconds(), threads)
+
+
+def no_usage() -> OwnUsage:
+    """For a fixture tree: no process of ours runs on its CPUs."""
+    return OwnUsage(0.0, {})
+
+
+@dataclass(frozen=True)
 class _Snapshot:
     when: float
     cpus: dict[int, CpuTimes]
-    own: float
+    own: OwnUsage
 
 
 class BusySampler:
@@ -117,7 +147,7 @@ class BusySampler:
         min_window: float = 0.05,
         max_age: float = 2.0,
         stat_files: Sequence[Path] | None = None,
-        own_seconds: Callable[[], float] | None = None,
+        own: Callable[[], OwnUsage] | None = None,
         clock: Callable[[], float] = time.monotonic,
         ticks_per_second: int | None = None,
     ) -> None:
@@ -125,7 +155,7 @@ class BusySampler:
         self.interval = interval
         self.min_window = min_window
         self.max_age = max_age
-        self.own_seconds = own_seconds or (own_cpu_seconds if root == REAL_ROOT else (lambda: 0.0))
+        self.own = own or (own_usage if root == REAL_ROOT else no_usage)
         self.clock = clock
         self.hz = ticks_per_second or os.sysconf("SC_CLK_TCK")
         self._reads = 0
@@ -135,7 +165,7 @@ class BusySampler:
     def _snapshot(self) -> _Snapshot:
         path = self.files[min(self._reads, len(self.files) - 1)]
         self._reads += 1
-        return _Snapshot(self.clock(), parse_proc_stat(path.read_text()), self.own_seconds())
+        return _Snapshot(self.clock(), parse_proc_stat(path.read_text()), self.own())
 
     def sample(self, cpus: Iterable[int]) -> dict[int, float]:
         """Per CPU in `cpus`, the fraction of the window it spent busy with others' work."""
@@ -154,23 +184,32 @@ class BusySampler:
 
 def _busy_fractions(before: _Snapshot, now: _Snapshot, cpus: frozenset[int], hz: int) -> dict[int, float]:
     fractions: dict[int, float] = {}
-    windows: list[int] = []
+    windows: dict[int, int] = {}
     for cpu in cpus:
         old, new = before.cpus.get(cpu), now.cpus.get(cpu)
         if old is None or new is None or new.total <= old.total:
             continue
-        windows.append(new.total - old.total)
-        fractions[cpu] = (new.busy - old.busy) / (new.total - old.total)
+        windows[cpu] = new.total - old.total
+        fractions[cpu] = (new.busy - old.busy) / windows[cpu]
     if not windows:
         return fractions
-    window_seconds = sum(windows) / len(windows) / hz
-    own = max(0.0, now.own - before.own) / window_seconds if window_seconds > 0 else 0.0
+    # This process's own work is not competition: take each living thread's ticks off the CPU
+    # it ran on, and what is left (threads that ended) off the busiest CPUs.
+    attributed = 0.0
+    for tid, (ticks, cpu) in now.own.threads.items():
+        old_ticks = before.own.threads.get(tid, (ticks, cpu))[0]
+        used = max(0, ticks - old_ticks)
+        attributed += used / hz
+        if cpu in fractions and used:
+            fractions[cpu] = max(0.0, fractions[cpu] - used / windows[cpu])
+    window_seconds = sum(windows.values()) / len(windows) / hz
+    rest = max(0.0, now.own.seconds - before.own.seconds - attributed) / window_seconds
     for cpu in sorted(fractions, key=lambda c: -fractions[c]):
-        if own <= 0:
+        if rest <= 0:
             break
-        taken = min(fractions[cpu], own)
+        taken = min(fractions[cpu], rest)
         fractions[cpu] -= taken
-        own -= taken
+        rest -= taken
     return fractions
 
 
