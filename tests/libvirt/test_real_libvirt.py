@@ -189,3 +189,27 @@ def test_prepin_domain_stages_and_the_start_moves_the_file_in(lab) -> None:  # t
         stop_guest(name)
     missing = run_cli("prepin", "--domain", PREFIX + "nope", env=env)
     assert missing.returncode == 2 and "no libvirt domain named" in missing.stderr
+
+
+def test_tune_shows_the_diff_then_changes_the_persistent_definition(lab) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+    from vfiotask.integrations.libvirt.daemon import virsh
+    from vfiotask.integrations.libvirt.domain import parse_domain
+
+    name = PREFIX + "tune"
+    lab.define(guest_xml(name, 512, config={"threads": "2"}))
+    try:
+        dry = run_cli("tune", "--domain", name, "--threads", "2", "--file-backed", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert '+    <allocation mode="immediate" threads="2" />' in dry.stdout and "was not changed" in dry.stdout
+        assert parse_domain(virsh("dumpxml", "--inactive", name).stdout).backing.allocation_mode is None
+
+        done = run_cli("tune", "--domain", name, "--threads", "2", "--file-backed")
+        assert done.returncode == 0, done.stderr
+        domain = parse_domain(virsh("dumpxml", "--inactive", name).stdout)
+        assert (domain.backing.allocation_mode, domain.backing.allocation_threads) == ("immediate", 2)
+        assert domain.backing.file_backed and domain.config.present and domain.config.threads == 2
+        again = run_cli("tune", "--domain", name, "--threads", "2", "--file-backed")
+        assert "nothing to change" in again.stdout
+    finally:
+        stop_guest(name)

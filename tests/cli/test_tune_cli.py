@@ -1,0 +1,57 @@
+"""`vfiotask tune`: the definition change, the thread policy, and its refusals."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.libvirt.xmls import guest_xml
+from vfiotask.integrations.libvirt.domain import parse_domain
+from vfiotask.integrations.libvirt.tune import diff, policy_threads, tuned
+
+WITH_METADATA = guest_xml("t", 512, config={"threads": "2"}).replace("<vcpu>", "<!-- keep --><vcpu>")
+
+
+def test_tuning_adds_immediate_allocation_and_keeps_our_namespace_prefix() -> None:
+    before, after = tuned(WITH_METADATA, 3)
+    domain = parse_domain(after)
+    assert (domain.backing.allocation_mode, domain.backing.allocation_threads) == ("immediate", 3)
+    assert "vfiotask:config" in after and domain.config.threads == 2
+    changes = [line for line in diff(before, after, "t").splitlines() if line[:1] in "+-" and line[:3] not in "+++---"]
+    assert changes == ["+  <memoryBacking>", '+    <allocation mode="immediate" threads="3" />', "+  </memoryBacking>"]
+
+
+def test_file_backed_and_idempotent() -> None:
+    _, once = tuned(WITH_METADATA, 2, file_backed=True)
+    assert parse_domain(once).backing.file_backed
+    before, twice = tuned(once, 2, file_backed=True)
+    assert before == twice
+
+
+def test_policy_threads_stay_within_the_cpus_we_may_use() -> None:
+    threads = policy_threads(parse_domain(WITH_METADATA))
+    assert 1 <= threads <= min(len(os.sched_getaffinity(0)), 16)
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--domain", "x", "--threads", "0"], "not a count"),
+    (["--domain", "x", "--threads", "99"], "not a count"),
+    (["--domain", "a/b"], "not usable"),
+    ([], "--domain"),
+])
+def test_bad_input_exits_2(args: list[str], needle: str) -> None:
+    result = run_cli("tune", *args)
+    assert result.returncode == 2 and needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_without_libvirtd_the_error_says_so() -> None:
+    import psutil
+
+    if any(p.info["name"] in ("libvirtd", "virtqemud") for p in psutil.process_iter(["name"])):
+        pytest.skip("libvirtd is running here")
+    result = run_cli("tune", "--domain", "x", "--dry-run", "--uri", "qemu:///system")
+    assert result.returncode == 1
+    assert result.stderr.startswith("vfiotask: cannot connect to libvirt") and "start libvirtd" in result.stderr
