@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every backing named in `args.backing` (comma separated); see the module docstring."""
     size = parse_size(args.size or DEFAULT_SIZE, what="--size")
     counts = _thread_counts(args.threads or DEFAULT_THREADS)
-    repeat = args.repeat or DEFAULT_REPEAT
+    repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
     if repeat < 1:
         raise UsageError(f"--repeat {repeat} must be 1 or more", hint="medians need 5 or more runs")
     names = [n.strip() for n in (args.backing or DEFAULT_BACKINGS).split(",") if n.strip()]
