@@ -78,3 +78,17 @@ def test_no_helper_process_outlives_the_task() -> None:
     private_engine(cpus=4).run(process_task(book, lambda: book.chunk))
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_where_the_host_refuses_a_fork_the_task_completes_with_fewer_helpers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    book = Ledger(64)
+
+    def refuse() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    report = private_engine(cpus=4).run(process_task(book, lambda: book.chunk))
+    assert report.threads == 1
+    assert book.marked() == 64 and not book.had_doubles()

@@ -90,7 +90,7 @@ class Engine:
             state = RunState(task, queue, injected_failure(task.name))
             with self._signals_deferred(state):
                 try:
-                    raises = self._work(task, state, helper_nodes, facts, budget)
+                    raises, running = self._work(task, state, helper_nodes, facts, budget)
                 except BaseException as exc:  # not from a chunk: an interrupt the engine did not hold back
                     for start, end, error in self._undo(task, state):
                         exc.add_note(f"{task.name}: undo of [{start:#x}, {end:#x}) failed: {describe_exception(error)}")
@@ -103,7 +103,7 @@ class Engine:
         return TaskReport(
             name=task.name,
             size=task.size,
-            threads=threads,
+            threads=1 + running,
             chunks=len(state.done),
             chunk_size=chunk,
             seconds=time.monotonic() - began,
@@ -153,17 +153,17 @@ class Engine:
         helper_nodes: list[int | None],
         facts: CpuFacts,
         budget: CpuBudget,
-    ) -> int:
-        """Start the helpers, work as the caller, lift and join the helpers; returns the lifts."""
+    ) -> tuple[int, int]:
+        """Start the helpers, work as the caller, lift and join the helpers.
+
+        Returns the priority lifts and how many helpers ran.
+        """
         helpers = self._helpers(task, state, helper_nodes, facts, budget)
         try:
-            for helper in helpers:
-                helper.spawn()
-            for helper in helpers:
-                helper.start()
+            helpers = _started(helpers)
             while (chunk := state.claim(None)) is not None:
                 state.execute(chunk, "caller", task.chunk)
-            return self._lift_and_join(helpers)
+            return self._lift_and_join(helpers), len(helpers)
         except BaseException:
             state.queue.stop()
             _join_all(helpers)
@@ -284,6 +284,32 @@ def _redeliver(signum: int) -> None:
         raise KeyboardInterrupt
     os.kill(os.getpid(), signum)
     raise KeyboardInterrupt  # not reached when the default action ends the process
+
+
+def _started(helpers: list[Helper]) -> list[Helper]:
+    """Fork, then start, every helper; where the host refuses more, go on with the ones running.
+
+    All forks come before any helper thread starts, so a child is forked from as few threads
+    as possible.
+    """
+    spawned: list[Helper] = []
+    for helper in helpers:
+        try:
+            helper.spawn()
+        except OSError as exc:
+            log.warning("cannot fork %s: %s; going on with %d helper(s)", helper.name, exc, len(spawned))
+            break
+        spawned.append(helper)
+    running: list[Helper] = []
+    for helper in spawned:
+        try:
+            helper.start()
+        except RuntimeError as exc:
+            log.warning("cannot start %s: %s; going on with %d helper(s)", helper.name, exc, len(running))
+            helper.join()  # reaps its process, if it has one
+            continue
+        running.append(helper)
+    return running
 
 
 def _join_all(helpers: list[Helper]) -> None:
