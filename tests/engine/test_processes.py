@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from vfiotask.engine import HelperKind, HelperProcessDied, Task
 from vfiotask.errors import TaskFailed, UsageError
 
-from .conftest import Ledger, private_engine
+from .conftest import REPO_ROOT, Ledger, private_engine
 
 
 def process_task(book: Ledger, factory: object, name: str = "proc") -> Task:
@@ -92,3 +96,27 @@ def test_where_the_host_refuses_a_fork_the_task_completes_with_fewer_helpers(
     report = private_engine(cpus=4).run(process_task(book, lambda: book.chunk))
     assert report.threads == 1
     assert book.marked() == 64 and not book.had_doubles()
+
+
+def test_helper_processes_never_run_the_parents_atexit_or_flush_its_buffers(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import atexit, sys
+        from vfiotask.engine import HelperKind, Task
+        from tests.engine.conftest import private_engine
+        atexit.register(lambda: print("atexit ran", flush=True))
+        sys.stdout.write("buffered before the task\\n")  # not flushed: a child exiting normally would repeat it
+        seen = []
+        task = Task.over_range("p", 0, 64, lambda s, e: None, min_chunk=1, helpers=HelperKind.PROCESS,
+                               process_chunk_factory=lambda: (lambda s, e: None))
+        report = private_engine(cpus=4).run(task)
+        print("helpers", report.threads - 1)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines.count("buffered before the task") == 1
+    assert lines.count("atexit ran") == 1
+    assert "helpers 3" in lines

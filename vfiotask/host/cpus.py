@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ class BusySampler:
         self.clock = clock
         self.hz = ticks_per_second or os.sysconf("SC_CLK_TCK")
         self._reads = 0
+        self._lock = threading.Lock()  # tasks in several threads share one sampler
         self._last: _Snapshot | None = None
         self._answer: dict[int, float] | None = None
 
@@ -169,6 +171,10 @@ class BusySampler:
 
     def sample(self, cpus: Iterable[int]) -> dict[int, float]:
         """Per CPU in `cpus`, the fraction of the window it spent busy with others' work."""
+        with self._lock:
+            return self._sample(frozenset(cpus))
+
+    def _sample(self, cpus: frozenset[int]) -> dict[int, float]:
         now = self._snapshot()
         before = self._last
         if before is not None and now.when - before.when < self.min_window and self._answer is not None:
@@ -178,7 +184,7 @@ class BusySampler:
                 time.sleep(self.interval)
             before, now = now, self._snapshot()
         self._last = now
-        self._answer = _busy_fractions(before, now, frozenset(cpus), self.hz)
+        self._answer = _busy_fractions(before, now, cpus, self.hz)
         return self._answer
 
 
