@@ -1,18 +1,11 @@
-"""The engine jobs use when the caller gives none."""
+"""The engine jobs use when the caller gives none: one place, so every job plans the same way."""
 
 from __future__ import annotations
 
-import importlib
-
 from vfiotask.engine import Engine
+from vfiotask.host.cpus import host_engine
 
 
 def default_engine() -> Engine:
-    """The host-aware engine (CPU policy, helper slots) where it is available, else the plain one."""
-    try:
-        module = importlib.import_module("vfiotask.host.cpus")
-    except ImportError:
-        return Engine()
-    engine = module.host_engine()
-    assert isinstance(engine, Engine)
-    return engine
+    """An engine that plans with this host's CPU facts (affinity, quota, busy CPUs, governor, nodes)."""
+    return host_engine()
