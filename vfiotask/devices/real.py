@@ -17,8 +17,9 @@ from types import TracebackType
 
 from vfiotask.devices import uapi
 from vfiotask.devices.container import GroupBusyError, IommuInfo, Mapping, dma_error
+from vfiotask.devices.discovery import discover
 from vfiotask.devices.syscalls import LibcSyscalls, Syscalls
-from vfiotask.devices.viability import ENABLE_IOMMU_HINT
+from vfiotask.devices.viability import ENABLE_IOMMU_HINT, group_viability, not_viable_error
 from vfiotask.errors import DeviceError, VfiotaskError
 
 DEV_ROOT = Path("/dev")
@@ -26,6 +27,21 @@ DEV_ROOT = Path("/dev")
 
 def _errno(exc: OSError) -> int:
     return exc.errno or errno.EIO
+
+
+def _not_viable(number: int) -> DeviceError:
+    """The kernel only says "not viable"; name the devices in the way when /sys can tell."""
+    try:
+        host = discover(None)
+        verdict = group_viability(host.group(number))
+        if verdict.blocking:
+            return not_viable_error(host, verdict, f"cannot open group {number}")
+    except (OSError, VfiotaskError):
+        pass
+    return DeviceError(
+        f"IOMMU group {number} is not viable: some device of it is still bound to a host driver",
+        hint=f"see 'vfiotask devices' for group {number}, then vfiotask bind its devices",
+    )
 
 
 class _GroupFiles:
@@ -57,10 +73,7 @@ class _GroupFiles:
         status = uapi.vfio_group_status(argsz=ctypes.sizeof(uapi.vfio_group_status))
         self.sys.ioctl(fd, uapi.VFIO_GROUP_GET_STATUS, status)
         if not status.flags & uapi.VFIO_GROUP_FLAGS_VIABLE:
-            raise DeviceError(
-                f"IOMMU group {number} is not viable: some device of it is still bound to a host driver",
-                hint=f"see 'vfiotask devices' for group {number}, then vfiotask bind its devices",
-            )
+            raise _not_viable(number)
         return fd
 
     def set_container(self, number: int, container_fd: int) -> None:
