@@ -11,9 +11,9 @@ Example::
 
     seen = bytearray(1 << 20)
     def chunk(start: int, end: int) -> None:
-        seen[start:end] = b"\\1" * (end - start)
+        seen[start:end] = bytes([1]) * (end - start)
     report = Engine().run(Task.over_range("fill", 0, len(seen), chunk, min_chunk=64 << 10))
-    print(report.threads, report.chunks)
+    print(report.threads, report.chunks)   # e.g. 2 8
 """
 
 from vfiotask.engine.chunks import chunk_size_for
