@@ -114,3 +114,24 @@ def test_real_host_disk_and_network_are_refused() -> None:
                if (p / "device").exists() and (p / "operstate").read_text().strip() == "up"]
     if nets_up:
         assert any("is up" in " ".join(u) for u in uses.values())
+
+
+def test_committed_fixture_trees_are_what_build_py_makes(tmp_path: Path) -> None:
+    import importlib.util
+    import sys
+
+    from tests.devices.helpers import FIXTURES, TREES, snapshot
+
+    spec = importlib.util.spec_from_file_location("fixture_build", FIXTURES / "build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    for tree in module.TREES:
+        module.build(tree, tmp_path)
+    assert sorted(t.name for t in module.TREES) == sorted(TREES)
+    for name in TREES:
+        assert snapshot(tmp_path / name) == snapshot(FIXTURES / name), name
