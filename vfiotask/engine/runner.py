@@ -95,6 +95,7 @@ class Engine:
                     for start, end, error in self._undo(task, state):
                         exc.add_note(f"{task.name}: undo of [{start:#x}, {end:#x}) failed: {describe_exception(error)}")
                     raise
+                lease.release()  # every helper has finished: other tasks may have the slots during undo
                 undo_errors = self._undo(task, state) if state.stopped else []
         finally:
             lease.release()
