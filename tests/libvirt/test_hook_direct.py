@@ -215,3 +215,50 @@ def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatc
     assert not hook_host.guest_dir("12-warm2").exists()
     unstage("warm2")
     assert not any(Path(f.path).exists() for f in files)
+
+
+GIB_POOL = Path("/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
+
+
+def _hugetlbfs_sizes() -> set[str]:
+    sizes = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if " - hugetlbfs " in line:
+            sizes.add("1G" if "pagesize=1024M" in line or "pagesize=1G" in line else "other")
+    return sizes
+
+
+def test_hugetlbfs_not_mounted_for_the_page_size(hook_host: HookHost) -> None:
+    if not GIB_POOL.exists() or "1G" in _hugetlbfs_sizes():
+        pytest.skip("needs a 1 GiB pool and no 1 GiB hugetlbfs mount")
+    before = GIB_POOL.read_text()
+    xml = guest_xml("h1", 1024, id=3, hugepages="1048576", config=OURS)
+    result = hook_host.run("h1", "prepare", "begin", xml)
+    assert result.returncode == 1
+    line = stderr_line(result)
+    assert "no hugetlbfs of that page size is mounted" in line and "restart libvirtd" in line
+    assert GIB_POOL.read_text() == before
+
+
+@requires_root
+def test_a_pool_that_cannot_grow_fails_prepare_and_keeps_nothing(hook_host: HookHost, hugepage_pools: None,
+                                                                 tmp_path: Path) -> None:
+    import subprocess
+
+    if not GIB_POOL.exists():
+        pytest.skip("no 1 GiB hugepage pool")
+    mount = tmp_path / "huge1g"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=1G", "none", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a 1 GiB hugetlbfs")
+    try:
+        before = GIB_POOL.read_text()
+        xml = guest_xml("h2", 4 << 20, id=4, hugepages="1048576", config=OURS)  # 4 TiB of RAM
+        result = hook_host.run("h2", "prepare", "begin", xml)
+        assert result.returncode == 1
+        line = stderr_line(result)
+        assert "gave" in line and "of 4096 hugepages of 1.0 GiB" in line and "nothing was kept" in line
+        assert GIB_POOL.read_text() == before
+        assert hook_host.journal()["guests"] == {}
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -1,0 +1,153 @@
+"""`vfiotask bench libvirt`: how long `virsh start` of a file-backed guest takes, with and without us.
+
+The guest (1 vCPU, no disk, RAM in a shared file on a tmpfs memory_backing_dir) has
+`<allocation mode='immediate'/>`, so QEMU faults and zeroes all of its RAM at start in one
+thread, as the VFIO pin does.  Three variants, interleaved, each after warming host memory:
+  nohook - the hook sees a guest that is not ours and leaves at once;
+  hook   - the hook populates the RAM file in parallel before QEMU opens it;
+  warm   - `prepin --domain` populated it ahead (untimed), the hook only renames it into place.
+Also measured: the hook's run time for a guest that is not ours (its cost to every start).
+A private libvirtd is started with the hook installed and put back afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from vfiotask.units import GiB, format_size, parse_size
+
+PREFIX = "vfiotask-bench-"
+NS = "https://vfiotask.org/xmlns/1"
+VARIANTS = ("nohook", "hook", "warm")
+
+
+def guest_xml(name: str, size: int, ours: bool) -> str:
+    metadata = f"<metadata><vfiotask:config xmlns:vfiotask='{NS}'/></metadata>" if ours else ""
+    return f"""<domain type='kvm'>
+  <name>{name}</name>
+  <memory unit='KiB'>{size // 1024}</memory>
+  {metadata}
+  <memoryBacking><source type='file'/><access mode='shared'/><allocation mode='immediate'/></memoryBacking>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <on_poweroff>destroy</on_poweroff>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><video><model type='none'/></video>
+    <memballoon model='none'/></devices>
+</domain>
+"""
+
+
+def _size(args: argparse.Namespace) -> int:
+    value = getattr(args, "size", None)
+    if value is None:
+        return 4 * GiB
+    return value if isinstance(value, int) else parse_size(str(value), what="--size")
+
+
+def hook_overhead_ms(hook: str, runs: int = 7) -> float:
+    """Median wall time of the installed hook on `prepare begin` of a guest that is not ours."""
+    xml = guest_xml("not-ours", GiB, ours=False).replace("<domain type='kvm'>", "<domain type='kvm' id='1'>")
+    env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+    times = []
+    for _ in range(runs):
+        began = time.monotonic()
+        subprocess.run([hook, "not-ours", "prepare", "begin", "-"], input=xml.encode(), env=env,
+                       capture_output=True, check=True)
+        times.append(time.monotonic() - began)
+    return statistics.median(times) * 1000
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from vfiotask.integrations.bench.common import Variant, interleave, summary, warm_host_memory
+    from vfiotask.integrations.cli.hook import hook_path
+    from vfiotask.integrations.libvirt import connection
+    from vfiotask.integrations.libvirt.ahead import stage, unstage
+    from vfiotask.integrations.libvirt.daemon import HOOKS_DIR, PrivateLibvirt
+    from vfiotask.integrations.libvirt.domain import parse_domain
+    from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+
+    size = _size(args)
+    repeat = max(int(getattr(args, "repeat", 5) or 5), 1)
+    names = {variant: f"{PREFIX}{variant}" for variant in VARIANTS}
+    with PrivateLibvirt(guest_prefix=PREFIX, hugetlbfs=False) as lab:
+        conn = connection.open_connection(readonly=False)
+        try:
+            doms = {}
+            for variant, name in names.items():
+                conn.defineXML(guest_xml(name, size, ours=variant != "nohook"))
+                doms[variant] = conn.lookupByName(name)
+            warm_domain = parse_domain(doms["warm"].XMLDesc(0))
+
+            populate: list[dict[str, Any]] = []
+
+            def start(variant: str) -> float:
+                began = time.monotonic()
+                doms[variant].create()
+                took = time.monotonic() - began
+                if variant == "hook":
+                    record = GuestJournal().guest(names[variant]) or {}
+                    populate.extend({"seconds": f["seconds"], "threads": f["threads"]} for f in record.get("files", []))
+                return took
+
+            def stop(variant: str) -> None:
+                if doms[variant].isActive():
+                    doms[variant].destroy()
+
+            variants = [
+                Variant("nohook", run=lambda: start("nohook"), cleanup=lambda: stop("nohook")),
+                Variant("hook", run=lambda: start("hook"), cleanup=lambda: stop("hook")),
+                Variant("warm", run=lambda: start("warm"), prepare=lambda: stage(warm_domain) and None,
+                        cleanup=lambda: stop("warm")),
+            ]
+            times = interleave(variants, repeat, lambda: warm_host_memory(size))
+            unstage(warm_domain.name)
+            overhead = hook_overhead_ms(str(hook_path(HOOKS_DIR)))
+        finally:
+            conn.close()
+        backing = str(lab.backing_dir)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "suite": "libvirt",
+        "size": size,
+        "repeat": repeat,
+        "memory": "warm",
+        "guest": "1 vCPU, file-backed (tmpfs), allocation immediate",
+        "memory_backing_dir": backing,
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+        "variants": {name: summary(size, values) for name, values in times.items()},
+        "speedup": {
+            "hook": round(medians["nohook"] / medians["hook"], 3),
+            "warm": round(medians["nohook"] / medians["warm"], 3),
+        },
+        "hook_not_ours_ms": round(overhead, 1),
+        "hook_populate": {
+            "median_seconds": round(statistics.median([p["seconds"] for p in populate]), 6) if populate else None,
+            "threads": sorted({p["threads"] for p in populate}),
+        },
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        f"virsh start of a {format_size(result['size'])} guest ({result['guest']}), "
+        f"{result['repeat']} interleaved runs each, warm host memory, {result['cpus']} CPUs",
+        f"{'variant':<8} {'median s':>9}  runs",
+    ]
+    for name in VARIANTS:
+        data = result["variants"][name]
+        runs = " ".join(f"{s:.3f}" for s in data["seconds"])
+        lines.append(f"{name:<8} {data['median_seconds']:>9.3f}  {runs}")
+    lines.append(f"speedup over nohook: hook {result['speedup']['hook']:.2f}x, warm {result['speedup']['warm']:.2f}x")
+    populate = result.get("hook_populate") or {}
+    if populate.get("median_seconds") is not None:
+        lines.append(f"inside 'hook': populating took {populate['median_seconds']:.3f} s (median) "
+                     f"with {'/'.join(map(str, populate['threads']))} thread(s)")
+    lines.append(f"hook run for a guest that is not ours: {result['hook_not_ours_ms']:.1f} ms (median)")
+    return "\n".join(lines)
