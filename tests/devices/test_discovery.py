@@ -49,6 +49,7 @@ def test_bridge_tree_groups_the_bridge_with_what_is_behind_it() -> None:
 @pytest.mark.parametrize(("tree", "address", "reason"), [
     ("viable", "0000:00:17.0", "disk sda1 backs the filesystem at /"),
     ("viable", "0000:00:1f.6", "network interface eno1 is up"),
+    ("viable", "0000:00:16.3", "ttyS4 is the system console"),
     ("sibling", "0000:00:02.0", "boot VGA device showing the text console"),
     ("bridge", "0000:3d:00.0", "disk vg-root backs the filesystem at /"),
     ("bridge", "0000:3d:00.0", "disk nvme0n1p1 backs the filesystem at /boot/efi"),

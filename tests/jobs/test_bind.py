@@ -66,6 +66,7 @@ def test_bridge_bind_leaves_the_bridge_and_binds_what_is_behind_it(tmp_path: Pat
 @pytest.mark.parametrize(("tree", "address", "why"), [
     ("viable", "0000:00:17.0", "disk sda1 backs the filesystem at /"),
     ("viable", "0000:00:1f.6", "network interface eno1 is up"),
+    ("viable", "0000:00:16.3", "ttyS4 is the system console"),
     ("sibling", "0000:00:02.0", "boot VGA device showing the text console"),
     ("bridge", "0000:3d:00.0", "backs the filesystem at /"),
 ])
