@@ -1,0 +1,32 @@
+"""`vfiotask bench libvirt` at a small size: it runs all three variants and puts the host back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import is_root, run_cli
+
+pytestmark = pytest.mark.libvirt
+
+
+def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None:
+    from vfiotask.integrations.libvirt.daemon import _running, missing_tools
+
+    if not is_root() or missing_tools() or not Path("/dev/kvm").exists():
+        pytest.skip("needs root, /dev/kvm, libvirtd and QEMU")
+    if _running("libvirtd"):
+        pytest.skip("libvirtd is already running")
+    conf_before = Path("/etc/libvirt/qemu.conf").read_text()
+    result = run_cli("bench", "libvirt", "--size", "256M", "--repeat", "1", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data["variants"]) == {"nohook", "hook", "warm"}
+    assert all(len(v["seconds"]) == 1 for v in data["variants"].values())
+    assert data["hook_populate"]["threads"] and data["hook_not_ours_ms"] > 0
+    assert Path("/etc/libvirt/qemu.conf").read_text() == conf_before
+    assert not Path("/etc/libvirt/hooks/qemu.d/50-vfiotask").exists()
+    assert not _running("libvirtd")
+    assert not Path(data["memory_backing_dir"]).exists()
