@@ -60,3 +60,12 @@ def test_fault_injection_undoes_everything(tmp_path: Path, state_dir: Path) -> N
     result = run_cli("bind", "0000:05:00.0", "--sysfs-root", str(root), env={"VFIOTASK_FAIL": "bind:2"})
     assert result.returncode == 1 and "bind: Input/output error [EIO]" in one_line(result.stderr)
     assert snapshot(root.parent) == before
+
+
+def test_binding_a_viable_group_again_changes_nothing(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    before = snapshot(root.parent)
+    result = run_cli("bind", "0000:01:00.0", "--sysfs-root", str(root))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0000:01:00.0: already on vfio-pci", "0000:01:00.1: already on vfio-pci"]
+    assert snapshot(root.parent) == before

@@ -49,9 +49,11 @@ class BindResult:
     bound: list[BindRecord]
     already: list[str]
     report: TaskReport | None
+    driver: str = DEFAULT_DRIVER
 
     def to_dict(self) -> dict[str, Any]:
-        return {"groups": self.groups, "bound": [asdict(r) for r in self.bound], "already": self.already}
+        return {"groups": self.groups, "bound": [asdict(r) for r in self.bound], "already": self.already,
+                "driver": self.driver}
 
 
 def bindings_journal(directory: Path | None = None) -> Journal:
@@ -184,7 +186,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     report = None
     if records:
         report = default_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
-    return BindResult(groups, records, already, report)
+    return BindResult(groups, records, already, report, driver)
 
 
 def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Journal | None = None,

@@ -46,7 +46,7 @@ def _print(result: BindResult, verb: str, as_json: bool) -> None:
         change = f"{before} -> {record.bound_to}" if verb == "bound" else f"{record.bound_to} -> {before}"
         print(f"{record.address}: {change}")
     for address in result.already:
-        print(f"{address}: already on {result.bound[0].bound_to if result.bound else 'the driver'}")
+        print(f"{address}: already on {result.driver}")
 
 
 def run_bind(args: argparse.Namespace) -> int:
