@@ -262,3 +262,24 @@ def test_a_pool_that_cannot_grow_fails_prepare_and_keeps_nothing(hook_host: Hook
         assert hook_host.journal()["guests"] == {}
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_the_hooks_fast_path_reads_the_hugepage_jobs_journal() -> None:
+    from vfiotask.integrations.libvirt.guestjournal import HUGEPAGES_JOURNAL
+    from vfiotask.jobs.hugepages import JOURNAL_NAME
+
+    assert HUGEPAGES_JOURNAL == JOURNAL_NAME
+
+
+def test_release_of_a_guest_with_only_a_hugepage_reservation_left(hook_host: HookHost, tmp_path: Path) -> None:
+    """A prepare killed before it wrote its guest record still has its pages given back at release."""
+    import json
+
+    hook_host.state.mkdir(parents=True, exist_ok=True)
+    (hook_host.state / "hugepages.json").write_text(json.dumps({"owners": {
+        "libvirt:gone:2097152": {"page_size": 2097152, "pages": {}},
+        "libvirt:other:2097152": {"page_size": 2097152, "pages": {}},
+    }}))
+    assert hook_host.run("gone", "release", "end", "").returncode == 0
+    owners = json.loads((hook_host.state / "hugepages.json").read_text())["owners"]
+    assert sorted(owners) == ["libvirt:other:2097152"]

@@ -14,6 +14,17 @@ from typing import Any
 from vfiotask.journal import Journal
 
 JOURNAL_NAME = "libvirt"
+HUGEPAGES_JOURNAL = "hugepages"  # vfiotask.jobs.hugepages.JOURNAL_NAME, named here so the hook need not import the job
+OWNER_PREFIX = "libvirt:"
+
+
+def hugepage_owner_prefix(name: str) -> str:
+    return f"{OWNER_PREFIX}{name}:"
+
+
+def hugepage_owner(name: str, page_size: int) -> str:
+    """The owner of a guest's hugepage reservation: one per page size."""
+    return f"{hugepage_owner_prefix(name)}{page_size}"
 
 
 class GuestJournal:

@@ -105,6 +105,8 @@ def run_release(name: str) -> int:
 
     try:
         validate_name(name)
+        if not _holds_anything(name):
+            return EXIT_OK
         from vfiotask.integrations.libvirt import phases
 
         for problem in phases.release(name, phases.HookContext(log=log)):
@@ -114,3 +116,14 @@ def run_release(name: str) -> int:
     except Exception as exc:  # the stop must never fail because of us
         log(f"{name}: release failed: {describe_exception(exc)}")
     return EXIT_OK
+
+
+def _holds_anything(name: str) -> bool:
+    """Whether the journals list anything for `name`: read without importing the jobs (fast path)."""
+    from vfiotask.integrations.libvirt.guestjournal import HUGEPAGES_JOURNAL, GuestJournal, hugepage_owner_prefix
+    from vfiotask.journal import Journal
+
+    if GuestJournal().guest(name) is not None:
+        return True
+    owners = Journal(HUGEPAGES_JOURNAL).read().get("owners", {})
+    return any(owner.startswith(hugepage_owner_prefix(name)) for owner in owners)

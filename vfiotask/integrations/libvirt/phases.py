@@ -24,18 +24,11 @@ from typing import Any
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain
-from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
 from vfiotask.integrations.libvirt.ramfiles import FileRecord, allocated_bytes, chown_nofollow, populate_file
 from vfiotask.units import GiB, format_size, parse_size
 
 FAIL_ENV = "VFIOTASK_FAIL"
-OWNER_PREFIX = "libvirt:"
-
-
-def hugepage_owner(name: str, page_size: int) -> str:
-    return f"{OWNER_PREFIX}{name}:{page_size}"
-
-
 @dataclass
 class HookContext:
     """Everything the phases touch on the host, so tests can point it at fixtures."""
@@ -283,7 +276,7 @@ def release(name: str, ctx: HookContext) -> list[str]:
     try:
         reserver = ctx.reserver()
         for held in reserver.owners():
-            if held.owner.startswith(f"{OWNER_PREFIX}{name}:"):
+            if held.owner.startswith(hugepage_owner_prefix(name)):
                 reserver.release(held.owner)
     except (OSError, VfiotaskError) as exc:
         problems.append(f"releasing hugepages: {describe_exception(exc)}")

@@ -13,10 +13,12 @@ import os
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vfiotask.engine import Engine
 from vfiotask.errors import HostStateError
+
+if TYPE_CHECKING:
+    from vfiotask.engine import Engine
 
 
 @dataclass(frozen=True)
