@@ -99,3 +99,18 @@ def test_nodesets() -> None:
     assert parse_nodeset("0-3,^2,5") == [0, 1, 3, 5]
     with pytest.raises(UsageError):
         parse_nodeset("3-1")
+
+
+def test_qemu_memlock_limit_follows_libvirts_rule() -> None:
+    from vfiotask.integrations.libvirt.phases import guest_ram, qemu_memlock_limit
+
+    gib = 1 << 30
+    plain = parse_domain(guest_xml("v", 2048, id=1, hostdevs=["0000:01:00.0", "0000:01:00.1"]))
+    assert guest_ram(plain) == 2 * gib and qemu_memlock_limit(plain) == 3 * gib
+    viommu = parse_domain(guest_xml("v", 2048, id=1, hostdevs=["0000:01:00.0", "0000:01:00.1"]).replace(
+        "<memballoon", "<iommu model='intel'/><memballoon"))
+    assert qemu_memlock_limit(viommu) == 2 * 2 * gib + gib
+    hard = parse_domain(guest_xml("v", 2048, id=1, hard_limit_mib=1024))
+    assert qemu_memlock_limit(hard) == gib
+    locked = parse_domain(FULL)
+    assert qemu_memlock_limit(locked) is None
