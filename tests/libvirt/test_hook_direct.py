@@ -283,3 +283,21 @@ def test_release_of_a_guest_with_only_a_hugepage_reservation_left(hook_host: Hoo
     assert hook_host.run("gone", "release", "end", "").returncode == 0
     owners = json.loads((hook_host.state / "hugepages.json").read_text())["owners"]
     assert sorted(owners) == ["libvirt:other:2097152"]
+
+
+@requires_root
+def test_status_and_unstage_from_the_command_line(hook_host: HookHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import run_cli
+    from vfiotask.integrations.libvirt.ahead import stage
+    from vfiotask.integrations.libvirt.domain import parse_domain
+
+    monkeypatch.setenv("VFIOTASK_STATE_DIR", str(hook_host.state))
+    monkeypatch.setenv("VFIOTASK_LIBVIRT_QEMU_CONF", str(hook_host.conf))
+    assert "holds nothing" in run_cli("hook", "status").stdout
+    files, _ = stage(parse_domain(guest_xml("st", 32, file_backed=True, config=OURS)))
+    assert "st: staged 32.0 MiB in 1 file(s)" in run_cli("hook", "status").stdout
+    assert "freed 32.0 MiB" in run_cli("hook", "unstage", "--domain", "st").stdout
+    assert not Path(files[0].path).exists()
+    assert "nothing is staged" in run_cli("hook", "unstage", "--domain", "st").stdout
+    bad = run_cli("hook", "unstage", "--domain", "../x")
+    assert bad.returncode == 2 and "not usable" in bad.stderr

@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--hooks-dir", type=Path, default=DEFAULT_HOOKS_DIR,
                          help=f"libvirt's hooks directory (default {DEFAULT_HOOKS_DIR})")
         sub.set_defaults(handler=handler)
+    status = actions.add_parser("status", help="show what the hook holds per guest, and what is staged")
+    status.add_argument("--json", action="store_true", help="print the journal as JSON")
+    status.set_defaults(handler=run_status)
+    unstage = actions.add_parser("unstage", help="free the RAM files 'prepin --domain' staged for a guest")
+    unstage.add_argument("--domain", required=True, metavar="NAME")
+    unstage.set_defaults(handler=run_unstage)
 
 
 def hook_text(interpreter: str | None = None) -> str:
@@ -114,4 +120,41 @@ def run_install(args: argparse.Namespace) -> int:
 def run_uninstall(args: argparse.Namespace) -> int:
     removed = uninstall(args.hooks_dir)
     print(f"removed {removed}" if removed else f"{hook_path(args.hooks_dir)} is not installed; nothing to remove")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import json
+
+    from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+    from vfiotask.units import format_size
+
+    data = GuestJournal().journal.read()
+    guests, staged = data.get("guests", {}), data.get("staged", {})
+    if args.json:
+        print(json.dumps({"guests": guests, "staged": staged}, indent=1, sort_keys=True))
+        return 0
+    if not guests and not staged:
+        print("the hook holds nothing for any guest")
+    for name, record in sorted(guests.items()):
+        files = record.get("files", [])
+        pages = sum(h.get("bytes", 0) for h in record.get("hugepages", []))
+        print(f"{name} (id {record.get('id')}): {len(files)} RAM file(s), "
+              f"{format_size(sum(f['size'] for f in files))}; hugepages {format_size(pages)}")
+    for name, record in sorted(staged.items()):
+        files = record.get("files", [])
+        print(f"{name}: staged {format_size(sum(f['size'] for f in files))} in {len(files)} file(s) for its next start")
+    return 0
+
+
+def run_unstage(args: argparse.Namespace) -> int:
+    from vfiotask.integrations.libvirt.ahead import unstage
+    from vfiotask.integrations.libvirt.domain import validate_name
+    from vfiotask.units import format_size
+
+    files = unstage(validate_name(args.domain))
+    if not files:
+        print(f"nothing is staged for {args.domain}")
+    else:
+        print(f"freed {format_size(sum(f.size for f in files))} staged for {args.domain}")
     return 0
