@@ -229,21 +229,25 @@ def test_hold_until_sigint_then_undo(shm_dir: Path) -> None:
 def test_hold_in_process_releases_before_returning(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
+    from vfiotask.integrations.cli import prepin
     from vfiotask.integrations.cli.main import main
 
     start = status_field("VmLck")
+    holding = threading.Event()
     seen: list[int] = []
+    real_hold = prepin._hold
 
-    def signal_when_locked() -> None:
-        for _ in range(600):
-            locked = status_field("VmLck") - start
-            if locked:
-                seen.append(locked)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            threading.Event().wait(0.05)
+    def hold() -> None:
+        holding.set()
+        real_hold()
 
-    watcher = threading.Thread(target=signal_when_locked)
+    def signal_while_held() -> None:
+        if holding.wait(120):
+            seen.append(status_field("VmLck") - start)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(prepin, "_hold", hold)
+    watcher = threading.Thread(target=signal_while_held)
     watcher.start()
     assert main(["prepin", *SMALL, "--hold", "--json"]) == 0
     watcher.join()

@@ -12,8 +12,8 @@ import contextlib
 import importlib
 import json
 import os
-import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,11 +187,18 @@ def render_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HOLD_POLL_S = 0.2
+
+
 def _hold() -> None:
-    """Wait for SIGTERM (raised as Terminated by the command's handler) or SIGINT."""
-    with contextlib.suppress(KeyboardInterrupt):
-        while True:
-            signal.pause()
+    """Wait for SIGTERM (raised as Terminated by the command's handler) or SIGINT.
+
+    Short sleeps rather than pause(): the kernel may deliver the signal to another thread of
+    this process (an engine helper), which would leave pause() waiting; Python runs the handler
+    in this thread as soon as a sleep ends.
+    """
+    while True:
+        time.sleep(HOLD_POLL_S)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
             pinning = pin(region, backend, accountant, max_threads=opts.max_threads, min_chunk=opts.min_chunk)
             stack.callback(pinning.release)
         data = result(region, report, pinning, note, backend.name if backend else "none")
-        print(json.dumps(data, sort_keys=True) if args.json else render_table(data), flush=True)
-        if args.hold:
-            _hold()
+        # With --hold, a signal from the moment the report is out is the expected end: release, exit 0.
+        with contextlib.suppress(KeyboardInterrupt) if args.hold else contextlib.nullcontext():
+            print(json.dumps(data, sort_keys=True) if args.json else render_table(data), flush=True)
+            if args.hold:
+                _hold()
     return 0
