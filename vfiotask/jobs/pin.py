@@ -30,6 +30,12 @@ class PinBackend(Protocol):
     """Something that pins and unpins ranges of a region.
 
     `pin` cleans up its own partial work when it fails; `unpin` must not fail.
+
+    Example (a backend that only counts):
+        >>> class Counting:
+        ...     name, serializes = "counting", False
+        ...     def pin(self, region, offset, length): ...
+        ...     def unpin(self, region, offset, length): ...
     """
 
     name: str
@@ -41,7 +47,11 @@ class PinBackend(Protocol):
 
 
 class MlockBackend:
-    """mlock(2): the pages stay resident and count as VmLck against RLIMIT_MEMLOCK."""
+    """mlock(2): the pages stay resident and count as VmLck against RLIMIT_MEMLOCK.
+
+    Example:
+        >>> MlockBackend().pin(region, 0, region.size)   # VmLck grows by region.size
+    """
 
     name = "mlock"
     serializes = False
@@ -117,6 +127,10 @@ def pin(
     Every chunk is charged to `accountant` before it is pinned and uncharged when it is undone,
     so a limit is refused (MemlockLimitError inside TaskFailed, exit 3) before the kernel is asked,
     and a failure leaves nothing pinned or charged.
+
+    Example:
+        >>> with pin(region, MlockBackend(), LockedMemoryAccountant(), max_threads=4) as pinning:
+        ...     print(pinning.report.threads, pinning.locked_bytes)
     """
     done: list[tuple[int, int]] = []
     lock = threading.Lock()

@@ -47,7 +47,12 @@ def default_helpers(region: Region) -> HelperKind:
 
 @dataclass(frozen=True)
 class PrefaultReport:
-    """What a prefault did; `method` says whether MADV_POPULATE_WRITE or touching was used."""
+    """What a prefault did; `method` says whether MADV_POPULATE_WRITE or touching was used.
+
+    Example:
+        >>> report = prefault(region)
+        >>> f"{report.gib_per_s:.1f} GiB/s with {report.threads} {report.helpers}(s)"
+    """
 
     bytes: int
     page_size: int

@@ -43,6 +43,9 @@ class RegionSpec:
     that size; for a file it is detected from the filesystem (and, when given, must match).
     `force` allows a file on a filesystem that is not tmpfs or hugetlbfs; `create` allows
     creating a file that does not exist.
+
+    Example:
+        >>> RegionSpec(size=4 << 30, backing="memfd", page_size=2 << 20, node=0)  # hugetlb memfd on node 0
     """
 
     size: int
