@@ -42,7 +42,10 @@ class RegionSpec:
     `backing` is "anon", "memfd" or a file path.  `page_size` asks a memfd for hugetlb pages of
     that size; for a file it is detected from the filesystem (and, when given, must match).
     `force` allows a file on a filesystem that is not tmpfs or hugetlbfs; `create` allows
-    creating a file that does not exist.
+    creating a file that does not exist.  `transparent_hugepages` asks for THP (MADV_HUGEPAGE) on
+    memory that is not hugetlb, as QEMU does for guest RAM: anonymous memory then faults 2 MiB at
+    a time, and a file on a tmpfs mounted `huge=advise` or `huge=within_size` is filled with huge
+    pages that every later mapper (QEMU, the VFIO pin) maps whole instead of 512 faults apiece.
 
     Example:
         >>> RegionSpec(size=4 << 30, backing="memfd", page_size=2 << 20, node=0)  # hugetlb memfd on node 0
@@ -54,6 +57,7 @@ class RegionSpec:
     node: int | None = None
     force: bool = False
     create: bool = True
+    transparent_hugepages: bool = True
     host_root: Path = field(default=HOST_ROOT, repr=False)
 
     @property
@@ -80,6 +84,7 @@ class Region:
     hugetlb: bool = False
     node: int | None = None
     fstype: str | None = None
+    transparent_hugepages: bool = False
     closed: bool = False
 
     @property
@@ -92,6 +97,8 @@ class Region:
         if self.fd is None:
             raise ValueError("an anonymous region cannot be mapped by another process")
         addr = libc.mmap(self.size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, self.fd)
+        if self.transparent_hugepages:
+            _advise_hugepages(addr, self.size)
         if self.node is not None:
             libc.mbind(addr, self.size, libc.MPOL_BIND, [self.node])
         return addr
@@ -402,14 +409,26 @@ def open_region(spec: RegionSpec) -> Region:
         hugetlb=plan.hugetlb,
         node=spec.node,
         fstype=plan.fstype,
+        transparent_hugepages=spec.transparent_hugepages and not plan.hugetlb,
     )
-    if spec.node is not None:
-        try:
+    try:
+        if region.transparent_hugepages:
+            _advise_hugepages(addr, spec.size)
+        if spec.node is not None:
             libc.mbind(addr, spec.size, libc.MPOL_BIND, [spec.node])
-        except BaseException:
-            region.close(remove_created=True)
-            raise
+    except BaseException:
+        region.close(remove_created=True)
+        raise
     return region
+
+
+def _advise_hugepages(addr: int, size: int) -> None:
+    """Ask for transparent hugepages; a kernel without THP (EINVAL) just keeps 4 KiB pages."""
+    try:
+        libc.madvise(addr, size, libc.MADV_HUGEPAGE)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
 
 
 def _discard(fd: int | None, created: Path | None) -> None:
