@@ -63,7 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--group", type=int, metavar="N", help="IOMMU group for --pin vfio/mock")
     parser.add_argument("--device", metavar="ADDR", help="PCI device for --pin vfio/mock (its group is used)")
-    parser.add_argument("--iova", default="0", metavar="BASE", help="IOVA the region is mapped at (default 0)")
+    parser.add_argument(
+        "--iova",
+        default="0x100000000",
+        metavar="BASE",
+        help="IOVA the region is mapped at (default 4 GiB: above the x86 interrupt window, as QEMU maps high RAM)",
+    )
     parser.add_argument(
         "--sysfs-root", type=Path, default=os.environ.get(SYSFS_ROOT_ENV) or None, metavar="DIR",
         help=f"sysfs tree to read devices from (env {SYSFS_ROOT_ENV})",
