@@ -17,15 +17,30 @@ from vfiotask.errors import (
 from vfiotask.units import format_size, parse_size
 
 if TYPE_CHECKING:
+    from vfiotask.devices import DmaContainer, check_devices_usable, discover, group_viability, open_container
     from vfiotask.engine import Engine, HelperKind, Part, Task, TaskReport, run_task
+    from vfiotask.engine.policy import CpuPolicy
+    from vfiotask.host.cpus import host_engine
+    from vfiotask.jobs.bind import bind, unbind
+    from vfiotask.jobs.hugepages import HugepageReserver, Reservation
     from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
     from vfiotask.jobs.prefault import PrefaultReport, prefault
     from vfiotask.memory import LockedMemoryAccountant, Region, RegionSpec, open_region
 
 __version__ = "0.1.0"
 
-_ENGINE_NAMES = frozenset({"Engine", "HelperKind", "Part", "Task", "TaskReport", "run_task"})
-_MEMORY_NAMES = {  # regions, the accountant and the jobs over them, also imported on first use
+# Everything below errors and units is imported on first use: the libvirt hook imports this
+# package on every phase of every guest and must leave within milliseconds for a guest that is
+# not ours.
+_LAZY = {
+    "Engine": "vfiotask.engine",
+    "HelperKind": "vfiotask.engine",
+    "Part": "vfiotask.engine",
+    "Task": "vfiotask.engine",
+    "TaskReport": "vfiotask.engine",
+    "run_task": "vfiotask.engine",
+    "CpuPolicy": "vfiotask.engine.policy",
+    "host_engine": "vfiotask.host.cpus",
     "LockedMemoryAccountant": "vfiotask.memory",
     "Region": "vfiotask.memory",
     "RegionSpec": "vfiotask.memory",
@@ -36,26 +51,34 @@ _MEMORY_NAMES = {  # regions, the accountant and the jobs over them, also import
     "PinBackend": "vfiotask.jobs.pin",
     "Pinning": "vfiotask.jobs.pin",
     "pin": "vfiotask.jobs.pin",
+    "HugepageReserver": "vfiotask.jobs.hugepages",
+    "Reservation": "vfiotask.jobs.hugepages",
+    "bind": "vfiotask.jobs.bind",
+    "unbind": "vfiotask.jobs.bind",
+    "DmaContainer": "vfiotask.devices",
+    "check_devices_usable": "vfiotask.devices",
+    "discover": "vfiotask.devices",
+    "group_viability": "vfiotask.devices",
+    "open_container": "vfiotask.devices",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """The engine is imported on first use: the libvirt hook imports this package on every phase of
-    every guest and must leave within milliseconds for a guest that is not ours."""
-    if name in _ENGINE_NAMES:
-        import vfiotask.engine
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vfiotask' has no attribute {name!r}")
+    import importlib
 
-        return getattr(vfiotask.engine, name)
-    if name in _MEMORY_NAMES:
-        import importlib
+    return getattr(importlib.import_module(module), name)
 
-        return getattr(importlib.import_module(_MEMORY_NAMES[name]), name)
-    raise AttributeError(f"module 'vfiotask' has no attribute {name!r}")
 
 __all__ = [
+    "CpuPolicy",
     "DeviceError",
+    "DmaContainer",
     "Engine",
     "HelperKind",
+    "HugepageReserver",
     "HugepageShortageError",
     "LockedMemoryAccountant",
     "MemlockLimitError",
@@ -66,16 +89,24 @@ __all__ = [
     "PrefaultReport",
     "Region",
     "RegionSpec",
+    "Reservation",
     "ResourceError",
     "Task",
     "TaskFailed",
     "TaskReport",
     "UsageError",
     "VfiotaskError",
+    "bind",
+    "check_devices_usable",
+    "discover",
     "format_size",
+    "group_viability",
+    "host_engine",
+    "open_container",
     "open_region",
     "parse_size",
     "pin",
     "prefault",
     "run_task",
+    "unbind",
 ]
