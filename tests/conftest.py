@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -92,19 +93,26 @@ def run_cli(*args: str, env: dict[str, str] | None = None, prefix: list[str] | N
     )
 
 
-@pytest.fixture
-def hugetlbfs_mount(hugepage_pools: None, tmp_path: Path) -> Iterator[Path]:
-    """A private hugetlbfs mount (2 MiB pages), unmounted afterwards."""
-    mountpoint = tmp_path / "hugetlbfs"
+@contextmanager
+def private_mount(mountpoint: Path, fstype: str, options: str) -> Iterator[Path]:
+    """Mount `fstype` with `options` on a fresh `mountpoint` (the test skips if that is refused);
+    unmounted afterwards, also when the test fails."""
     mountpoint.mkdir()
-    result = subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mountpoint)],
+    result = subprocess.run(["mount", "-t", fstype, "-o", options, "none", str(mountpoint)],
                             capture_output=True, text=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount hugetlbfs: {result.stderr.strip()}")
+        pytest.skip(f"cannot mount {fstype} -o {options}: {result.stderr.strip()}")
     try:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def hugetlbfs_mount(hugepage_pools: None, tmp_path: Path) -> Iterator[Path]:
+    """A private hugetlbfs mount (2 MiB pages), unmounted afterwards."""
+    with private_mount(tmp_path / "hugetlbfs", "hugetlbfs", "pagesize=2M") as mountpoint:
+        yield mountpoint
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import requires_root
+from tests.conftest import private_mount, requires_root
 from vfiotask.host import libc
 from vfiotask.jobs.prefault import prefault
 from vfiotask.memory import RegionSpec, open_region
@@ -32,16 +31,8 @@ def _smaps_field(addr: int, field: str) -> int:
 
 @pytest.fixture
 def huge_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mountpoint = tmp_path / "huge-tmpfs"
-    mountpoint.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256M,huge=advise", "tmpfs", str(mountpoint)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs with huge=advise: {result.stderr.strip()}")
-    try:
+    with private_mount(tmp_path / "huge-tmpfs", "tmpfs", "size=256M,huge=advise") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def _thp_available() -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from vfiotask.engine import CpuFacts, Engine, parse_cpu_list
 from vfiotask.host.cgroups import cpu_quota
-from vfiotask.host.numa import node_cpus
+from vfiotask.host.numa import node_cpus, online_ids
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,7 @@ REAL_ROOT = Path("/")
 
 def online_cpus(root: Path = REAL_ROOT) -> frozenset[int]:
     """Online CPUs (`cpu/online`); where the file is missing, every `cpuN` directory."""
-    base = root / CPU_ROOT
-    try:
-        return parse_cpu_list((base / "online").read_text())
-    except FileNotFoundError:
-        pass
-    if not base.is_dir():
-        return frozenset()
-    return frozenset(int(p.name[3:]) for p in base.iterdir() if p.name[3:].isdigit() and p.name.startswith("cpu"))
+    return online_ids(root / CPU_ROOT, "cpu")
 
 
 def caller_affinity(root: Path = REAL_ROOT) -> frozenset[int]:

@@ -12,19 +12,24 @@ from pathlib import Path
 from vfiotask.engine.facts import parse_cpu_list
 
 NODE_ROOT = "sys/devices/system/node"
-_NODE_DIR = re.compile(r"^node(\d+)$")
 
 
-def online_nodes(root: Path = Path("/")) -> frozenset[int]:
-    """The online nodes (`node/online`), or every node directory where that file is missing."""
-    base = root / NODE_ROOT
+def online_ids(base: Path, prefix: str) -> frozenset[int]:
+    """The ids in `base/online` (a CPU or node list); where that file is missing, every
+    `<prefix>N` directory under `base` (old kernels, and fixture trees that leave it out)."""
     try:
         return parse_cpu_list((base / "online").read_text())
     except FileNotFoundError:
         pass
     if not base.is_dir():
         return frozenset()
-    return frozenset(int(m.group(1)) for p in base.iterdir() if (m := _NODE_DIR.match(p.name)))
+    pattern = re.compile(rf"^{prefix}(\d+)$")
+    return frozenset(int(m.group(1)) for p in base.iterdir() if (m := pattern.match(p.name)))
+
+
+def online_nodes(root: Path = Path("/")) -> frozenset[int]:
+    """The online nodes (`node/online`), or every node directory where that file is missing."""
+    return online_ids(root / NODE_ROOT, "node")
 
 
 def node_cpus(root: Path = Path("/")) -> dict[int, frozenset[int]]:
