@@ -301,3 +301,24 @@ def test_status_and_unstage_from_the_command_line(hook_host: HookHost, monkeypat
     assert "nothing is staged" in run_cli("hook", "unstage", "--domain", "st").stdout
     bad = run_cli("hook", "unstage", "--domain", "../x")
     assert bad.returncode == 2 and "not usable" in bad.stderr
+
+
+def test_an_unexpected_error_still_reaches_libvirt_as_one_line(
+    hook_host: HookHost, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from vfiotask.integrations.libvirt import hook, phases
+
+    for key, value in hook_host.env().items():
+        monkeypatch.setenv(key, value)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(phases, "prepare", broken)
+    xml = guest_xml("oops", 64, id=12, file_backed=True, config=OURS)
+    status = hook.main(["hook", "oops", "prepare", "begin", "-"], stdin=io.BytesIO(xml.encode()))
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and "failed unexpectedly" in err and "a bug" in err and "Traceback" not in err

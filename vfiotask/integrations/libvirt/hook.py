@@ -95,6 +95,14 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
                 log(f"{name}: files handed to QEMU ({at_start.get('owner')})")
     except VfiotaskError as exc:
         return fail(f"guest {name}: {exc.one_line()}")
+    except Exception as exc:  # a bug: libvirt still gets one line, syslog gets the traceback
+        import traceback
+
+        from vfiotask.errors import describe_exception
+
+        log(f"{name}: {phase} failed unexpectedly:\n{traceback.format_exc()}")
+        return fail(f"guest {name}: {phase} failed unexpectedly ({describe_exception(exc)}); "
+                    "details are in syslog under vfiotask-hook")
     return EXIT_OK
 
 
