@@ -23,10 +23,13 @@ def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None
     result = run_cli("bench", "libvirt", "--size", "256M", "--repeat", "1", "--json", timeout=300)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data["variants"]) == {"nohook", "hook", "warm"}
-    assert all(len(v["seconds"]) == 1 for v in data["variants"].values())
-    assert data["hook_populate"]["threads"] and data["hook_not_ours_ms"] > 0
+    assert [config["config"] for config in data["configs"]] == ["tmpfs", "tmpfs-huge"]
+    for config in data["configs"]:
+        assert set(config["variants"]) == {"nohook", "hook", "warm"}
+        assert all(len(v["seconds"]) == 1 for v in config["variants"].values())
+        assert config["hook_populate"]["threads"] and config["hook_not_ours_ms"] > 0
+        assert not Path(config["memory_backing_dir"]).exists()
     assert Path("/etc/libvirt/qemu.conf").read_text() == conf_before
     assert not Path("/etc/libvirt/hooks/qemu.d/50-vfiotask").exists()
     assert not _running("libvirtd")
-    assert not Path(data["memory_backing_dir"]).exists()
+    assert "vfiotask-bench" not in Path("/proc/mounts").read_text()

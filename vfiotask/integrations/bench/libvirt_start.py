@@ -2,7 +2,9 @@
 
 The guest (1 vCPU, no disk, RAM in a shared file on a tmpfs memory_backing_dir) has
 `<allocation mode='immediate'/>`, so QEMU faults and zeroes all of its RAM at start in one
-thread, as the VFIO pin does.  Three variants, interleaved, each after warming host memory:
+thread, as the VFIO pin does.  Two memory_backing_dir configurations: /dev/shm as mounted (4 KiB
+pages) and a tmpfs mounted `huge=within_size`, whose files hold transparent hugepages that QEMU
+maps whole once they are populated.  Three variants per configuration, interleaved, each after warming host memory:
   nohook - the hook sees a guest that is not ours and leaves at once;
   hook   - the hook populates the RAM file in parallel before QEMU opens it;
   warm   - `prepin --domain` populated it ahead (untimed), the hook only renames it into place.
@@ -18,6 +20,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from vfiotask.units import GiB, format_size, parse_size
@@ -63,7 +68,34 @@ def hook_overhead_ms(hook: str, runs: int = 7) -> float:
     return statistics.median(times) * 1000
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+CONFIGS = {
+    "tmpfs": None,  # /dev/shm as mounted: 4 KiB pages
+    "tmpfs-huge": "huge=within_size",  # a private tmpfs whose files may hold transparent hugepages
+}
+
+
+@contextmanager
+def backing_dir(config: str, size: int) -> Iterator[Path | None]:
+    """The memory_backing_dir for a configuration: None lets PrivateLibvirt make one on /dev/shm."""
+    options = CONFIGS[config]
+    if options is None:
+        yield None
+        return
+    path = Path("/dev/shm") / f"vfiotask-bench-{config}-{os.getpid()}"
+    path.mkdir(mode=0o755)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},mode=0755,size={2 * size + GiB}", "tmpfs",
+                        str(path)], check=True, capture_output=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", str(path)], check=False, capture_output=True)
+    finally:
+        path.rmdir()
+
+
+def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
+    """Interleaved starts of the three variants with memory_backing_dir in `config`."""
     from vfiotask.integrations.bench.common import Variant, interleave, summary, warm_host_memory
     from vfiotask.integrations.cli.hook import hook_path
     from vfiotask.integrations.libvirt import connection
@@ -72,10 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 
-    size = _size(args)
-    repeat = max(int(getattr(args, "repeat", 5) or 5), 1)
     names = {variant: f"{PREFIX}{variant}" for variant in VARIANTS}
-    with PrivateLibvirt(guest_prefix=PREFIX, hugetlbfs=False) as lab:
+    with backing_dir(config, size) as directory, \
+            PrivateLibvirt(guest_prefix=PREFIX, hugetlbfs=False, backing_dir=directory) as lab:
         conn = connection.open_connection(readonly=False)
         try:
             doms = {}
@@ -113,14 +144,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         backing = str(lab.backing_dir)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {
-        "suite": "libvirt",
-        "size": size,
-        "repeat": repeat,
-        "memory": "warm",
-        "guest": "1 vCPU, file-backed (tmpfs), allocation immediate",
+        "config": config,
         "memory_backing_dir": backing,
-        "cpus": len(os.sched_getaffinity(0)),
-        "python": sys.version.split()[0],
+        "mount_options": CONFIGS[config] or "as mounted",
         "variants": {name: summary(size, values) for name, values in times.items()},
         "speedup": {
             "hook": round(medians["nohook"] / medians["hook"], 3),
@@ -134,20 +160,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    size = _size(args)
+    repeat = max(int(getattr(args, "repeat", 5) or 5), 1)
+    return {
+        "suite": "libvirt",
+        "size": size,
+        "repeat": repeat,
+        "memory": "warm",
+        "guest": "1 vCPU, file-backed, allocation immediate",
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+        "configs": [measure(size, repeat, config) for config in CONFIGS],
+    }
+
+
 def render(result: dict[str, Any]) -> str:
     lines = [
         f"virsh start of a {format_size(result['size'])} guest ({result['guest']}), "
         f"{result['repeat']} interleaved runs each, warm host memory, {result['cpus']} CPUs",
-        f"{'variant':<8} {'median s':>9}  runs",
     ]
-    for name in VARIANTS:
-        data = result["variants"][name]
-        runs = " ".join(f"{s:.3f}" for s in data["seconds"])
-        lines.append(f"{name:<8} {data['median_seconds']:>9.3f}  {runs}")
-    lines.append(f"speedup over nohook: hook {result['speedup']['hook']:.2f}x, warm {result['speedup']['warm']:.2f}x")
-    populate = result.get("hook_populate") or {}
-    if populate.get("median_seconds") is not None:
-        lines.append(f"inside 'hook': populating took {populate['median_seconds']:.3f} s (median) "
-                     f"with {'/'.join(map(str, populate['threads']))} thread(s)")
-    lines.append(f"hook run for a guest that is not ours: {result['hook_not_ours_ms']:.1f} ms (median)")
+    for config in result["configs"]:
+        lines.append(f"memory_backing_dir: {config['config']} ({config['mount_options']})")
+        lines.append(f"  {'variant':<8} {'median s':>9}  runs")
+        for name in VARIANTS:
+            data = config["variants"][name]
+            runs = " ".join(f"{s:.3f}" for s in data["seconds"])
+            lines.append(f"  {name:<8} {data['median_seconds']:>9.3f}  {runs}")
+        speedup = config["speedup"]
+        lines.append(f"  speedup over nohook: hook {speedup['hook']:.2f}x, warm {speedup['warm']:.2f}x")
+        populate = config.get("hook_populate") or {}
+        if populate.get("median_seconds") is not None:
+            lines.append(f"  inside 'hook': populating took {populate['median_seconds']:.3f} s (median) "
+                         f"with {'/'.join(map(str, populate['threads']))} thread(s)")
+        lines.append(f"  hook run for a guest that is not ours: {config['hook_not_ours_ms']:.1f} ms (median)")
     return "\n".join(lines)
