@@ -100,6 +100,7 @@ def test_pin_none_locks_nothing() -> None:
         (["--size", "8M", "--threads", "many"], 2, ["--threads"]),
         (["--size", "8M", "--node", "4096"], 2, ["NUMA node 4096"]),
         (["--size", "8M", "--pin", "sometimes"], 2, ["--pin"]),
+        (["--size", "8M", "--helper-nice", "20"], 2, ["--helper-nice"]),
     ],
 )
 def test_bad_input_one_line(args: list[str], status: int, words: list[str]) -> None:

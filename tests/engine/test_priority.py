@@ -137,3 +137,29 @@ def test_a_single_thread_task_creates_no_thread() -> None:
         threading.get_native_id()), min_chunk=1))
     assert report.threads == 1 and report.chunks == 4
     assert ids == {threading.main_thread().native_id}
+
+
+@pytest.mark.parametrize("kind", [HelperKind.THREAD, HelperKind.PROCESS])
+def test_helper_nice_is_a_policy_setting(kind: HelperKind) -> None:
+    """CpuPolicy(helper_nice=N): helpers start at N instead of 19 (threads and processes)."""
+    from vfiotask.engine.policy import CpuPolicy
+
+    if os.getpriority(os.PRIO_PROCESS, 0) > 10:
+        pytest.skip("the test process runs above nice 10: a helper cannot be set to 10 without CAP_SYS_NICE")
+    cells = mmap.mmap(-1, 8)
+    started = threading.Event()
+
+    def helper_chunk(start: int, end: int) -> None:
+        if threading.current_thread() is threading.main_thread() and kind is HelperKind.THREAD:
+            started.wait(0.05)
+            return
+        if cells[1] == 0:  # the first chunk's priority: later ones may already be lifted
+            cells[0], cells[1] = thread_nice_from_proc(threading.get_native_id()), 1
+
+    task = Task.over_range("nice", 0, 64, helper_chunk, min_chunk=1, helpers=kind,
+                           process_chunk_factory=(lambda: helper_chunk) if kind is HelperKind.PROCESS else None)
+    if kind is HelperKind.PROCESS:
+        task.chunk = lambda start, end: started.wait(0.05) and None
+    report = private_engine(cpus=2, policy=CpuPolicy(helper_nice=10)).run(task)
+    assert report.chunks_per_worker.get("helper-1", 0) >= 1
+    assert cells[0] == 10

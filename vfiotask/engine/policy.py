@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from vfiotask.engine.facts import CpuFacts
+from vfiotask.engine.priority import LOWEST
 
 SERIAL_GOVERNORS = frozenset({"powersave", "conservative"})
 
@@ -27,11 +28,15 @@ class CpuPolicy:
     `serial_governors`: cpufreq governors under which a task runs in the caller alone (empty to
     ignore governors).  `helper_fraction`: the host-wide and per-node caps on helpers, as a
     fraction of the CPUs (ktask used 80%); at least one helper is always allowed.
+    `helper_nice`: the priority helpers start at (ktask's 19, the lowest, so that preparing a
+    guest yields to the host's other work; 0 makes them equal to a normal-priority caller, which
+    on a small host with busy kernel workers finishes sooner).
     """
 
     busy_threshold: float = 0.75
     serial_governors: frozenset[str] = field(default=SERIAL_GOVERNORS)
     helper_fraction: float = 0.8
+    helper_nice: int = LOWEST
 
 
 @dataclass(frozen=True)

@@ -45,16 +45,17 @@ class PriorityControl:
         self._os_id: int | None = None
         self._lifted_to: int | None = None
 
-    def started(self, os_id: int, *, lower: bool) -> None:
-        """Called once the helper's thread or process id is known; `lower` makes it nice 19 now."""
+    def started(self, os_id: int, *, lower_to: int | None) -> None:
+        """Called once the helper's thread or process id is known; `lower_to` sets its nice now
+        (None: it has already lowered itself, as a helper process does)."""
         with self._lock:
             self._os_id = os_id
             if self._lifted_to is not None:
-                if not lower:
+                if lower_to is None:
                     set_nice(os_id, self._lifted_to)
                 return
-            if lower:
-                set_nice(os_id, LOWEST)
+            if lower_to is not None:
+                set_nice(os_id, lower_to)
 
     def lift(self, nice: int) -> bool:
         """Raise the helper to `nice`; True if it now runs (or will start) at that priority."""

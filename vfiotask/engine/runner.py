@@ -25,7 +25,7 @@ from vfiotask.engine.chunks import ChunkQueue, chunk_size_for, count_chunks, spl
 from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
 from vfiotask.engine.faults import FAIL_ENV, injected_failure
 from vfiotask.engine.policy import CpuBudget, CpuPolicy, cpu_budget, distribute, helper_cap, wanted_threads
-from vfiotask.engine.priority import LOWEST, thread_nice
+from vfiotask.engine.priority import thread_nice
 from vfiotask.engine.slots import SlotLease, SlotPool
 from vfiotask.engine.task import HelperKind, Task, TaskReport
 from vfiotask.engine.workers import Helper, ProcessHelper, RunState, ThreadHelper
@@ -87,7 +87,7 @@ class Engine:
                 limited_by = "helper slots"
             chunk = chunk_size_for(task.size, threads, task.min_chunk, task.align)
             queue = ChunkQueue(task.parts, chunk)
-            state = RunState(task, queue, injected_failure(task.name))
+            state = RunState(task, queue, injected_failure(task.name), self.policy.helper_nice)
             with self._signals_deferred(state):
                 try:
                     raises, running = self._work(task, state, helper_nodes, facts, budget)
@@ -194,13 +194,12 @@ class Engine:
                 helpers.append(ThreadHelper(name, state, node, cpus))
         return helpers
 
-    @staticmethod
-    def _lift_and_join(helpers: list[Helper]) -> int:
+    def _lift_and_join(self, helpers: list[Helper]) -> int:
         """The caller is out of chunks: lift each unfinished helper to its own priority, then wait."""
         lifts = 0
         own = thread_nice()
         for helper in helpers:
-            if own < LOWEST and not helper.finished.is_set() and helper.priority.lift(own):
+            if own < self.policy.helper_nice and not helper.finished.is_set() and helper.priority.lift(own):
                 lifts += 1
             helper.join()
         return lifts

@@ -39,10 +39,11 @@ class HelperProcessDied(ChildProcessError):
 class RunState:
     """What the workers of one task share: the queue, the completed chunks and the first failure."""
 
-    def __init__(self, task: Task, queue: ChunkQueue, fail_at: int | None) -> None:
+    def __init__(self, task: Task, queue: ChunkQueue, fail_at: int | None, helper_nice: int = LOWEST) -> None:
         self.task = task
         self.queue = queue
         self.fail_at = fail_at
+        self.helper_nice = helper_nice
         self.done: list[Chunk] = []
         self.failure: tuple[Chunk, BaseException] | None = None
         self.later_failures: list[tuple[Chunk, BaseException]] = []
@@ -129,11 +130,11 @@ class Helper:
 
 
 class ThreadHelper(Helper):
-    """A thread of the caller's process, at nice 19, on its node's CPUs when it has a node."""
+    """A thread of the caller's process, at the helpers' nice (19), on its node's CPUs when it has one."""
 
     def _main(self) -> None:
         try:
-            self.priority.started(threading.get_native_id(), lower=True)
+            self.priority.started(threading.get_native_id(), lower_to=self.state.helper_nice)
             if self.cpus:
                 try:
                     os.sched_setaffinity(0, self.cpus)  # 0: this thread only
@@ -171,7 +172,7 @@ class ProcessHelper(Helper):
         pid = os.fork()
         if pid == 0:  # the child: never returns
             others = [sibling.conn for sibling in self.siblings if sibling.conn is not None]
-            _child_main(child_end, [parent_end, *others], self.factory, self.cpus)
+            _child_main(child_end, [parent_end, *others], self.factory, self.cpus, self.state.helper_nice)
         child_end.close()
         self.pid = pid
         self.conn = parent_end
@@ -191,7 +192,7 @@ class ProcessHelper(Helper):
                 raise payload
             self._ready = True
             assert self.pid is not None
-            self.priority.started(self.pid, lower=False)
+            self.priority.started(self.pid, lower_to=None)
         assert self.conn is not None
         try:
             self.conn.send((start, end))
@@ -249,7 +250,11 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def _child_main(
-    conn: Connection, close: Sequence[Connection], factory: Callable[[], ChunkFn], cpus: frozenset[int] | None
+    conn: Connection,
+    close: Sequence[Connection],
+    factory: Callable[[], ChunkFn],
+    cpus: frozenset[int] | None,
+    nice: int,
 ) -> NoReturn:
     status = 0
     try:
@@ -258,7 +263,7 @@ def _child_main(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what a Ctrl-C stops
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, LOWEST)
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
         if cpus:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, cpus)

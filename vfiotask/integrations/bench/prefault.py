@@ -23,6 +23,7 @@ from typing import Any
 
 from vfiotask.engine import Engine, HelperKind
 from vfiotask.engine.policy import CpuPolicy
+from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import HugepageShortageError, UsageError
 from vfiotask.host.cpus import host_engine
 from vfiotask.host.hugepages import HugepagePools
@@ -39,13 +40,13 @@ DEFAULT_REPEAT = 5
 HUGE_2M = 2 * MiB
 
 
-def bench_engine() -> Engine:
+def bench_engine(helper_nice: int = LOWEST) -> Engine:
     """The host engine, but counting busy CPUs too: a variant asking for N workers gets N.
 
     (The jobs' default leaves out CPUs other work keeps busy; a benchmark measures what N
     workers do, and its own previous variant must not make the next one look busy.)
     """
-    return host_engine(policy=CpuPolicy(busy_threshold=1.0))
+    return host_engine(policy=CpuPolicy(busy_threshold=1.0, helper_nice=helper_nice))
 
 
 @dataclass
@@ -127,11 +128,12 @@ def _backing(name: str, size: int, stack: contextlib.ExitStack) -> Backing:
 class _Ours:
     """A vfiotask prefault variant: a fresh region per run, opened and closed untimed."""
 
-    def __init__(self, backing: Backing, size: int, threads: int, helpers: HelperKind) -> None:
+    def __init__(self, backing: Backing, size: int, threads: int, helpers: HelperKind,
+                 helper_nice: int = LOWEST) -> None:
         self.backing, self.size, self.threads, self.helpers = backing, size, threads, helpers
         self.region: Region | None = None
         self.used: list[int] = []
-        self.engine = bench_engine()
+        self.engine = bench_engine(helper_nice)
 
     def prepare(self) -> None:
         self.region = open_region(self.backing.spec(self.size, "ours"))
@@ -204,6 +206,11 @@ def _variants(backing: Backing, size: int, counts: list[int], use_qemu: bool) ->
             ours[name] = variant
             variants.append(common.Variant(name, variant.run, variant.prepare, variant.cleanup,
                                            {"threads": count, "helpers": kind.value}))
+        if count > 1:  # QEMU's threads run at the caller's priority: compare at equal priority too
+            name = f"vfiotask {count} threads nice 0"
+            variant = ours[name] = _Ours(backing, size, count, HelperKind.THREAD, helper_nice=0)
+            variants.append(common.Variant(name, variant.run, variant.prepare, variant.cleanup,
+                                           {"threads": count, "helpers": "thread", "helper_nice": 0}))
         if count > 1:
             variants.append(common.Variant(f"bound {count} processes", _bound(backing, size, count),
                                            info={"threads": count}))

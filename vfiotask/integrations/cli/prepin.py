@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine import HelperKind
+from vfiotask.engine import Engine, HelperKind
+from vfiotask.engine.policy import CpuPolicy
+from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, UsageError
+from vfiotask.host.cpus import host_engine
 from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
 from vfiotask.memory.accountant import LockedMemoryAccountant
@@ -56,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--helpers", default="auto", choices=("auto", "thread", "process"),
         help="helper threads or processes for the prefault (default: the faster for the backing)",
     )
+    parser.add_argument(
+        "--helper-nice", type=int, default=LOWEST, metavar="N",
+        help="priority helpers start at (default 19, the lowest: yield to the host's other work)",
+    )
     parser.add_argument("--min-chunk", metavar="SIZE", help=f"smallest chunk (default {format_size(MIN_CHUNK)})")
     parser.add_argument(
         "--pin", default="auto", choices=PIN_MODES,
@@ -85,6 +92,7 @@ class Options:
 
     spec: RegionSpec
     max_threads: int
+    engine: Engine
     helpers: HelperKind | None
     min_chunk: int
     pin: str
@@ -115,9 +123,12 @@ def options(args: argparse.Namespace) -> Options:
     if args.node is not None and args.node < 0:
         raise UsageError(f"--node {args.node} does not exist", hint="give an online NUMA node number")
     helpers = None if args.helpers == "auto" else HelperKind(args.helpers)
+    if not -20 <= args.helper_nice <= LOWEST:
+        raise UsageError(f"--helper-nice {args.helper_nice} is not a nice value", hint="give -20 to 19")
     return Options(
         spec=RegionSpec(size=size, backing=args.backing, page_size=page_size, node=args.node, force=args.force),
         max_threads=parse_threads(args.threads),
+        engine=host_engine(policy=CpuPolicy(helper_nice=args.helper_nice)),
         helpers=helpers,
         min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk else MIN_CHUNK,
         pin=args.pin,
@@ -219,10 +230,12 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(f"vfiotask: {note}", file=sys.stderr, flush=True)
         backend: PinBackend | None = stack.enter_context(_open_backend(args)) if do_pin else None
-        report = prefault(region, max_threads=opts.max_threads, helpers=opts.helpers, min_chunk=opts.min_chunk)
+        report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
+                          min_chunk=opts.min_chunk)
         pinning = None
         if backend is not None:
-            pinning = pin(region, backend, accountant, max_threads=opts.max_threads, min_chunk=opts.min_chunk)
+            pinning = pin(region, backend, accountant, engine=opts.engine, max_threads=opts.max_threads,
+                          min_chunk=opts.min_chunk)
             stack.callback(pinning.release)
         data = result(region, report, pinning, note, backend.name if backend else "none")
         # With --hold, a signal from the moment the report is out is the expected end: release, exit 0.
