@@ -57,7 +57,7 @@ def test_hugetlbfs_backing_restores_pool_and_mount(hugepage_pools: None) -> None
                      "--no-qemu", "--json")
     assert result.returncode == 0, result.stderr
     entry = json.loads(result.stdout)["backings"][0]
-    assert entry["page_size"] == 2 * MiB and entry["default_helpers"] == "process"
+    assert entry["page_size"] == 2 * MiB and entry["default_helpers"] == "thread"
     assert pools.state(2 * MiB) == before
     assert Path("/proc/self/mountinfo").read_text().count("hugetlbfs") == mounts
 
