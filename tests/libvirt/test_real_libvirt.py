@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def lab() -> Iterator[object]:
     with open(HOST_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         pools = {p: p.read_text() for p in HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages")}
+        state_existed = STATE.exists()  # the hook under libvirtd uses the real state dir
         try:
             try:
                 private = PrivateLibvirt(guest_prefix=PREFIX)
@@ -55,6 +57,8 @@ def lab() -> Iterator[object]:
         finally:
             for path, value in pools.items():
                 path.write_text(value)
+            if not state_existed:
+                shutil.rmtree(STATE, ignore_errors=True)
 
 
 def journal() -> dict[str, dict[str, object]]:
