@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, vfiotask_command
 from tests.libvirt.xmls import guest_xml
 from vfiotask.integrations.cli.hook import HOOK_BODY
 
@@ -62,3 +62,13 @@ def test_hooks_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     plain.write_text("")
     result = run_cli("hook", "install", "--hooks-dir", str(plain))
     assert result.returncode == 2 and result.stderr.startswith("vfiotask: ") and "not a directory" in result.stderr
+
+
+def test_an_empty_hooks_dir_is_refused_not_taken_as_the_working_directory(tmp_path: Path) -> None:
+    for action in ("install", "uninstall"):
+        result = subprocess.run(
+            [*vfiotask_command(), "hook", action, "--hooks-dir", ""],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 2 and result.stderr.startswith("vfiotask: ") and "empty path" in result.stderr
+    assert list(tmp_path.iterdir()) == []

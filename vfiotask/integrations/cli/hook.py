@@ -27,6 +27,13 @@ if __name__ == "__main__":
 '''
 
 
+def _hooks_dir(text: str) -> Path:
+    """An empty --hooks-dir would be Path('.') and put the hook in the working directory."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path is not libvirt's hooks directory")
+    return Path(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "hook",
@@ -38,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for action, handler, text in (("install", run_install, "install the hook"),
                                   ("uninstall", run_uninstall, "remove the hook")):
         sub = actions.add_parser(action, help=text)
-        sub.add_argument("--hooks-dir", type=Path, default=DEFAULT_HOOKS_DIR,
+        sub.add_argument("--hooks-dir", type=_hooks_dir, default=DEFAULT_HOOKS_DIR,
                          help=f"libvirt's hooks directory (default {DEFAULT_HOOKS_DIR})")
         sub.set_defaults(handler=handler)
     status = actions.add_parser("status", help="show what the hook holds per guest, and what is staged")
