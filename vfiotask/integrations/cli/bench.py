@@ -30,10 +30,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backing", help="comma-separated: anon, memfd, hugetlbfs, or a tmpfs/hugetlbfs directory "
                         "(default memfd,hugetlbfs)")
     parser.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per variant (default 5)")
+    parser.add_argument("--repeat", type=_repeat, default=5, help="runs per variant (default 5)")
     parser.add_argument("--no-qemu", action="store_true", help="leave QEMU's preallocation out")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run)
+
+
+def _repeat(text: str) -> int:
+    """Checked here, once for every suite: a suite given 0 runs has no median to report."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count; give 5 or more for a median") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count} must be 1 or more; medians need 5 or more runs")
+    return count
 
 
 def run(args: argparse.Namespace) -> int:
