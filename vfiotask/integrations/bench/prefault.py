@@ -79,6 +79,10 @@ def _thread_counts(text: str) -> list[int]:
         raise UsageError(f"--threads {text!r} is not a list of counts", hint="write e.g. 1,2,4") from None
     if not counts or min(counts) < 1:
         raise UsageError(f"--threads {text!r}: every count must be 1 or more", hint="write e.g. 1,2,4")
+    cpus = os.cpu_count() or 1
+    if max(counts) > cpus:  # the bound variant forks one process per count
+        raise UsageError(f"--threads {max(counts)} is more than the {cpus} CPUs of this host",
+                         hint=f"give counts of 1 to {cpus}")
     return sorted(set(counts))
 
 
@@ -261,8 +265,8 @@ def _measure_backing(backing: Backing, size: int, counts: list[int], repeat: int
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every backing named in `args.backing` (comma separated); see the module docstring."""
-    size = parse_size(args.size or DEFAULT_SIZE, what="--size")
-    counts = _thread_counts(args.threads or DEFAULT_THREADS)
+    size = parse_size(DEFAULT_SIZE if args.size is None else args.size, what="--size")
+    counts = _thread_counts(DEFAULT_THREADS if args.threads is None else args.threads)
     repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
     if repeat < 1:
         raise UsageError(f"--repeat {repeat} must be 1 or more", hint="medians need 5 or more runs")
@@ -273,7 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in names:
         with contextlib.ExitStack() as stack:
             backing = _backing(name, size, stack)
-            if size % backing.page_size or size // max(counts) % backing.page_size:
+            share = size // max(counts)
+            if size % backing.page_size or share % backing.page_size or share < backing.page_size:
                 raise UsageError(f"--size {format_size(size)} does not split into {format_size(backing.page_size)} "
                                  f"pages for {max(counts)} processes", hint="use a multiple of 2 MiB x threads")
             result["backings"].append(_measure_backing(backing, size, counts, repeat, use_qemu))
