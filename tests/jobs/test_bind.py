@@ -98,6 +98,18 @@ def test_driver_not_loaded(tmp_path: Path, state_dir: Path) -> None:
         bind(["0000:00:14.0"], sysfs_root=root)
 
 
+@pytest.mark.parametrize("driver", ["", "..", ".", "../../x", "vfio-pci/..", "bad\nname"])
+def test_a_driver_that_is_not_a_name_is_a_usage_error_and_changes_nothing(
+    driver: str, tmp_path: Path, state_dir: Path
+) -> None:
+    root = copy_tree("sibling", tmp_path)
+    before = snapshot(root.parent)
+    with pytest.raises(UsageError, match="is not a driver name"):
+        bind(["0000:00:1f.6"], driver=driver, sysfs_root=root)
+    assert snapshot(root.parent) == before
+    assert bindings_journal().read() == {}
+
+
 def test_unbind_without_a_record(tmp_path: Path, state_dir: Path) -> None:
     root = copy_tree("viable", tmp_path)
     with pytest.raises(UsageError, match="nothing to unbind"):

@@ -101,6 +101,14 @@ def _needs_rebind(device: PciDevice, driver: str) -> bool:
     return device.blocks_group or device.driver is None
 
 
+def _check_driver_name(driver: str) -> None:
+    """A driver is a directory name under bus/pci/drivers; '', '..' or a path would point the
+    override and the unbind elsewhere, and on a real host would unbind a device for nothing."""
+    if not driver or driver in (".", "..") or "/" in driver or not driver.isprintable():
+        raise UsageError(f"{driver!r} is not a driver name",
+                         hint=f"give a PCI driver named under /sys/bus/pci/drivers (default {DEFAULT_DRIVER})")
+
+
 def restore(control: DriverControl, record: BindRecord) -> None:
     """Put a device back on its original driver with its original driver_override."""
     address = record.address
@@ -141,6 +149,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     """Bind the whole IOMMU group of each address to `driver`, recording what it had."""
     if not addresses:
         raise UsageError("no device given", hint="give one or more PCI addresses, e.g. 0000:01:00.0")
+    _check_driver_name(driver)
     host = discover(sysfs_root)
     wanted = [host.device(a).address for a in addresses]  # unknown addresses fail here, before anything
     groups, members = _members(host, wanted)
