@@ -118,6 +118,9 @@ def test_bad_kind_and_iova(state_dir: Path) -> None:
     with pytest.raises(UsageError, match="4 KiB-aligned"), \
             open_backend("mock", group=2, device=None, iova=0x800, sysfs_root=VIABLE):
         pass
+    with pytest.raises(UsageError, match="--iova -4096 is negative"), \
+            open_backend("mock", group=2, device=None, iova=-4096, sysfs_root=VIABLE):
+        pass
 
 
 @pytest.mark.skipif(Path("/dev/vfio").exists(), reason="this host has VFIO")

@@ -13,12 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vfiotask.devices import DmaContainer, discover, normalize_address, open_container
+from vfiotask.devices import CONTAINER_KINDS, DmaContainer, discover, normalize_address, open_container
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT
 from vfiotask.errors import DeviceError, UsageError
 from vfiotask.memory.region import Region
-
-KINDS = ("vfio", "mock")
 
 
 class ContainerBackend:
@@ -63,9 +61,11 @@ def open_backend(kind: str, *, group: int | None, device: str | None, iova: int,
                  sysfs_root: Path | None) -> Iterator[ContainerBackend]:
     """Open a container for the group and yield a pin backend mapping at `iova` + offset.
     Leaving the context unmaps anything still mapped and closes the container."""
-    if kind not in KINDS:
+    if kind not in CONTAINER_KINDS:
         raise UsageError(f"unknown container kind {kind!r}", hint="use --pin vfio or --pin mock")
-    if iova < 0 or iova % 4096:
+    if iova < 0:
+        raise UsageError(f"--iova {iova} is negative", hint="give a page-aligned base such as 0x100000000")
+    if iova % 4096:
         raise UsageError(f"--iova {iova:#x} is not a 4 KiB-aligned address",
                          hint="give a page-aligned base such as 0x100000000")
     number = resolve_group(group, device, sysfs_root)
