@@ -89,6 +89,28 @@ def test_bad_xml_is_refused_with_a_reason(xml: str, needle: str) -> None:
         parse_domain(xml)
 
 
+BOMB = ("<?xml version='1.0' encoding='UTF-16'?><!DOCTYPE d [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;&a;'>]>"
+        "<domain><name>&b;</name><memory>1</memory></domain>")
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (BOMB.encode("utf-16"), "not UTF-8"),
+        (BOMB.encode("utf-16-le"), "NUL"),
+        (BOMB.encode("utf-16-be"), "NUL"),
+        ("<domain><name>caf\u00e9</name></domain>".encode("latin-1"), "not UTF-8"),
+    ],
+)
+def test_a_declaration_cannot_hide_in_another_encoding(data: bytes, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        parse_domain(data)
+
+
+def test_a_utf8_byte_order_mark_is_accepted() -> None:
+    assert parse_domain(b"\xef\xbb\xbf" + FULL.encode()).name == "vm1"
+
+
 @pytest.mark.parametrize("name", ["", "a/b", "..", "x..y", ".hidden", "tab\there", "new\nline", "caf\u00e9"])
 def test_unusable_names_are_refused(name: str) -> None:
     with pytest.raises(UsageError, match="not usable"):

@@ -43,8 +43,8 @@ def _child(parent: ET.Element, tag: str) -> ET.Element:
 
 def tuned(xml: str, threads: int, *, file_backed: bool = False) -> tuple[str, str]:
     """The definition before and after tuning, both written by the same serializer (a clean diff)."""
-    register_namespaces(xml)
     root = parse_xml(xml)
+    register_namespaces(xml)
     ET.indent(root, "  ")
     before = ET.tostring(root, encoding="unicode")
     backing = root.find("memoryBacking")

@@ -2,7 +2,9 @@
 
 The stdlib parser expands internal entities, so a crafted document can blow up memory; a domain
 definition never needs a DOCTYPE, so any declaration is refused before the parser sees it, and
-input is capped in size so a runaway writer cannot make the hook hold gigabytes.
+input is capped in size so a runaway writer cannot make the hook hold gigabytes.  The check runs
+on the decoded text, and the parser is handed that text (which it reads as UTF-8 whatever the
+document declares), so a document in UTF-16 cannot carry a declaration past it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import xml.etree.ElementTree as ET
 from vfiotask.errors import UsageError
 
 MAX_XML_BYTES = 4 << 20
-_DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
+_DECLARATION = re.compile(r"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
 
 
 def parse_xml(data: bytes | str, *, what: str = "domain XML") -> ET.Element:
@@ -26,10 +28,17 @@ def parse_xml(data: bytes | str, *, what: str = "domain XML") -> ET.Element:
         )
     if not raw.strip():
         raise UsageError(f"{what} is empty", hint="give the domain definition on standard input")
-    if _DECLARATION.search(raw):
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})",
+                         hint="pass the definition as libvirt writes it, in UTF-8") from exc
+    if "\0" in text:
+        raise UsageError(f"{what} contains a NUL character", hint="pass the definition as libvirt writes it, in UTF-8")
+    if _DECLARATION.search(text):
         raise UsageError(f"{what} contains a DOCTYPE or ENTITY declaration", hint="remove it; libvirt never writes one")
     try:
-        return ET.fromstring(raw)
+        return ET.fromstring(text)
     except ET.ParseError as exc:
         raise UsageError(f"{what} is malformed ({exc})", hint="check that the whole definition was passed") from exc
 
