@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import drop_ipc_lock, run_cli, status_field
+from tests.conftest import drop_ipc_lock, is_root, run_cli, status_field
 from vfiotask.host.hugepages import HugepagePools
 from vfiotask.memory.accountant import LockedMemoryAccountant
 
@@ -115,12 +115,24 @@ def test_bad_backing_paths_create_nothing(shm_dir: Path, tmp_path: Path) -> None
         (str(tmp_path / "guest.ram"), 2, "10x slower"),
         (str(shm_dir / "other.ram"), 2, "exists with size"),
         (str(shm_dir / "link.ram"), 2, "symbolic link"),
+        (str(shm_dir / ("x" * 300)), 2, "File name too long"),
     ]
     before = sorted(os.listdir(shm_dir)), sorted(os.listdir(tmp_path))
     for backing, status, words in cases:
         assert_one_line(run_cli("prepin", "--size", "8M", "--backing", backing), status, words)
         assert (sorted(os.listdir(shm_dir)), sorted(os.listdir(tmp_path))) == before
     assert (shm_dir / "other.ram").read_bytes() == b"\0" * 4096
+
+
+def test_backing_directory_the_user_may_not_write_is_one_line(shm_dir: Path) -> None:
+    locked = shm_dir / "locked"
+    locked.mkdir(mode=0o555)
+    shm_dir.chmod(0o755)
+    # root writes anywhere: the refusal is only seen as another user
+    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if is_root() else []
+    result = run_cli("prepin", "--size", "8M", "--backing", str(locked / "guest.ram"), prefix=prefix)
+    assert_one_line(result, 2, "Permission denied")
+    assert os.listdir(locked) == []
 
 
 def test_force_accepts_a_disk_file(tmp_path: Path) -> None:

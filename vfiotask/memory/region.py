@@ -203,6 +203,8 @@ def _plan_file(spec: RegionSpec) -> _Plan:
         info = os.lstat(path)
     except FileNotFoundError:
         info = None
+    except OSError as exc:  # a name too long, a directory we may not search
+        raise _path_error(path, exc) from exc
     if info is not None and stat.S_ISLNK(info.st_mode):
         raise UsageError(
             f"backing file {path} is a symbolic link; it is not followed",
@@ -336,12 +338,14 @@ def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, bool]:
             if exc.errno == errno.ELOOP:
                 raise UsageError(f"backing file {plan.path} is a symbolic link; it is not followed",
                                  hint="give the real path of the file") from exc
-            raise
+            raise _path_error(plan.path, exc) from exc
     try:
         fd = os.open(plan.path, base | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
         raise UsageError(f"backing file {plan.path} appeared while it was being created",
                          hint="check who else uses that path, then retry") from exc
+    except OSError as exc:
+        raise _path_error(plan.path, exc) from exc
     try:
         os.ftruncate(fd, spec.size)
     except BaseException:
@@ -350,6 +354,12 @@ def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, bool]:
             plan.path.unlink()
         raise
     return fd, True
+
+
+def _path_error(path: Path, exc: OSError) -> UsageError:
+    """A backing path the system refuses (permission, name too long, read-only): one line, not a traceback."""
+    return UsageError(f"backing file {path}: {exc.strerror or exc}",
+                      hint="give a path on tmpfs or hugetlbfs that this user may read and write")
 
 
 def _map(spec: RegionSpec, plan: _Plan, fd: int | None) -> int:
