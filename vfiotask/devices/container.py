@@ -9,12 +9,14 @@ the mapping process's locked memory.  Both implementations raise the classes bel
 from __future__ import annotations
 
 import errno as errno_module
+import os
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
 from vfiotask.errors import DeviceError, MemlockLimitError, UsageError, VfiotaskError
+from vfiotask.host.procfs import locked_memory
 from vfiotask.units import format_size
 
 # What type1 reports on a typical x86 host: 4 KiB, 2 MiB and 1 GiB IOMMU pages.
@@ -48,14 +50,6 @@ class Mapping:
     @property
     def end(self) -> int:
         return self.iova + self.size
-
-
-@dataclass
-class ContainerState:
-    """What a container holds, for status displays and tests."""
-
-    groups: list[int] = field(default_factory=list)
-    mappings: list[Mapping] = field(default_factory=list)
 
 
 class DmaContainer(Protocol):
@@ -128,16 +122,6 @@ def memlock_limit() -> int:
     return -1 if soft == resource.RLIM_INFINITY else soft
 
 
-def locked_bytes() -> int:
-    """This process's locked memory (VmLck + VmPin), the sum the kernel holds against the limit."""
-    total = 0
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(("VmLck:", "VmPin:")):
-                total += int(line.split()[1]) * 1024
-    return total
-
-
 def dma_error(
     err: int, *, op: str, vaddr: int = 0, iova: int = 0, size: int = 0, info: IommuInfo | None = None
 ) -> VfiotaskError:
@@ -145,7 +129,7 @@ def dma_error(
     where = f"{op} of {format_size(size)} at IOVA {iova:#x}"
     if err == errno_module.ENOMEM:
         limit = memlock_limit()
-        locked = locked_bytes()
+        locked = locked_memory().total  # VmLck + VmPin, what the kernel holds against the limit
         needed = locked + size
         return DmaMemlockError(
             f"{where} failed: pinning it needs {format_size(needed)} of locked memory "
@@ -187,6 +171,4 @@ def dma_error(
             f"{op} failed: the IOMMU group is already in use by another container",
             hint="stop the guest or process using it (fuser -v /dev/vfio/*), then retry",
         )
-    import os
-
     return DmaFailedError(f"{where} failed: {os.strerror(err)} [{errno_module.errorcode.get(err, err)}]", errno=err)

@@ -64,9 +64,6 @@ class PciDevice:
         """A device bound to a host driver keeps its whole group from being handed to VFIO."""
         return not (self.driver is None or self.vfio_ready or self.driver in DMA_NEUTRAL_DRIVERS)
 
-    def describe(self) -> str:
-        return f"{self.address} [{self.ids}] driver {self.driver or 'none'}"
-
     def to_dict(self) -> dict[str, object]:
         return {
             "address": self.address,
@@ -117,10 +114,6 @@ class Host:
                 hint="list the groups with 'vfiotask devices'",
             )
         return found
-
-    def group_of(self, address: str) -> IommuGroup | None:
-        device = self.device(address)
-        return None if device.iommu_group is None else self.groups.get(device.iommu_group)
 
 
 def normalize_address(address: str) -> str:
