@@ -29,13 +29,18 @@ def status_fields(pid: int | None = None, *, proc_root: Path = PROC) -> dict[str
     return fields
 
 
-def status_bytes(name: str, pid: int | None = None, *, proc_root: Path = PROC) -> int:
-    """A `kB` field of /proc/PID/status in bytes; 0 when the kernel does not show it."""
-    value = status_fields(pid, proc_root=proc_root).get(name)
+def _bytes(fields: dict[str, str], name: str) -> int:
+    """A `kB` field in bytes; 0 when the kernel does not show it."""
+    value = fields.get(name)
     if not value:
         return 0
     number, _, unit = value.partition(" ")
     return int(number) * (1024 if unit.strip() == "kB" else 1)
+
+
+def status_bytes(name: str, pid: int | None = None, *, proc_root: Path = PROC) -> int:
+    """A `kB` field of /proc/PID/status in bytes; 0 when the kernel does not show it."""
+    return _bytes(status_fields(pid, proc_root=proc_root), name)
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,7 @@ class LockedMemory:
 
 def locked_memory(pid: int | None = None, *, proc_root: Path = PROC) -> LockedMemory:
     fields = status_fields(pid, proc_root=proc_root)
-
-    def kb(name: str) -> int:
-        value = fields.get(name, "0 kB").split()
-        return int(value[0]) * 1024 if value else 0
-
-    return LockedMemory(vm_lck=kb("VmLck"), vm_pin=kb("VmPin"))
+    return LockedMemory(vm_lck=_bytes(fields, "VmLck"), vm_pin=_bytes(fields, "VmPin"))
 
 
 def effective_capabilities(pid: int | None = None, *, proc_root: Path = PROC) -> int:
