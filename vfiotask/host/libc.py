@@ -39,7 +39,6 @@ MPOL_MF_STRICT = 1 << 0
 MPOL_MF_MOVE = 1 << 1
 
 SYS_mbind = 237  # x86_64
-SYS_gettid = 186  # x86_64
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -111,10 +110,6 @@ def mbind(addr: int, length: int, mode: int, nodes: list[int], flags: int = 0) -
         ctypes.c_uint(flags),
     )
     _check(int(result), "mbind")
-
-
-def gettid() -> int:
-    return int(_libc.syscall(ctypes.c_long(SYS_gettid)))
 
 
 def touch_pages(addr: int, length: int, page_size: int) -> None:

@@ -42,8 +42,3 @@ def node_cpus(root: Path = Path("/")) -> dict[int, frozenset[int]]:
         except FileNotFoundError:
             found[node] = frozenset()
     return found
-
-
-def node_exists(node: int, root: Path = Path("/")) -> bool:
-    """Whether `node` is online, so that `--node 7` on a one-node host is refused up front."""
-    return node in online_nodes(root)
