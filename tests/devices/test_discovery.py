@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.devices.helpers import sysfs
+from tests.devices.helpers import copy_tree, sysfs
 from vfiotask.devices import check_devices_usable, discover, group_viability, uses_of
 from vfiotask.devices.discovery import sysfs_root_from_env
 from vfiotask.errors import DeviceError, UsageError
@@ -57,6 +57,17 @@ def test_bridge_tree_groups_the_bridge_with_what_is_behind_it() -> None:
 def test_host_uses_are_found(tree: str, address: str, reason: str) -> None:
     host = discover(sysfs(tree))
     assert any(reason in use for use in uses_of(host.device(address), host.paths))
+
+
+@pytest.mark.parametrize(("flags", "up"), [("0x1003", True), ("0x1002", False), ("junk", False), ("", False)])
+def test_an_interface_is_up_by_its_flags_when_operstate_does_not_say(flags: str, up: bool, tmp_path: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    iface = root / "class" / "net" / "eno1"
+    (iface / "operstate").write_text("unknown\n")
+    (iface / "flags").write_text(f"{flags}\n")
+    host = discover(root)
+    uses = uses_of(host.device("0000:00:1f.6"), host.paths)
+    assert uses == (["network interface eno1 is up"] if up else [])
 
 
 @pytest.mark.parametrize(("tree", "address"), [("viable", "0000:01:00.0"), ("sibling", "0000:00:1f.6"),

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from vfiotask.devices.model import HostPaths, PciDevice
-from vfiotask.devices.sysfs import read_attr
+from vfiotask.devices.sysfs import parse_int, read_attr
 
 IFF_UP = 0x1
 
@@ -89,8 +89,8 @@ def uses_of(device: PciDevice, paths: HostPaths) -> list[str]:
                 reasons.append(f"disk {base} backs {what}")
     for iface in _class_members(paths, device.sys_path, "net"):
         operstate = read_attr(iface / "operstate")
-        flags = read_attr(iface / "flags")
-        up = operstate == "up" or (flags is not None and int(flags, 16) & IFF_UP)
+        flags = parse_int(read_attr(iface / "flags"), 16) or 0
+        up = operstate == "up" or flags & IFF_UP
         if up:
             reasons.append(f"network interface {iface.name} is up")
     consoles = (read_attr(paths.sys / "class" / "tty" / "console" / "active") or "").split()
