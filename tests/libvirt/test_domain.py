@@ -136,3 +136,26 @@ def test_qemu_memlock_limit_follows_libvirts_rule() -> None:
     assert qemu_memlock_limit(hard) == gib
     locked = parse_domain(FULL)
     assert qemu_memlock_limit(locked) is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("<cpu><numa><cell id='x' memory='1'/></numa></cpu>", "NUMA cell id"),
+        ("<cpu><numa><cell id='\u00b2' memory='1'/></numa></cpu>", "NUMA cell id"),
+        ("<metadata><v:config xmlns:v='https://vfiotask.org/xmlns/1' threads='\u00b2'/></metadata>", "not a count"),
+        ("<numatune><memory nodeset='0-99999999999'/></numatune>", "not a node set"),
+        ("<memoryBacking><hugepages><page size='2048' nodeset='4096'/></hugepages></memoryBacking>", "not a node set"),
+    ],
+)
+def test_odd_numbers_are_refused_not_a_traceback(extra: str, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        parse_domain(f"<domain id='1'><name>x</name><memory>1</memory>{extra}</domain>")
+
+
+def test_superscript_digits_are_not_counts() -> None:
+    xml = ("<domain id='\u00b2'><name>x</name><memory>1</memory><memoryBacking>"
+           "<allocation mode='immediate' threads='\u00b2'/></memoryBacking>"
+           "<numatune><memnode cellid='\u00b2' nodeset='0'/></numatune></domain>")
+    domain = parse_domain(xml)
+    assert (domain.id, domain.backing.allocation_threads, domain.numatune.memnodes) == (None, None, {})

@@ -40,6 +40,14 @@ def scaled(text: str | None, unit: str | None, *, what: str, default_unit: str =
     return value * factor
 
 
+def _whole(text: str | None) -> int | None:
+    """A plain decimal count, or None (str.isdigit alone lets '²' through to int())."""
+    return int(text) if text and text.isascii() and text.isdigit() else None
+
+
+MAX_NODE = 4095  # well above the kernel's MAX_NUMNODES (1 << CONFIG_NODES_SHIFT, at most 1024)
+
+
 def parse_nodeset(text: str, *, what: str = "nodeset") -> list[int]:
     """libvirt's set syntax: `0-3,^2,5` -> [0, 1, 3, 5]."""
     chosen: set[int] = set()
@@ -50,11 +58,13 @@ def parse_nodeset(text: str, *, what: str = "nodeset") -> list[int]:
             item = item.lstrip("^")
             low, _, high = item.partition("-")
             first, last = int(low), int(high or low)
-            if first < 0 or last < first:
+            if first < 0 or last < first or last > MAX_NODE:
                 raise ValueError(item)
             target.update(range(first, last + 1))
     except ValueError as exc:
-        raise UsageError(f"{what} {text!r} is not a node set", hint="write nodes like 0-3,^2,5") from exc
+        raise UsageError(
+            f"{what} {text!r} is not a node set", hint=f"write nodes from 0 to {MAX_NODE} like 0-3,^2,5"
+        ) from exc
     return sorted(chosen - excluded)
 
 
@@ -226,7 +236,7 @@ def _backing(root: ET.Element) -> MemoryBacking:
         access_mode=access.get("mode") if access is not None else None,
         locked=node.find("./locked") is not None,
         allocation_mode=allocation.get("mode") if allocation is not None else None,
-        allocation_threads=int(threads) if threads and threads.isdigit() else None,
+        allocation_threads=_whole(threads),
     )
 
 
@@ -237,9 +247,9 @@ def _numatune(root: ET.Element) -> Numatune:
     memory = node.find("./memory")
     memnodes = {}
     for memnode in node.findall("./memnode"):
-        cell = memnode.get("cellid", "")
-        if cell.isdigit() and memnode.get("nodeset"):
-            memnodes[int(cell)] = tuple(parse_nodeset(memnode.get("nodeset", "")))
+        cell = _whole(memnode.get("cellid"))
+        if cell is not None and memnode.get("nodeset"):
+            memnodes[cell] = tuple(parse_nodeset(memnode.get("nodeset", "")))
     return Numatune(
         mode=memory.get("mode") if memory is not None else None,
         nodeset=tuple(parse_nodeset(memory.get("nodeset", ""))) if memory is not None else (),
@@ -263,11 +273,12 @@ def _config(root: ET.Element) -> Config:
         raise UsageError(f"vfiotask:config {key}={value!r} is not on or off", hint="write on or off")
 
     threads = node.get("threads", "auto")
-    if threads != "auto" and not (threads.isdigit() and int(threads) > 0):
+    count = 0 if threads == "auto" else _whole(threads)
+    if count is None or (threads != "auto" and count == 0):
         raise UsageError(f"vfiotask:config threads={threads!r} is not a count", hint="write auto or a positive number")
     return Config(
         present=True,
-        threads=0 if threads == "auto" else int(threads),
+        threads=count,
         prefault=flag("prefault", True),
         hugepages=flag("hugepages", True),
         fail=node.get("fail", ""),
@@ -298,18 +309,19 @@ def domain_from_element(root: ET.Element) -> Domain:
     name = _text(root.find("./name"))
     if not name:
         raise UsageError("domain XML has no <name>", hint="pass a complete libvirt domain definition")
-    raw_id = root.get("id")
-    cells = tuple(
-        NumaCell(int(cell.get("id", str(index))), scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory"))
-        for index, cell in enumerate(root.findall("./cpu/numa/cell"))
-    )
+    cells = []
+    for index, cell in enumerate(root.findall("./cpu/numa/cell")):
+        cell_id = _whole(cell.get("id", str(index)))
+        if cell_id is None:
+            raise UsageError(f"NUMA cell id {cell.get('id')!r} is not a whole number", hint="fix the domain definition")
+        cells.append(NumaCell(cell_id, scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory")))
     hard = root.find("./memtune/hard_limit")
     return Domain(
         name=name,
         uuid=_text(root.find("./uuid")),
-        id=int(raw_id) if raw_id is not None and raw_id.lstrip("-").isdigit() and int(raw_id) >= 0 else None,
+        id=_whole(root.get("id")),
         memory=_memory(root),
-        cells=cells,
+        cells=tuple(cells),
         backing=_backing(root),
         numatune=_numatune(root),
         hard_limit=scaled(hard.text, hard.get("unit"), what="memtune hard_limit") if hard is not None else None,
