@@ -181,8 +181,6 @@ class _Plan:
 
 
 def _check_size(size: int, page_size: int, what: str) -> None:
-    if size <= 0:
-        raise UsageError(f"size {size} must be greater than zero", hint="give a positive size such as 1G")
     if size % page_size:
         raise UsageError(
             f"size {format_size(size)} ({size} bytes) is not a multiple of the "
