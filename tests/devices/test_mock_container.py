@@ -185,6 +185,14 @@ def test_group_with_a_sibling_on_a_host_driver_is_refused(state_dir: Path) -> No
     assert caught.value.exit_status == 4
 
 
+def test_group_with_no_device_on_vfio_names_the_bind_command_for_the_same_tree(state_dir: Path) -> None:
+    with pytest.raises(DeviceError) as caught:
+        MockContainer([0], sysfs_root=sysfs("sibling"))
+    line = caught.value.one_line()
+    assert "no device of the group is bound to vfio-pci" in line
+    assert line.endswith(f"vfiotask bind 0000:00:00.0 --sysfs-root {sysfs('sibling')}")
+
+
 def test_unknown_group_is_a_usage_error(state_dir: Path) -> None:
     with pytest.raises(UsageError, match="no IOMMU group 42"):
         MockContainer([42], sysfs_root=VIABLE)

@@ -54,11 +54,11 @@ def not_viable_error(host: Host, viability: Viability, what: str) -> DeviceError
     addresses = [d.address for d in viability.blocking]
     if addresses:
         fix = f"bind the whole group to vfio-pci: vfiotask bind {' '.join(addresses)}"
-        if host.paths.fixture:
-            fix += f" --sysfs-root {host.paths.sys}"
     else:
         members = " ".join(host.groups[viability.group].addresses) if viability.group in host.groups else ""
         fix = f"bind the group to vfio-pci: vfiotask bind {members}".rstrip()
+    if host.paths.fixture:
+        fix += f" --sysfs-root {host.paths.sys}"
     return DeviceError(f"{what}: IOMMU group {viability.group} is not viable: {'; '.join(viability.reasons)}", hint=fix)
 
 
