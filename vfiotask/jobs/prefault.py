@@ -180,32 +180,27 @@ def prefault(
     release = _Releaser(region, keep)
     populate = _Populator(region.page_size)
 
-    def chunk(start: int, end: int) -> None:
-        try:
-            populate(region.addr + start, end - start)
-        except BaseException:
-            release(start, end)  # the failing chunk cleans up its own partial work
-            raise
+    def populating(addr: int, populator: _Populator) -> ChunkFn:
+        """A chunk function over the region mapped at `addr`; a failing chunk cleans up its own partial work."""
+
+        def chunk(start: int, end: int) -> None:
+            try:
+                populator(addr + start, end - start)
+            except BaseException:
+                release(start, end)
+                raise
+
+        return chunk
 
     factory = None
     if kind is HelperKind.PROCESS:
 
-        def factory() -> ChunkFn:
-            addr = region.map_again()
-            own = _Populator(region.page_size)
-
-            def helper_chunk(start: int, end: int) -> None:
-                try:
-                    own(addr + start, end - start)
-                except BaseException:
-                    release(start, end)
-                    raise
-
-            return helper_chunk
+        def factory() -> ChunkFn:  # runs in each helper process: its own mapping, its own fallback flag
+            return populating(region.map_again(), _Populator(region.page_size))
 
     task = Task(
         name=TASK_NAME,
-        chunk=chunk,
+        chunk=populating(region.addr, populate),
         parts=_parts(region, parts),
         undo=release,
         min_chunk=max(min_chunk, region.page_size),
