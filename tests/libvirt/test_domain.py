@@ -159,3 +159,12 @@ def test_superscript_digits_are_not_counts() -> None:
            "<numatune><memnode cellid='\u00b2' nodeset='0'/></numatune></domain>")
     domain = parse_domain(xml)
     assert (domain.id, domain.backing.allocation_threads, domain.numatune.memnodes) == (None, None, {})
+
+
+def test_staging_threads_are_plain_counts() -> None:
+    from vfiotask.integrations.libvirt.ahead import parse_threads
+
+    assert (parse_threads("auto"), parse_threads("3")) == (0, 3)
+    for text in ("0", "-1", "\u00b2", "x"):
+        with pytest.raises(UsageError, match="not a count"):
+            parse_threads(text)

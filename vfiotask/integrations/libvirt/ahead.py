@@ -17,7 +17,7 @@ from typing import Any
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
+from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name, whole_number
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 from vfiotask.integrations.libvirt.ramfiles import FileRecord, populate_file
 from vfiotask.units import format_size
@@ -28,9 +28,10 @@ def parse_threads(text: str | int | None) -> int:
         return 0
     if isinstance(text, int):
         return text
-    if not text.isdigit() or int(text) < 1:
+    count = whole_number(text)
+    if count is None or count < 1:
         raise UsageError(f"--threads {text!r} is not a count", hint="give auto or a number of 1 or more")
-    return int(text)
+    return count
 
 
 def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,

@@ -40,7 +40,7 @@ def scaled(text: str | None, unit: str | None, *, what: str, default_unit: str =
     return value * factor
 
 
-def _whole(text: str | None) -> int | None:
+def whole_number(text: str | None) -> int | None:
     """A plain decimal count, or None (str.isdigit alone lets '²' through to int())."""
     return int(text) if text and text.isascii() and text.isdigit() else None
 
@@ -236,7 +236,7 @@ def _backing(root: ET.Element) -> MemoryBacking:
         access_mode=access.get("mode") if access is not None else None,
         locked=node.find("./locked") is not None,
         allocation_mode=allocation.get("mode") if allocation is not None else None,
-        allocation_threads=_whole(threads),
+        allocation_threads=whole_number(threads),
     )
 
 
@@ -247,7 +247,7 @@ def _numatune(root: ET.Element) -> Numatune:
     memory = node.find("./memory")
     memnodes = {}
     for memnode in node.findall("./memnode"):
-        cell = _whole(memnode.get("cellid"))
+        cell = whole_number(memnode.get("cellid"))
         if cell is not None and memnode.get("nodeset"):
             memnodes[cell] = tuple(parse_nodeset(memnode.get("nodeset", "")))
     return Numatune(
@@ -273,7 +273,7 @@ def _config(root: ET.Element) -> Config:
         raise UsageError(f"vfiotask:config {key}={value!r} is not on or off", hint="write on or off")
 
     threads = node.get("threads", "auto")
-    count = 0 if threads == "auto" else _whole(threads)
+    count = 0 if threads == "auto" else whole_number(threads)
     if count is None or (threads != "auto" and count == 0):
         raise UsageError(f"vfiotask:config threads={threads!r} is not a count", hint="write auto or a positive number")
     return Config(
@@ -311,7 +311,7 @@ def domain_from_element(root: ET.Element) -> Domain:
         raise UsageError("domain XML has no <name>", hint="pass a complete libvirt domain definition")
     cells = []
     for index, cell in enumerate(root.findall("./cpu/numa/cell")):
-        cell_id = _whole(cell.get("id", str(index)))
+        cell_id = whole_number(cell.get("id", str(index)))
         if cell_id is None:
             raise UsageError(f"NUMA cell id {cell.get('id')!r} is not a whole number", hint="fix the domain definition")
         cells.append(NumaCell(cell_id, scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory")))
@@ -319,7 +319,7 @@ def domain_from_element(root: ET.Element) -> Domain:
     return Domain(
         name=name,
         uuid=_text(root.find("./uuid")),
-        id=_whole(root.get("id")),
+        id=whole_number(root.get("id")),
         memory=_memory(root),
         cells=tuple(cells),
         backing=_backing(root),

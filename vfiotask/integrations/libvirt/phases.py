@@ -23,7 +23,7 @@ from typing import Any
 
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain
+from vfiotask.integrations.libvirt.domain import Domain, whole_number
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
 from vfiotask.integrations.libvirt.ramfiles import FileRecord, allocated_bytes, chown_nofollow, populate_file
 from vfiotask.units import GiB, format_size, parse_size
@@ -225,10 +225,9 @@ def _rmdir(directory: Path) -> None:
 
 
 def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
-    if text.startswith("+") and text[1:].isdigit():
-        return int(text[1:])
-    if text.isdigit():
-        return int(text)
+    number = whole_number(text[1:] if text.startswith("+") else text)
+    if number is not None:
+        return number
     try:
         return int(lookup(text)[2])
     except KeyError as exc:

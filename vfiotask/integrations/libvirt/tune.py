@@ -15,7 +15,7 @@ import difflib
 import xml.etree.ElementTree as ET
 
 from vfiotask.errors import UsageError
-from vfiotask.integrations.libvirt.domain import Domain, domain_from_element, validate_name
+from vfiotask.integrations.libvirt.domain import Domain, domain_from_element, validate_name, whole_number
 from vfiotask.integrations.libvirt.xmlsafe import parse_xml, register_namespaces
 
 QEMU_MAX_PREALLOC_THREADS = 16
@@ -73,10 +73,11 @@ def diff(before: str, after: str, name: str) -> str:
 def parse_threads(text: str) -> int:
     if text == "auto":
         return 0
-    if not text.isdigit() or not 1 <= int(text) <= QEMU_MAX_PREALLOC_THREADS:
+    count = whole_number(text)
+    if count is None or not 1 <= count <= QEMU_MAX_PREALLOC_THREADS:
         raise UsageError(f"--threads {text!r} is not a count from 1 to {QEMU_MAX_PREALLOC_THREADS}",
                          hint="give auto or a number QEMU accepts")
-    return int(text)
+    return count
 
 
 def run_tune(args: argparse.Namespace) -> int:
