@@ -7,6 +7,7 @@ and links the kernel exposes, so pointing it at /sys gives what pyudev gives.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from vfiotask.devices.model import Host, HostPaths, IommuGroup, PciDevice
@@ -35,21 +36,27 @@ def parse_int(text: str | None, base: int = 10) -> int | None:
         return None
 
 
-def read_device(sys_path: Path) -> PciDevice:
-    group = parse_int(link_name(sys_path / "iommu_group"))
-    node = parse_int(read_attr(sys_path / "numa_node"))
-    override = read_attr(sys_path / "driver_override")
+def make_device(address: str, attr: Callable[[str], str | None], *, driver: str | None, sys_path: Path) -> PciDevice:
+    """A PciDevice from the attribute files of its sysfs directory, whoever reads them (this
+    reader, or pyudev on the real host): one place decides what "-1" or "(null)" mean."""
+    node = parse_int(attr("numa_node"))
+    override = attr("driver_override")
     return PciDevice(
-        address=sys_path.name,
-        vendor=(read_attr(sys_path / "vendor") or "0x0000").removeprefix("0x"),
-        device=(read_attr(sys_path / "device") or "0x0000").removeprefix("0x"),
-        class_code=parse_int(read_attr(sys_path / "class"), 16) or 0,
-        driver=link_name(sys_path / "driver"),
-        iommu_group=group,
+        address=address,
+        vendor=(attr("vendor") or "0x0000").removeprefix("0x"),
+        device=(attr("device") or "0x0000").removeprefix("0x"),
+        class_code=parse_int(attr("class"), 16) or 0,
+        driver=driver,
+        iommu_group=parse_int(link_name(sys_path / "iommu_group")),
         numa_node=None if node is None or node < 0 else node,
         driver_override=None if override in (None, "", "(null)") else override,
         sys_path=sys_path,
     )
+
+
+def read_device(sys_path: Path) -> PciDevice:
+    return make_device(sys_path.name, lambda name: read_attr(sys_path / name),
+                       driver=link_name(sys_path / "driver"), sys_path=sys_path)
 
 
 def discover_sysfs(paths: HostPaths) -> Host:

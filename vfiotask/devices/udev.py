@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 from vfiotask.devices.model import Host, HostPaths, IommuGroup, PciDevice
-from vfiotask.devices.sysfs import link_name, parse_int
+from vfiotask.devices.sysfs import make_device
 
 
 def _attr(device: object, name: str) -> str | None:
@@ -24,24 +25,11 @@ def discover_udev(paths: HostPaths) -> Host:
     host = Host(paths=paths, source="pyudev")
     members: dict[int, list[PciDevice]] = defaultdict(list)
     for udev_device in pyudev.Context().list_devices(subsystem="pci"):
-        sys_path = Path(udev_device.sys_path)
-        node = parse_int(_attr(udev_device, "numa_node"))
-        override = _attr(udev_device, "driver_override")
-        group = parse_int(link_name(sys_path / "iommu_group"))
-        device = PciDevice(
-            address=udev_device.sys_name,
-            vendor=(_attr(udev_device, "vendor") or "0x0000").removeprefix("0x"),
-            device=(_attr(udev_device, "device") or "0x0000").removeprefix("0x"),
-            class_code=parse_int(_attr(udev_device, "class"), 16) or 0,
-            driver=udev_device.driver,
-            iommu_group=group,
-            numa_node=None if node is None or node < 0 else node,
-            driver_override=None if override in (None, "", "(null)") else override,
-            sys_path=Path(os.path.realpath(sys_path)),
-        )
+        device = make_device(udev_device.sys_name, partial(_attr, udev_device),
+                             driver=udev_device.driver, sys_path=Path(os.path.realpath(udev_device.sys_path)))
         host.devices[device.address] = device
-        if group is not None:
-            members[group].append(device)
+        if device.iommu_group is not None:
+            members[device.iommu_group].append(device)
     host.devices = dict(sorted(host.devices.items()))
     for number in sorted(members):
         host.groups[number] = IommuGroup(number, tuple(sorted(members[number], key=lambda d: d.address)))
