@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import status_field
+from vfiotask.errors import UsageError
 from vfiotask.integrations.bench import vfio
 
 
@@ -23,3 +26,13 @@ def test_vfio_suite_small(state_dir: Path) -> None:
     text = vfio.render(result)
     assert "vs 1 thread" in text and "mock layer overhead" in text
     assert status_field("VmLck") == start
+
+
+@pytest.mark.parametrize(("threads", "size", "message"), [
+    ("abc", "32M", "is not a list of counts"), (",", "32M", "every count must be 1 or more"),
+    ("0", "32M", "every count must be 1 or more"), ("-1", "32M", "every count must be 1 or more"),
+    ("2", "", "--size"),
+])
+def test_bad_threads_or_size_are_usage_errors_before_any_run(threads: str, size: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        vfio.run(argparse.Namespace(size=size, threads=threads, repeat=1))

@@ -36,6 +36,7 @@ from vfiotask.devices.mock import MockContainer
 from vfiotask.devices.model import Host, HostPaths, IommuGroup, PciDevice
 from vfiotask.devices.syscalls import LibcSyscalls
 from vfiotask.engine import Task
+from vfiotask.errors import UsageError
 from vfiotask.host import libc
 from vfiotask.integrations.bench import common
 from vfiotask.jobs._engine import default_engine
@@ -177,10 +178,22 @@ def _real_kernel_overhead(repeat: int) -> dict[str, Any]:
     return {"measured": True, "real_map_us": measured["mock_map_us"], "bare_mlock_us": measured["bare_mlock_us"]}
 
 
+def _threads(text: str) -> int:
+    """The largest of the comma-separated counts: the split and pipelined variants use one."""
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UsageError(f"--threads {text!r} is not a list of counts", hint="write e.g. 2 or 1,2,4") from None
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--threads {text!r}: every count must be 1 or more", hint="write e.g. 2 or 1,2,4")
+    return max(counts)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    size = parse_size(getattr(args, "size", None) or DEFAULT_SIZE, what="--size")
-    threads_text = getattr(args, "threads", None) or DEFAULT_THREADS
-    threads = max(int(t) for t in str(threads_text).split(",") if t.strip())
+    size_text = getattr(args, "size", None)
+    size = parse_size(DEFAULT_SIZE if size_text is None else size_text, what="--size")
+    threads_text = getattr(args, "threads", None)
+    threads = _threads(DEFAULT_THREADS if threads_text is None else str(threads_text))
     repeat = max(int(getattr(args, "repeat", 5) or 5), 1)
     with tempfile.TemporaryDirectory(prefix="vfiotask-bench-vfio-") as scratch:
         host = _bench_host(Path(scratch))
