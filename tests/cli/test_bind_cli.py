@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -30,9 +31,14 @@ def test_bind_then_unbind_restores_the_tree(tmp_path: Path, state_dir: Path) -> 
 
 def test_unbind_from_another_process_uses_the_state_dir(tmp_path: Path, state_dir: Path) -> None:
     root = copy_tree("bridge", tmp_path)
+    before = snapshot(root.parent)
     assert run_cli("bind", "05:00.0", "--sysfs-root", str(root)).returncode == 0
-    assert (state_dir / "bindings.json").exists()
-    assert run_cli("unbind", "0000:05:01.0", env={"VFIOTASK_SYSFS_ROOT": str(root)}).returncode == 0
+    assert str(root) in json.loads((state_dir / "bindings.json").read_text())
+    result = run_cli("unbind", "0000:05:01.0", env={"VFIOTASK_SYSFS_ROOT": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0000:05:00.0: vfio-pci -> e1000", "0000:05:01.0: vfio-pci -> cx8800"]
+    assert snapshot(root.parent) == before
+    assert json.loads((state_dir / "bindings.json").read_text()) == {}
 
 
 def test_refusals_exit_4_and_change_nothing(tmp_path: Path, state_dir: Path) -> None:
