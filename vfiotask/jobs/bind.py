@@ -64,6 +64,20 @@ def _root_key(host: Host) -> str:
     return str(host.paths.sys)
 
 
+def _note(journal: Journal, key: str, record: BindRecord) -> None:
+    """Record a device's original driver before it is touched; a record already there (from an
+    earlier bind of the same device) is the true original and is kept."""
+    with journal.locked() as data:
+        data.setdefault(key, {}).setdefault(record.address, asdict(record))
+
+
+def _forget(journal: Journal, key: str, record: BindRecord) -> None:
+    with journal.locked() as data:
+        data.get(key, {}).pop(record.address, None)
+        if key in data and not data[key]:
+            del data[key]
+
+
 def _members(host: Host, addresses: Iterable[str]) -> tuple[list[int], list[PciDevice]]:
     """The groups of the addresses and every device in them (a device without a group alone)."""
     groups: list[int] = []
@@ -168,29 +182,19 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     already = [d.address for d in members if d.driver == driver]
     key = _root_key(host)
 
-    def note(record: BindRecord) -> None:
-        with journal.locked() as data:
-            data.setdefault(key, {}).setdefault(record.address, asdict(record))
-
-    def forget(record: BindRecord) -> None:
-        with journal.locked() as data:
-            data.get(key, {}).pop(record.address, None)
-            if key in data and not data[key]:
-                del data[key]
-
     def chunk(start: int, end: int) -> None:
         for record in records[start:end]:
-            note(record)
+            _note(journal, key, record)
             try:
                 _take(control, record)
             except BaseException:
-                forget(record)
+                _forget(journal, key, record)
                 raise
 
     def undo(start: int, end: int) -> None:
         for record in reversed(records[start:end]):
             restore(control, record)
-            forget(record)
+            _forget(journal, key, record)
 
     report = None
     if records:
@@ -220,15 +224,11 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
     def chunk(start: int, end: int) -> None:
         for record in records[start:end]:
             restore(control, record)
-            with journal.locked() as data:
-                data.get(key, {}).pop(record.address, None)
-                if key in data and not data[key]:
-                    del data[key]
+            _forget(journal, key, record)
 
     def undo(start: int, end: int) -> None:
         for record in reversed(records[start:end]):
-            with journal.locked() as data:
-                data.setdefault(key, {})[record.address] = asdict(record)
+            _note(journal, key, record)
             _take(control, record)
 
     report = default_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
