@@ -181,12 +181,14 @@ def test_auto_pin_over_budget_says_so_and_shows_the_prefault() -> None:
 @pytest.mark.parametrize("job", ["prefault", "pin"])
 def test_injected_failure_at_each_chunk_undoes_everything(job: str, shm_dir: Path) -> None:
     path = shm_dir / "guest.ram"
-    ok = run_cli("prepin", *SMALL, "--json", "--backing", str(shm_dir / "probe.ram"))
+    # 4 chunks whether 1, 2 or 4 threads run (a busy CPU may leave one): each K below is claimed
+    steady = ["--size", "32M", "--min-chunk", "8M"]
+    ok = run_cli("prepin", *steady, "--json", "--backing", str(shm_dir / "probe.ram"))
     data = json.loads(ok.stdout)
     chunks = data["chunks"] if job == "prefault" else data["pin_chunks"]
     assert chunks >= 2
     for index in range(1, chunks + 1):
-        result = run_wrapped("prepin", *SMALL, "--backing", str(path), env={"VFIOTASK_FAIL": f"{job}:{index}"})
+        result = run_wrapped("prepin", *steady, "--backing", str(path), env={"VFIOTASK_FAIL": f"{job}:{index}"})
         assert_one_line(result, 1, "EIO", "chunk")
         assert locked_after(result) == 0
         assert not path.exists(), f"{job}:{index} left the backing file"
