@@ -33,3 +33,9 @@ def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None
     assert not Path("/etc/libvirt/hooks/qemu.d/50-vfiotask").exists()
     assert not _running("libvirtd")
     assert "vfiotask-bench" not in Path("/proc/mounts").read_text()
+
+
+def test_a_guest_larger_than_the_host_is_refused_before_libvirtd_starts() -> None:
+    result = run_cli("bench", "libvirt", "--size", "4096T", "--repeat", "1")
+    assert result.returncode == 3 and result.stderr.startswith("vfiotask: a 4096.0 TiB guest does not fit")
+    assert len(result.stderr.strip().splitlines()) == 1

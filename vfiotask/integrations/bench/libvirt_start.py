@@ -49,10 +49,19 @@ def guest_xml(name: str, size: int, ours: bool) -> str:
 
 
 def _size(args: argparse.Namespace) -> int:
+    """The guest size, refused before libvirtd starts when the host cannot hold one such guest."""
+    from vfiotask.errors import ResourceError
+    from vfiotask.host.meminfo import mem_available
+
     value = getattr(args, "size", None)
-    if value is None:
-        return 4 * GiB
-    return value if isinstance(value, int) else parse_size(str(value), what="--size")
+    size = 4 * GiB if value is None else value if isinstance(value, int) else parse_size(str(value), what="--size")
+    available = mem_available()
+    if size > available:
+        raise ResourceError(
+            f"a {format_size(size)} guest does not fit in the {format_size(available)} this host has available",
+            hint="give a smaller --size",
+        )
+    return size
 
 
 def hook_overhead_ms(hook: str, runs: int = 7) -> float:
