@@ -22,9 +22,9 @@ from pathlib import Path
 from types import TracebackType
 
 from vfiotask.errors import HostStateError
+from vfiotask.integrations.libvirt.paths import QEMU_CONF
 
 URI = "qemu:///system"
-QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 HOOKS_DIR = Path("/etc/libvirt/hooks")
 HUGEPAGES_MOUNT = Path("/dev/hugepages")
 PID_DIR = Path("/run")
