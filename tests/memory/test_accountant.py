@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from tests.conftest import status_field
 from tests.host.test_procfs import fake_proc
-from vfiotask.errors import MemlockLimitError
+from vfiotask.errors import MemlockLimitError, UsageError
 from vfiotask.host.procfs import CAP_IPC_LOCK
 from vfiotask.memory.accountant import LockedMemoryAccountant
 
@@ -109,3 +110,12 @@ def test_cap_ipc_lock_or_infinity_means_unlimited(tmp_path: Path) -> None:
 def test_this_process_starts_from_its_locked_memory() -> None:
     acct = LockedMemoryAccountant()
     assert acct.baseline == status_field("VmLck") + status_field("VmPin")
+
+
+def test_a_process_that_is_gone_is_a_usage_error(tmp_path: Path) -> None:
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its PID names no process now
+    with pytest.raises(UsageError, match=f"process {child.pid} does not exist"):
+        LockedMemoryAccountant(child.pid)
+    with pytest.raises(UsageError, match="process 4243 does not exist"):
+        LockedMemoryAccountant(4243, proc_root=fake_proc(tmp_path))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from vfiotask.errors import MemlockLimitError
+from vfiotask.errors import MemlockLimitError, UsageError
 from vfiotask.host.procfs import (
     CAP_IPC_LOCK,
     PROC,
@@ -43,15 +43,22 @@ class LockedMemoryAccountant:
     def __init__(self, pid: int | None = None, *, proc_root: Path = PROC) -> None:
         self.pid = pid
         self.owner = "this process" if pid is None else f"process {pid}"
-        if proc_root == PROC:
-            soft, _hard = psutil.Process(pid).rlimit(psutil.RLIMIT_MEMLOCK)
-        else:
-            soft, _hard = memlock_limit_from_limits(pid, proc_root=proc_root)
-        capable = has_capability(CAP_IPC_LOCK, pid, proc_root=proc_root)
+        try:
+            if proc_root == PROC:
+                soft, _hard = psutil.Process(pid).rlimit(psutil.RLIMIT_MEMLOCK)
+            else:
+                soft, _hard = memlock_limit_from_limits(pid, proc_root=proc_root)
+            capable = has_capability(CAP_IPC_LOCK, pid, proc_root=proc_root)
+            locked = locked_memory(pid, proc_root=proc_root).total
+        except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError) as exc:
+            raise UsageError(f"{self.owner} does not exist", hint="give the PID of a running process") from exc
+        except (psutil.AccessDenied, PermissionError) as exc:
+            raise UsageError(f"cannot read the locked-memory limit of {self.owner}",
+                             hint="run as root or as the process's owner") from exc
         self.unlimited = soft == RLIM_INFINITY or capable
         self.limit: int | None = None if soft == RLIM_INFINITY else int(soft)
         self.capable = capable
-        self.baseline = locked_memory(pid, proc_root=proc_root).total
+        self.baseline = locked
         self.charged = 0
         self._lock = threading.Lock()
 
