@@ -110,6 +110,17 @@ def test_a_driver_that_is_not_a_name_is_a_usage_error_and_changes_nothing(
     assert bindings_journal().read() == {}
 
 
+def test_a_tree_bound_through_a_symlink_is_unbound_through_its_real_path(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("sibling", tmp_path)
+    before = snapshot(root.parent)
+    alias = tmp_path / "alias"
+    alias.symlink_to(root.parent)
+    bind(["0000:01:00.0"], sysfs_root=alias / "sys")
+    unbind(["0000:01:00.0"], sysfs_root=root)
+    assert snapshot(root.parent) == before
+    assert bindings_journal().read() == {}
+
+
 def test_unbind_without_a_record(tmp_path: Path, state_dir: Path) -> None:
     root = copy_tree("viable", tmp_path)
     with pytest.raises(UsageError, match="nothing to unbind"):

@@ -13,6 +13,7 @@ A chunk that fails halfway restores its own device; completed chunks are undone 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ def bindings_journal(directory: Path | None = None) -> Journal:
 
 
 def _root_key(host: Host) -> str:
-    return str(host.paths.sys)
+    """Records are kept per tree; a tree reached through a symlink is still the same tree."""
+    return os.path.realpath(host.paths.sys)
 
 
 def _note(journal: Journal, key: str, record: BindRecord) -> None:
