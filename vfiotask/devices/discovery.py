@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vfiotask.devices.model import Host, HostPaths
 from vfiotask.devices.sysfs import discover_sysfs
+from vfiotask.errors import UsageError
 
 SYSFS_ROOT_ENV = "VFIOTASK_SYSFS_ROOT"
 
@@ -25,20 +26,14 @@ def discover(sysfs_root: Path | None = None) -> Host:
     paths = HostPaths.for_root(sysfs_root)
     if paths.fixture:
         if not (paths.sys / "bus" / "pci" / "devices").is_dir():
-            from vfiotask.errors import UsageError
-
             raise UsageError(
                 f"{paths.sys} is not a sysfs tree (no bus/pci/devices)",
                 hint="give --sysfs-root a directory laid out like /sys, e.g. fixtures/sysfs/viable/sys",
             )
         return discover_sysfs(paths)
     try:
-        return discover_udev_host(paths)
-    except ImportError:
+        from vfiotask.devices.udev import discover_udev
+
+        return discover_udev(paths)
+    except ImportError:  # pyudev missing: the same facts, read directly
         return discover_sysfs(paths)
-
-
-def discover_udev_host(paths: HostPaths) -> Host:
-    from vfiotask.devices.udev import discover_udev
-
-    return discover_udev(paths)
