@@ -59,6 +59,15 @@ def test_host_uses_are_found(tree: str, address: str, reason: str) -> None:
     assert any(reason in use for use in uses_of(host.device(address), host.paths))
 
 
+def test_a_damaged_tree_is_read_without_a_traceback(tmp_path: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    (root / "bus" / "pci" / "devices" / "0000:01:00.0" / "driver_override").write_bytes(b"\xff\xfe\n")
+    (root / "bus" / "pci" / "devices" / "0000:09:00.0").symlink_to("../../../devices/nothere")
+    host = discover(root)
+    assert host.device("0000:01:00.0").driver_override is None
+    assert "0000:09:00.0" not in host.devices and "nothere" not in host.devices
+
+
 @pytest.mark.parametrize(("flags", "up"), [("0x1003", True), ("0x1002", False), ("junk", False), ("", False)])
 def test_an_interface_is_up_by_its_flags_when_operstate_does_not_say(flags: str, up: bool, tmp_path: Path) -> None:
     root = copy_tree("viable", tmp_path)

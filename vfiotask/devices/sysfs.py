@@ -14,9 +14,11 @@ from vfiotask.devices.model import Host, HostPaths, IommuGroup, PciDevice
 
 
 def read_attr(path: Path) -> str | None:
+    """The attribute's text; None when it cannot be read or is not text (the kernel writes
+    ASCII, so anything else is a damaged tree, not a device to describe)."""
     try:
         return path.read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
 
 
@@ -63,6 +65,8 @@ def discover_sysfs(paths: HostPaths) -> Host:
     host = Host(paths=paths, source="sysfs")
     listing = paths.sys / "bus" / "pci" / "devices"
     for entry in sorted(listing.iterdir()) if listing.is_dir() else []:
+        if not entry.is_dir():
+            continue  # a link to nowhere: a device removed while we read, or a damaged tree
         device = read_device(Path(os.path.realpath(entry)))
         host.devices[device.address] = device
     groups_dir = paths.sys / "kernel" / "iommu_groups"
