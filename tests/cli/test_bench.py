@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli, status_field
+from vfiotask.errors import VfiotaskError
 from vfiotask.host.hugepages import HugepagePools
-from vfiotask.integrations.bench import common
+from vfiotask.integrations.bench import common, qemu
 from vfiotask.memory.region import RegionSpec, open_region
 
 MiB = 1 << 20
@@ -111,3 +112,22 @@ def test_warm_host_memory_gives_everything_back() -> None:
     before = status_field("RssAnon")
     assert common.warm_host_memory(64 * MiB) > 0
     assert status_field("RssAnon") - before < 16 * MiB  # the 70 MiB it filled are unmapped again
+
+
+@pytest.mark.skipif(qemu.qemu_binary() is None, reason="qemu-system-x86_64 is not installed")
+def test_a_qemu_that_fails_is_a_vfiotask_error(tmp_path: Path) -> None:
+    with pytest.raises(VfiotaskError, match="qemu-system-x86_64 failed") as caught:
+        qemu.time_prealloc(4 * MiB, 1, tmp_path / "missing" / "ram")
+    assert "--no-qemu" in caught.value.one_line()
+
+
+def test_a_bound_process_that_fails_is_a_vfiotask_error() -> None:
+    def open_share(index: int) -> tuple[int, int]:
+        if index == 1:
+            raise OSError("no memory for this share")
+        region = open_region(RegionSpec(size=4 * MiB, backing="anon"))
+        return region.addr, region.size
+
+    # one share failing while the other waits for the start must end the run, not hang it
+    with pytest.raises(VfiotaskError, match="failed to map its share"):
+        common.populate_in_processes(2, open_share)

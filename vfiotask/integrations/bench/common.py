@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vfiotask.errors import VfiotaskError
 from vfiotask.host import libc
 
 GiB = 1 << 30
@@ -112,10 +113,11 @@ def populate_in_processes(
                     os.close(done_r)
                     addr, length = open_share(index)
                     os.write(ready_w, b"r")
-                    os.read(go_r, 1)
-                    libc.madvise(addr, length, libc.MADV_POPULATE_WRITE)
-                    os.write(done_w, b"d")
-                    status = 0
+                    os.close(ready_w)  # so that a sibling failing to get ready ends the parent's wait
+                    if os.read(go_r, 1) == b"g":  # nothing: the parent gave up
+                        libc.madvise(addr, length, libc.MADV_POPULATE_WRITE)
+                        os.write(done_w, b"d")
+                        status = 0
                 finally:
                     os._exit(status)
             children.append(pid)
@@ -124,12 +126,12 @@ def populate_in_processes(
         os.close(done_w)
         for _ in range(count):
             if os.read(ready_r, 1) != b"r":
-                raise RuntimeError("a bound process failed to map its share")
+                raise VfiotaskError("a bound process failed to map its share", hint="benchmark a smaller --size")
         began = time.monotonic()
         os.write(go_w, b"g" * count)
         for _ in range(count):
             if os.read(done_r, 1) != b"d":
-                raise RuntimeError("a bound process failed to populate its share")
+                raise VfiotaskError("a bound process failed to populate its share", hint="benchmark a smaller --size")
         return time.monotonic() - began
     finally:
         for fd in (ready_r, go_w, done_r):

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vfiotask.errors import VfiotaskError
+
 QEMU = "qemu-system-x86_64"
 EXIT_WAIT_S = 30.0
 
@@ -59,7 +61,8 @@ def time_prealloc(size: int, threads: int, mem_path: Path | None = None, *, prea
         pid = int(pidfile.read_text().strip()) if pidfile.exists() else None
         try:
             if result.returncode != 0:
-                raise RuntimeError(f"{QEMU} failed: {result.stderr.strip() or result.returncode}")
+                raise VfiotaskError(f"{QEMU} failed: {result.stderr.strip() or result.returncode}",
+                                    hint="run the bench with --no-qemu, or fix what QEMU says")
         finally:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
