@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from vfiotask.errors import HostStateError, describe_exception
+
 DEFAULT_STATE_DIR = Path("/run/vfiotask")
 STATE_DIR_ENV = "VFIOTASK_STATE_DIR"
 
@@ -17,5 +19,11 @@ def state_dir(create: bool = True) -> Path:
     """The state directory, from VFIOTASK_STATE_DIR or /run/vfiotask, created 0700 on demand."""
     path = Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
     if create:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HostStateError(
+                f"state directory {path} cannot be used: {describe_exception(exc)}",
+                hint=f"point {STATE_DIR_ENV} at a writable directory (default {DEFAULT_STATE_DIR})",
+            ) from exc
     return path
