@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfiotask import statedir
+from vfiotask.errors import HostStateError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class SlotPool:
             path = self._directory or statedir.state_dir() / SLOTS_SUBDIR
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
             return path
-        except OSError as exc:
+        except (OSError, HostStateError) as exc:  # state_dir() says why the directory cannot be used
             log.debug("helper slots not shared across processes: %s", exc)
             return None
 
