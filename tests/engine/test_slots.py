@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -107,3 +108,19 @@ def test_an_unusable_state_dir_falls_back_to_caps_in_this_process(tmp_path: Path
     blocker.write_text("")
     monkeypatch.setenv("VFIOTASK_STATE_DIR", str(blocker / "state"))
     assert run_here() == 1 + EIGHT_CPU_CAP
+
+
+def test_slot_files_another_user_made_fall_back_to_caps_in_this_process(shm_dir: Path) -> None:
+    slots = shm_dir / "slots"
+    slots.mkdir()
+    for index in range(4):
+        (slots / f"cpu-{index}").touch(mode=0o000)
+    shm_dir.chmod(0o755)
+    slots.chmod(0o755)
+    # root opens any file: the refusal is only seen as another user
+    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if os.geteuid() == 0 else []
+    code = ("import sys; from pathlib import Path; from vfiotask.engine.slots import SlotLease, SlotPool; "
+            "print(SlotPool(Path(sys.argv[1])).take('cpu', 4, 3, SlotLease()))")
+    result = subprocess.run([*prefix, sys.executable, "-c", code, str(slots)], capture_output=True, text=True,
+                            cwd="/", check=False)
+    assert result.stdout.strip() == "3", result.stderr  # not 0: the task still gets its helpers

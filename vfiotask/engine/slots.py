@@ -8,6 +8,7 @@ caller of a task needs no slot: it always runs.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -78,6 +79,7 @@ class SlotPool:
         if directory is None:
             return want
         got: list[int] = []
+        refused = busy = 0
         for index in range(cap):
             if len(got) == want:
                 break
@@ -85,13 +87,20 @@ class SlotPool:
                 fd = os.open(directory / f"{kind}-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 log.debug("cannot open helper slot %s-%d: %s", kind, index, exc)
+                refused += exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
+                busy += 1
                 continue
             got.append(fd)
+        if not got and not busy and refused:
+            # slots another user made (root's hook, say): like an unusable directory, cap in-process
+            # rather than leave this user's tasks without a single helper
+            log.debug("helper slots in %s are not ours to take; not shared across processes", directory)
+            return want
         lease.add(got)
         return len(got)
 
