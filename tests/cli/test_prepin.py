@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import drop_ipc_lock, is_root, run_cli, status_field
+from tests.conftest import drop_ipc_lock, is_root, run_cli, status_field, vfiotask_command
 from vfiotask.host.hugepages import HugepagePools
 from vfiotask.memory.accountant import LockedMemoryAccountant
 
@@ -273,3 +273,16 @@ def test_hold_in_process_releases_before_returning(monkeypatch: pytest.MonkeyPat
     watcher.join()
     assert seen == [32 * MiB]
     assert status_field("VmLck") == start
+
+
+def test_a_reader_that_left_is_one_line() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `vfiotask prepin | head -0`: nobody reads the report
+    try:
+        result = subprocess.run([*vfiotask_command(), "prepin", *SMALL, "--json"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, check=False, timeout=300)
+    finally:
+        os.close(write_end)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("vfiotask: standard output was closed")

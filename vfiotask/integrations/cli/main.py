@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from vfiotask.errors import EXIT_USAGE, Interrupted, Terminated, VfiotaskError
+from vfiotask.errors import EXIT_FAILURE, EXIT_USAGE, Interrupted, Terminated, VfiotaskError
 
 COMMAND_MODULES = (
     "prepin",
@@ -68,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vfiotask: interrupted; everything taken was released", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `vfiotask ... | head`: the reader left; not a bug, so no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        print("vfiotask: standard output was closed before the report was written; everything taken was released",
+              file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         signal.signal(signal.SIGTERM, previous)
 
