@@ -27,6 +27,7 @@ from vfiotask.errors import (
     describe_exception,
 )
 from vfiotask.host.hugepages import HugepagePools, PoolState
+from vfiotask.host.meminfo import meminfo
 from vfiotask.jobs._engine import default_engine
 from vfiotask.journal import Journal
 from vfiotask.units import format_size
@@ -135,9 +136,30 @@ class HugepageReserver:
                     f"owner {owner!r} already holds {format_size(held.size)} of hugepages",
                     hint=f"release it first: vfiotask hugepages release --owner {owner}",
                 )
+            self._check_memory(size, wanted)
             self._grow(size, wanted)
             owners[owner] = Reservation(owner, size, wanted).to_json()
         return Reservation(owner, size, wanted)
+
+    def _check_memory(self, page_size: int, wanted: dict[int | None, int]) -> None:
+        """Refuse a request the host's available memory cannot cover, before touching a pool.
+
+        Growing a pool takes every page the kernel can find until it has enough: a request far
+        beyond what is available (a typo, 4T for 4G) would empty the host's free memory for a
+        moment before the shortfall is seen and given back, and other processes could be
+        reclaimed or killed meanwhile.
+        """
+        info = meminfo(self.pools.root) if (self.pools.root / "proc/meminfo").exists() else {}
+        if "MemAvailable" not in info:  # a fixture tree that does not say: the pools alone decide
+            return
+        needed = sum(wanted.values()) * page_size
+        available = info["MemAvailable"]
+        if needed > available:
+            raise HugepageShortageError(
+                f"{sum(wanted.values())} hugepages of {format_size(page_size)} ({format_size(needed)}) are more "
+                f"than the {format_size(available)} of memory this host has available; no pool was changed",
+                hint="ask for less, free memory, or reserve at boot (hugepages= on the kernel command line)",
+            )
 
     def _grow(self, page_size: int, wanted: dict[int | None, int]) -> None:
         order = list(wanted)
