@@ -139,3 +139,15 @@ def drop_ipc_lock(memlock: int = 8 << 20) -> list[str]:
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is needed to drop CAP_IPC_LOCK")
     return ["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock", "prlimit", f"--memlock={memlock}"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def real_state_dir_restored() -> Iterator[None]:
+    """Commands run as users run them use /run/vfiotask (libvirtd gives the hook no environment
+    to override it); when the test session created that directory, it goes again at the end."""
+    from vfiotask.statedir import DEFAULT_STATE_DIR
+
+    existed = DEFAULT_STATE_DIR.exists()
+    yield
+    if not existed:
+        shutil.rmtree(DEFAULT_STATE_DIR, ignore_errors=True)
