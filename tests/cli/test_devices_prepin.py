@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
-from tests.devices.helpers import sysfs
+from tests.conftest import run_cli
+from tests.devices.helpers import group_held_elsewhere, sysfs
 
 VIABLE = str(sysfs("viable"))
 DROP_IPC_LOCK = ["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock", "prlimit", "--memlock=8388608"]
@@ -58,16 +56,9 @@ def test_unknown_device_is_exit_2(state_dir: Path) -> None:
 
 
 def test_busy_group_is_exit_4(state_dir: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from vfiotask.devices.mock import MockContainer;"
-         f" c = MockContainer([2], sysfs_root=Path({VIABLE!r})); print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with group_held_elsewhere(2, Path(VIABLE)):
         result = run_cli("prepin", "--size", "16M", "--pin", "mock", "--group", "2", "--sysfs-root", VIABLE)
-        assert result.returncode == 4 and "already in a container" in one_line(result.stderr)
-    finally:
-        holder.communicate("")
+    assert result.returncode == 4 and "already in a container" in one_line(result.stderr)
 
 
 def test_memlock_too_low_is_exit_3_with_the_number_needed(state_dir: Path) -> None:

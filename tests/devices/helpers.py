@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.conftest import REPO
 from vfiotask.host import libc
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "sysfs"
@@ -54,3 +57,18 @@ def memfd_region(size: int) -> Iterator[int]:
             libc.munmap(addr, size)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def group_held_elsewhere(group: int, sysfs_root: Path) -> Iterator[int]:
+    """Another process holds `group` in a mock container until the block ends; yields its pid."""
+    program = ("import sys; from pathlib import Path; from vfiotask.devices.mock import MockContainer;"
+               f" c = MockContainer([{group}], sysfs_root=Path({str(sysfs_root)!r}));"
+               " print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.communicate("")

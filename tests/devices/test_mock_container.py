@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, status_field
-from tests.devices.helpers import memfd_region, sysfs
+from tests.devices.helpers import group_held_elsewhere, memfd_region, sysfs
 from vfiotask.devices.container import (
     DmaEntryLimitError,
     DmaFailedError,
@@ -164,16 +164,8 @@ def test_group_in_a_container_is_busy_until_closed(state_dir: Path) -> None:
 
 
 def test_group_busy_across_processes(state_dir: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from vfiotask.devices.mock import MockContainer;"
-         f" c = MockContainer([2], sysfs_root=Path({str(VIABLE)!r})); print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(GroupBusyError, match=f"pid {holder.pid}"):
-            MockContainer([2], sysfs_root=VIABLE)
-    finally:
-        holder.communicate("")
+    with group_held_elsewhere(2, VIABLE) as pid, pytest.raises(GroupBusyError, match=f"pid {pid}"):
+        MockContainer([2], sysfs_root=VIABLE)
     MockContainer([2], sysfs_root=VIABLE).close()
 
 
