@@ -286,3 +286,13 @@ def test_a_reader_that_left_is_one_line() -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("vfiotask: standard output was closed")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this host")
+def test_a_full_output_is_one_line_and_nothing_stays_locked() -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*vfiotask_command(), "prepin", *SMALL, "--pin", "mlock"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, check=False, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "standard output" in lines[0] and "ENOSPC" in lines[0] and "released" in lines[0]

@@ -16,8 +16,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any, TextIO
 
-from vfiotask.errors import EXIT_FAILURE, EXIT_USAGE, Interrupted, Terminated, VfiotaskError
+from vfiotask.errors import EXIT_USAGE, Interrupted, Terminated, VfiotaskError, describe_exception
 
 COMMAND_MODULES = (
     "prepin",
@@ -48,6 +49,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OutputError(VfiotaskError):
+    """Standard output cannot take the report (its reader left, its disk is full)."""
+
+    def __init__(self, cause: OSError) -> None:
+        if isinstance(cause, BrokenPipeError):
+            what = "standard output was closed before the report was written"
+        else:
+            what = f"cannot write the report to standard output: {describe_exception(cause)}"
+        super().__init__(f"{what}; everything taken was released")
+
+
+class _GuardedOutput:
+    """sys.stdout whose write failures become an OutputError, raised where the handler printed,
+    so that its undo runs as for any other failure; everything else goes to the real stream."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise OutputError(exc) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise OutputError(exc) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signum)
 
@@ -58,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="vfiotask: %(levelname)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    stdout, sys.stdout = sys.stdout, _GuardedOutput(sys.stdout)
     try:
         return int(args.handler(args))
     except VfiotaskError as exc:
@@ -69,12 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vfiotask: interrupted; everything taken was released", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `vfiotask ... | head`: the reader left; not a bug, so no traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
-        print("vfiotask: standard output was closed before the report was written; everything taken was released",
-              file=sys.stderr)
-        return EXIT_FAILURE
+    except OutputError as exc:  # `| head`, a full disk: not a bug, so no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())  # the exit flush must not fail again
+        print(f"vfiotask: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_status
     finally:
+        sys.stdout = stdout
         signal.signal(signal.SIGTERM, previous)
 
 
