@@ -124,6 +124,12 @@ def test_bad_backing_paths_create_nothing(shm_dir: Path, tmp_path: Path) -> None
     assert (shm_dir / "other.ram").read_bytes() == b"\0" * 4096
 
 
+def test_a_kernel_interface_is_refused_even_with_force() -> None:
+    result = run_cli("prepin", "--size", "8M", "--backing", "/proc/guest.ram", "--force")
+    assert_one_line(result, 2, "kernel interface")
+    assert not Path("/proc/guest.ram").exists()
+
+
 def test_backing_directory_the_user_may_not_write_is_one_line(shm_dir: Path) -> None:
     locked = shm_dir / "locked"
     locked.mkdir(mode=0o555)

@@ -12,6 +12,11 @@ from pathlib import Path
 
 MOUNTINFO = "proc/self/mountinfo"
 RAM_FILESYSTEMS = frozenset({"tmpfs", "hugetlbfs"})
+VIRTUAL_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs", "devpts", "bpf",
+    "pstore", "efivarfs", "mqueue", "fusectl", "binfmt_misc",
+})
+"""Filesystems that are views of the kernel: a guest RAM file cannot live there, --force or not."""
 
 
 @dataclass(frozen=True)

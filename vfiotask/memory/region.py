@@ -21,7 +21,7 @@ from vfiotask.errors import HugepageShortageError, ResourceError, UsageError
 from vfiotask.host import libc
 from vfiotask.host.hugepages import HugepagePools
 from vfiotask.host.meminfo import mem_available
-from vfiotask.host.mounts import RAM_FILESYSTEMS, mount_of
+from vfiotask.host.mounts import RAM_FILESYSTEMS, VIRTUAL_FILESYSTEMS, mount_of
 from vfiotask.host.numa import online_nodes
 from vfiotask.units import format_size
 
@@ -213,6 +213,12 @@ def _plan_file(spec: RegionSpec) -> _Plan:
     if info is None and not spec.create:
         raise UsageError(f"backing file {path} does not exist", hint="create it or allow creation")
     mount = mount_of(parent, spec.host_root)
+    if mount.fstype in VIRTUAL_FILESYSTEMS:
+        raise UsageError(
+            f"backing file {path} is on {mount.fstype} ({mount.mountpoint}), a kernel interface that cannot hold "
+            "guest RAM",
+            hint="put it on tmpfs (/dev/shm) or hugetlbfs",
+        )
     if mount.fstype not in RAM_FILESYSTEMS and not spec.force:
         raise UsageError(
             f"backing file {path} is on {mount.fstype} ({mount.mountpoint}), not tmpfs or hugetlbfs: "
