@@ -206,3 +206,12 @@ def test_real_root_without_iommu_says_so(state_dir: Path) -> None:
         pytest.skip("needs a host without IOMMU groups")
     with pytest.raises(DeviceError, match="intel_iommu=on"):
         bind([free[0]], control=NoWrites())  # type: ignore[arg-type]
+
+
+def test_unbind_reports_the_driver_the_devices_left(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("viable", tmp_path)
+    before = snapshot(root.parent)
+    assert bind(["0000:00:14.0"], driver="snd_hda_intel", sysfs_root=root).driver == "snd_hda_intel"
+    result = unbind(["0000:00:14.0"], sysfs_root=root)
+    assert result.to_dict()["driver"] == "snd_hda_intel"
+    assert snapshot(root.parent) == before

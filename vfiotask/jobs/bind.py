@@ -234,4 +234,5 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
             _take(control, record)
 
     report = default_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
-    return BindResult(groups, records, [], report)
+    released_from = ",".join(sorted({record.bound_to for record in records}))  # what the devices left
+    return BindResult(groups, records, [], report, released_from)
