@@ -12,7 +12,7 @@ import pytest
 from vfiotask.engine import HelperKind, Task
 from vfiotask.engine.chunks import ChunkQueue
 from vfiotask.engine.task import Part
-from vfiotask.errors import EXIT_FAILURE, EXIT_RESOURCES, ResourceError, TaskFailed, Terminated
+from vfiotask.errors import EXIT_FAILURE, EXIT_RESOURCES, ResourceError, TaskFailed, Terminated, UsageError
 
 from .conftest import Ledger, private_engine
 
@@ -159,3 +159,12 @@ def test_progress_is_reported_up_to_the_total() -> None:
     assert seen[-1] == (1000, 1000)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
     assert len(seen) == report.chunks
+
+
+@pytest.mark.parametrize("spec", ["prefault", "prefault:", "prefault:x", "prefault:0", ":2", "prefault:²"])
+def test_a_malformed_fault_spec_is_refused_before_any_chunk(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    monkeypatch.setenv("VFIOTASK_FAIL", spec)
+    ran: list[tuple[int, int]] = []
+    with pytest.raises(UsageError, match="is not JOB:K"):
+        private_engine(cpus=2).run(Task.over_range("other", 0, 64, lambda s, e: ran.append((s, e)), min_chunk=8))
+    assert ran == []

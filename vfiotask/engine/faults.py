@@ -10,15 +10,25 @@ from __future__ import annotations
 import errno
 import os
 
+from vfiotask.errors import UsageError
+
 FAIL_ENV = "VFIOTASK_FAIL"
 
 
 def injected_failure(task_name: str) -> int | None:
-    """The 1-based chunk index VFIOTASK_FAIL asks to fail for this task (`JOB:K[,JOB:K...]`)."""
+    """The 1-based chunk index VFIOTASK_FAIL asks to fail for this task (`JOB:K[,JOB:K...]`).
+
+    A malformed item is an error, not ignored: a typo would otherwise let a test of an undo path
+    pass without ever failing a chunk.
+    """
     spec = os.environ.get(FAIL_ENV, "")
     for item in filter(None, (s.strip() for s in spec.split(","))):
         job, _, index = item.partition(":")
-        if job.strip() == task_name and index.strip().isdigit() and int(index) > 0:
+        index = index.strip()
+        if not job.strip() or not (index.isascii() and index.isdigit()) or int(index) < 1:
+            raise UsageError(f"{FAIL_ENV} item {item!r} is not JOB:K",
+                             hint="write the task name and a chunk number from 1, e.g. prefault:2")
+        if job.strip() == task_name:
             return int(index)
     return None
 
