@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import REPO, run_cli, vfiotask_command
 from tests.libvirt.xmls import guest_xml
-from vfiotask.integrations.cli.hook import HOOK_BODY
+from vfiotask.integrations.cli.hook import HOOK_BODY, hook_text
 
 
 def test_install_is_idempotent_and_uninstall_removes(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_install_is_idempotent_and_uninstall_removes(tmp_path: Path) -> None:
     installed = hooks / "qemu.d" / "50-vfiotask"
     assert f"installed {installed}" in first.stdout
     assert installed.stat().st_mode & 0o777 == 0o755
-    assert installed.read_text().splitlines()[0] == f"#!{sys.executable}"
+    assert installed.read_text().splitlines()[0] == f"#!{sys.executable} -IS"
 
     again = run_cli("hook", "install", "--hooks-dir", str(hooks))
     assert again.returncode == 0 and "already installed" in again.stdout
@@ -45,6 +45,9 @@ def test_installed_hook_runs_with_libvirtds_bare_environment(tmp_path: Path) -> 
 def test_the_repository_hook_is_the_installed_body() -> None:
     text = (REPO / "hooks" / "qemu").read_text()
     assert text.split("\n", 1)[1] == HOOK_BODY
+    installed = hook_text().splitlines(keepends=True)
+    assert installed[0].endswith(" -IS\n") and installed[4].startswith("sys.path[:0] = ")
+    assert "".join(installed[1:4] + installed[5:]) == HOOK_BODY
     assert os.access(REPO / "hooks" / "qemu", os.X_OK)
 
 

@@ -1,7 +1,10 @@
 """`vfiotask hook install|uninstall`: put the qemu hook where libvirtd runs it.
 
-The installed copy's shebang is this interpreter, so libvirtd's bare PATH (LC_ALL, PATH, HOME
-only) still finds the vfiotask package: a venv's python knows its own site-packages.
+The installed copy's shebang is this interpreter with `-I -S`: libvirtd runs the hook on every
+phase of every guest and waits for it, and site processing (site-packages, .pth files, an
+editable install's finder) cost more than the hook's own work for most phases.  So the copy
+names the directories this vfiotask and its dependencies were installed in itself, which also
+keeps libvirtd's bare environment (LC_ALL, PATH, HOME only) and any PYTHON* variable out of it.
 """
 
 from __future__ import annotations
@@ -56,8 +59,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unstage.set_defaults(handler=run_unstage)
 
 
+def import_paths() -> list[str]:
+    """Where this vfiotask package and this interpreter's site-packages are, in that order."""
+    import site
+
+    import vfiotask
+
+    found = [str(Path(vfiotask.__file__).resolve().parent.parent), *site.getsitepackages()]
+    return list(dict.fromkeys(found))
+
+
 def hook_text(interpreter: str | None = None) -> str:
-    return f"#!{interpreter or sys.executable}\n{HOOK_BODY}"
+    """HOOK_BODY started with `-I -S`, the import paths set where site processing would have."""
+    line = f"sys.path[:0] = {import_paths()!r}  # -S: no site processing\n"
+    body = HOOK_BODY.replace("import sys\n", f"import sys\n{line}", 1)
+    return f"#!{interpreter or sys.executable} -IS\n{body}"
 
 
 def hook_path(hooks_dir: Path) -> Path:

@@ -1,20 +1,27 @@
 """The libvirt qemu hook: `HOOK NAME PHASE SUBPHASE EXTRA`, the domain XML on stdin.
 
-libvirtd waits for the hook on every phase of every guest, so for a guest that is not ours the
-hook must be gone at once: only the stdlib XML parser is imported before that is known, and the
-memory and hugepage code only when there is work.  The hook never writes to stdout (in qemu.d
-the output of one script can be the input of the next), never calls libvirt (libvirtd is
-blocked on us), logs to syslog, and prints one line on stderr when it fails a start: libvirt
-shows that line to the user who ran `virsh start`.
+libvirtd waits for the hook on every phase of every guest, so what it imports is what the phase
+needs and nothing more: phases with nothing to do leave after reading argv; for a guest that is
+not ours expat alone decides (`ours.is_ours`); the domain model, the journal and the memory
+code are imported only for a guest that is ours, and the jobs only when there is work.  The
+installed hook starts Python with `-I -S` (no site processing, a fixed sys.path), see
+`vfiotask.integrations.cli.hook`.  The hook never writes to stdout (in qemu.d the output of one
+script can be the input of the next), never calls libvirt (libvirtd is blocked on us), logs to
+syslog, and prints one line on stderr when it fails a start: libvirt shows that line to the user
+who ran `virsh start`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import IO
+
+TYPE_CHECKING = False  # typing itself costs the hook milliseconds on every phase
+if TYPE_CHECKING:
+    from typing import IO
 
 KNOWN_PHASES = {"prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"}
+WORK = {("prepare", "begin"), ("start", "begin"), ("release", "end")}
 EXIT_OK = 0
 EXIT_FAILED = 1
 IDENT = "vfiotask-hook"
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
         log(f"{name!r}: phase {phase!r} {subphase!r} is not one vfiotask knows; ignored")
         return EXIT_OK
     work = (phase, subphase)
-    if work not in {("prepare", "begin"), ("start", "begin"), ("release", "end")}:
+    if work not in WORK:
         return EXIT_OK
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing may reach libvirt's stdout pipe
     if stdin is None:
@@ -69,14 +76,16 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
 
 def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
     from vfiotask.errors import VfiotaskError
-    from vfiotask.integrations.libvirt.domain import parse_domain, validate_name
+    from vfiotask.integrations.libvirt.ours import is_ours
 
     try:
+        if not is_ours(data):
+            return EXIT_OK
+        from vfiotask.integrations.libvirt.domain import parse_domain, validate_name
+
         domain = parse_domain(data)
     except VfiotaskError as exc:
         return fail(f"guest {name} {phase}: {exc.one_line()}")
-    if not domain.ours:
-        return EXIT_OK
     try:
         validate_name(name)
         if domain.name != name:
@@ -109,7 +118,7 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
 def run_release(name: str) -> int:
     """Undo what prepare did; any problem is logged and the stop goes on (exit 0)."""
     from vfiotask.errors import VfiotaskError, describe_exception
-    from vfiotask.integrations.libvirt.domain import validate_name
+    from vfiotask.integrations.libvirt.ours import validate_name
 
     try:
         validate_name(name)

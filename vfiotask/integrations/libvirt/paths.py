@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from vfiotask.errors import HostStateError
 from vfiotask.integrations.libvirt.domain import Domain
@@ -62,8 +62,7 @@ def require_backing_dir(conf: Path | None = None) -> Path:
     return base
 
 
-@dataclass(frozen=True)
-class RamFile:
+class RamFile(NamedTuple):
     """One file QEMU will map: `name` in the guest's directory, `size` bytes, from host `node`."""
 
     name: str

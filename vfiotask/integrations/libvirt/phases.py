@@ -16,7 +16,6 @@ import os
 import pwd
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,21 @@ from vfiotask.integrations.libvirt.ramfiles import FileRecord, allocated_bytes, 
 from vfiotask.units import GiB, format_size, parse_size
 
 FAIL_ENV = "VFIOTASK_FAIL"
-@dataclass
-class HookContext:
-    """Everything the phases touch on the host, so tests can point it at fixtures."""
 
-    journal: GuestJournal = field(default_factory=GuestJournal)
-    conf: Path | None = None
-    host_root: Path = Path("/")
-    log: Callable[[str], None] = lambda message: None
+
+class HookContext:
+    """Everything the phases touch on the host, so tests can point it at fixtures.
+
+    A plain class, not a dataclass: importing dataclasses and building one costs the hook
+    milliseconds on every start.
+    """
+
+    def __init__(self, *, journal: GuestJournal | None = None, conf: Path | None = None,
+                 host_root: Path = Path("/"), log: Callable[[str], None] | None = None) -> None:
+        self.journal = journal or GuestJournal()
+        self.conf = conf
+        self.host_root = host_root
+        self.log: Callable[[str], None] = log or (lambda message: None)
 
     def reserver(self) -> Any:
         from vfiotask.host.hugepages import HugepagePools
@@ -78,10 +84,10 @@ def guest_ram(domain: Domain) -> int:
 
 
 def check_memlock(domain: Domain) -> None:
+    if not domain.hostdevs:
+        return  # nothing will be pinned; and the accountant's imports (psutil) cost every start
     from vfiotask.memory.accountant import LockedMemoryAccountant
 
-    if not domain.hostdevs:
-        return
     ram = guest_ram(domain)
     try:
         LockedMemoryAccountant.for_budget(qemu_memlock_limit(domain), owner="QEMU").check(ram, "the guest's RAM")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vfiotask.errors import HostStateError
 
@@ -21,8 +20,7 @@ if TYPE_CHECKING:
     from vfiotask.engine import Engine
 
 
-@dataclass(frozen=True)
-class FileRecord:
+class FileRecord(NamedTuple):
     """A RAM file vfiotask made: where, how big, which node, and its identity."""
 
     path: str
@@ -36,11 +34,11 @@ class FileRecord:
     staged_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileRecord:
-        fields = {name: data.get(name) for name in cls.__dataclass_fields__}
+        fields = {name: data.get(name) for name in cls._fields}
         return cls(**fields)  # type: ignore[arg-type]
 
     def still_ours(self) -> bool:
