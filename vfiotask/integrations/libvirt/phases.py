@@ -24,7 +24,14 @@ from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, de
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, whole_number
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
-from vfiotask.integrations.libvirt.ramfiles import FileRecord, allocated_bytes, chown_nofollow, populate_file
+from vfiotask.integrations.libvirt.ramfiles import (
+    FileRecord,
+    allocated_bytes,
+    chown_nofollow,
+    hugetlbfs_pages,
+    populate_file,
+    reserve_pages,
+)
 from vfiotask.units import GiB, format_size, parse_size
 
 FAIL_ENV = "VFIOTASK_FAIL"
@@ -187,12 +194,22 @@ def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
 
 def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
                     undo: list[Callable[[], object]]) -> None:
-    from vfiotask.host.mounts import is_ram_filesystem
+    from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
     base = paths.require_backing_dir(ctx.conf)
-    if not is_ram_filesystem(base, ctx.host_root):
+    fstype = filesystem_type(base, ctx.host_root)
+    if fstype not in RAM_FILESYSTEMS:
         ctx.log(f"{domain.name}: memory_backing_dir {base} is not tmpfs or hugetlbfs; RAM files left to QEMU")
         return
+    rams = paths.ram_files(domain)
+    if fstype == "hugetlbfs":
+        page_size, pages = hugetlbfs_pages(base, rams)
+        owner = hugepage_owner(domain.name, page_size)
+        held, new = reserve_pages(owner, page_size, pages, ctx.reserver)
+        if new:
+            undo.append(partial(ctx.reserver().release, owner))
+        record["hugepages"].append(held)
+        ctx.journal.put_guest(domain.name, record)
     guest_dir = paths.guest_dir(domain, ctx.conf)
     record["guest_dir"] = str(guest_dir)
     for directory in reversed([guest_dir, *guest_dir.parents]):
@@ -203,7 +220,7 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
         undo.append(partial(_rmdir, directory))
     staged = ctx.journal.staged(domain.name) or {}
     staged_files = {Path(f["path"]).name: FileRecord.from_json(f) for f in staged.get("files", [])}
-    for ram in paths.ram_files(domain):
+    for ram in rams:
         target = guest_dir / ram.name
         ahead = staged_files.pop(ram.name, None)
         if ahead is not None and ahead.size == ram.size and ahead.still_ours() and not os.path.lexists(target):
