@@ -16,6 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", default="auto", metavar="auto|N", help="preallocation threads (default auto)")
     parser.add_argument("--file-backed", action="store_true",
                         help="also back its RAM by a shared file in memory_backing_dir (the hook can populate it)")
+    parser.add_argument("--prepared", action="store_true",
+                        help="move its RAM (from <hugepages/> or anonymous) to a shared file in memory_backing_dir, "
+                        "the recommended configuration (see 'vfiotask setup memory-backing')")
+    parser.add_argument("--undo", action="store_true", help="with --prepared: put back the definition it replaced")
     parser.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
     parser.add_argument("--uri", default="qemu:///system", help="libvirt connection URI (default qemu:///system)")
     parser.set_defaults(handler=run)

@@ -32,6 +32,16 @@ from vfiotask.journal import Journal
 from vfiotask.units import GiB, MiB, format_size
 
 JOURNAL_NAME = "memory-backing"
+LIB_DIR_ENV = "VFIOTASK_LIB_DIR"
+
+
+def lib_dir(root: Path = Path("/")) -> Path:
+    """Where undo records of lasting changes live (they outlive /run): var/lib/vfiotask under `root`,
+    or VFIOTASK_LIB_DIR on the real root (tests)."""
+    if root == Path("/") and os.environ.get(LIB_DIR_ENV):
+        return Path(os.environ[LIB_DIR_ENV])
+    return root / "var/lib/vfiotask"
+
 MARKER = "# vfiotask setup memory-backing"
 PAGE_SIZES = {2 * MiB: "2M", GiB: "1G"}
 _SETTING = re.compile(r'^\s*memory_backing_dir\s*=')
@@ -84,7 +94,7 @@ class SetupPaths:
 
     @property
     def journal_dir(self) -> Path:
-        return self.root / "var/lib/vfiotask"
+        return lib_dir(self.root)
 
     @property
     def pool_dir(self) -> Path:
@@ -266,7 +276,7 @@ def plan(paths: SetupPaths) -> Plan:
 
 
 def applied(root: Path) -> dict[str, Any] | None:
-    record: dict[str, Any] | None = Journal(JOURNAL_NAME, root / "var/lib/vfiotask").read().get("applied")
+    record: dict[str, Any] | None = Journal(JOURNAL_NAME, lib_dir(root)).read().get("applied")
     return record
 
 
@@ -317,7 +327,7 @@ def apply(paths: SetupPaths) -> tuple[Plan, bool]:
 
 def undo(root: Path) -> list[str]:
     """Revert every journaled step, newest first; returns what was done.  Idempotent."""
-    journal = Journal(JOURNAL_NAME, root / "var/lib/vfiotask")
+    journal = Journal(JOURNAL_NAME, lib_dir(root))
     record = journal.read().get("applied")
     if record is None:
         return []

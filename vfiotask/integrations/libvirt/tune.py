@@ -6,6 +6,13 @@ front with N threads; N comes from the engine's CPU policy for the guest's host 
 there, within the quota and governor limits), capped at QEMU's own limit of 16.  With
 `--file-backed` the RAM also becomes a shared file in memory_backing_dir, which the hook can
 populate before QEMU starts.  The change is shown as a diff before it is written.
+
+`--prepared` moves a guest to the recommended configuration instead: RAM in a shared file in
+memory_backing_dir (set up by `vfiotask setup memory-backing`), which the hook reserves and
+populates before QEMU starts, in place of `<hugepages/>` (whose file QEMU creates and unlinks
+itself, so nothing can populate it ahead) or anonymous RAM.  The guest keeps its page size (the
+directory's must match) and its NUMA placement.  The definition it replaced is journaled
+first, and `--undo` puts it back as long as nobody changed it since.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt.domain import Domain, domain_from_element, validate_name, whole_number
@@ -64,6 +72,46 @@ def tuned(xml: str, threads: int, *, file_backed: bool = False) -> tuple[str, st
     return before, ET.tostring(root, encoding="unicode")
 
 
+def prepared(xml: str, backing_page_size: int | None) -> tuple[str, str]:
+    """The definition before and after moving its RAM to a shared file in memory_backing_dir.
+
+    `backing_page_size`: the huge page size of the directory (None: tmpfs).  A guest asking for
+    hugepages of another size is refused: it would silently lose its page size.
+    """
+    from vfiotask.host.hugepages import HugepagePools
+    from vfiotask.units import format_size
+
+    root = parse_xml(xml)
+    register_namespaces(xml)
+    ET.indent(root, "  ")
+    before = ET.tostring(root, encoding="unicode")
+    domain = domain_from_element(root)
+    if domain.backing.uses_hugepages:
+        default = HugepagePools().default_page_size()
+        sizes = {spec.size or default for spec in domain.backing.hugepages}
+        if backing_page_size is None or sizes != {backing_page_size}:
+            have = format_size(backing_page_size) + " hugepages" if backing_page_size else "tmpfs (4 KiB pages)"
+            want = ", ".join(format_size(size) for size in sorted(s for s in sizes if s))
+            raise UsageError(
+                f"guest {domain.name} uses {want} hugepages but memory_backing_dir is on {have}",
+                hint="run 'vfiotask setup memory-backing --page-size' with the guest's page size first",
+            )
+    backing = root.find("memoryBacking")
+    if backing is None:
+        backing = ET.Element("memoryBacking")
+        tags = [child.tag for child in root]
+        after_tag = max((tags.index(t) for t in ("memory", "currentMemory", "memtune") if t in tags), default=-1)
+        root.insert(after_tag + 1, backing)
+    huge = backing.find("hugepages")
+    if huge is not None:
+        backing.remove(huge)
+    _child(backing, "source").attrib = {"type": "file"}
+    _child(backing, "access").attrib = {"mode": "shared"}
+    domain_from_element(root)
+    ET.indent(root, "  ")
+    return before, ET.tostring(root, encoding="unicode")
+
+
 def diff(before: str, after: str, name: str) -> str:
     lines = difflib.unified_diff(before.splitlines(), after.splitlines(), f"{name} (now)", f"{name} (tuned)",
                                  lineterm="")
@@ -80,9 +128,83 @@ def parse_threads(text: str) -> int:
     return count
 
 
+def _backing_page_size() -> int | None:
+    """The huge page size of memory_backing_dir (None: tmpfs); refused when it is neither."""
+    import os
+
+    from vfiotask.host.mounts import filesystem_type
+    from vfiotask.integrations.libvirt import paths
+
+    base = paths.memory_backing_dir()
+    kind = filesystem_type(base) if base is not None and base.is_dir() else None
+    if base is None or kind not in ("hugetlbfs", "tmpfs"):
+        where = base or paths.DEFAULT_RAM_ROOT
+        raise UsageError(f"memory_backing_dir ({where}) is not on hugetlbfs or tmpfs",
+                         hint="run 'vfiotask setup memory-backing' and restart libvirtd first")
+    return os.statvfs(base).f_bsize if kind == "hugetlbfs" else None
+
+
+def _journal() -> Any:
+    from vfiotask.integrations.libvirt.setup import lib_dir
+    from vfiotask.journal import Journal
+
+    return Journal("tune", lib_dir())
+
+
+def run_prepared(args: argparse.Namespace) -> int:
+    """`tune --prepared` and its `--undo`."""
+    import hashlib
+
+    from vfiotask.integrations.libvirt import connection
+
+    name = validate_name(args.domain)
+    journal = _journal()
+    conn = connection.open_connection(args.uri, readonly=args.dry_run)
+    try:
+        current = connection.inactive_xml(connection.lookup(conn, name))
+        if args.undo:
+            record = journal.read().get("guests", {}).get(name)
+            if record is None:
+                print(f"{name} was not tuned by vfiotask; nothing to undo")
+                return 0
+            if hashlib.sha256(current.encode()).hexdigest() != record["after"]:
+                raise UsageError(f"{name}'s definition changed since 'tune --prepared'; it was left alone",
+                                 hint=f"edit it by hand (the earlier definition is in {journal.path})")
+            print(diff(current, record["before"], name))
+            if args.dry_run:
+                print(f"dry run: {name} was not changed")
+                return 0
+            connection.define(conn, record["before"])
+            with journal.locked() as data:
+                data.get("guests", {}).pop(name, None)
+            print(f"{name}: earlier definition restored; it takes effect at the next start")
+            return 0
+        before, after = prepared(current, _backing_page_size())
+        if before == after:
+            print(f"{name} already has file-backed RAM in memory_backing_dir; nothing to change")
+            return 0
+        print(diff(before, after, name))
+        if args.dry_run:
+            print(f"dry run: {name} was not changed")
+            return 0
+        with journal.locked() as data:  # journaled before the change: the undo must never be lost
+            data.setdefault("guests", {})[name] = {"before": current, "after": None}
+        connection.define(conn, after)
+        written = connection.inactive_xml(connection.lookup(conn, name))
+        with journal.locked() as data:
+            data["guests"][name]["after"] = hashlib.sha256(written.encode()).hexdigest()
+        print(f"{name}: RAM is now a shared file in memory_backing_dir, which the hook prepares; "
+              "it takes effect at the next start (undo: vfiotask tune --domain NAME --prepared --undo)")
+    finally:
+        conn.close()
+    return 0
+
+
 def run_tune(args: argparse.Namespace) -> int:
     from vfiotask.integrations.libvirt import connection
 
+    if getattr(args, "prepared", False) or getattr(args, "undo", False):
+        return run_prepared(args)
     name = validate_name(args.domain)
     wanted = parse_threads(args.threads)
     conn = connection.open_connection(args.uri, readonly=args.dry_run)
