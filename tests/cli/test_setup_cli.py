@@ -54,7 +54,7 @@ def test_apply_then_undo_puts_every_file_back_byte_for_byte(root: Path) -> None:
     assert (root / "etc/systemd/system/local-fs.target.wants/dev-hugepages2M.mount").is_symlink()
     lines = conf.read_text().splitlines()
     assert lines[2] == "#memory_backing_dir = \"/var/lib/libvirt/qemu/ram\""
-    assert lines[3].startswith('memory_backing_dir = "/dev/hugepages2M"')
+    assert lines[3:5] == ["# vfiotask setup memory-backing", 'memory_backing_dir = "/dev/hugepages2M"']
     assert (root / "etc/libvirt/qemu.conf.vfiotask-backup").read_text() == DEBIAN_CONF
     assert _mounted(root / "dev/hugepages2M")
 

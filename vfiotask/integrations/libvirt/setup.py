@@ -132,17 +132,16 @@ WantedBy=local-fs.target
 def configured_conf(text: str, directory: Path) -> str:
     """qemu.conf with memory_backing_dir set to `directory`: the active setting replaced, else added
     after libvirt's commented default, else at the end."""
-    line = f'memory_backing_dir = "{directory}"  {MARKER}'
+    setting = [MARKER, f'memory_backing_dir = "{directory}"']  # the marker on its own line: libvirt's parser
     lines = text.splitlines()
+    if setting[1] in lines and MARKER in lines:
+        return text
     active = [i for i, current in enumerate(lines) if _SETTING.match(current)]
-    if active:
-        for index in active[:-1]:
-            lines[index] = "#" + lines[index]
-        lines[active[-1]] = line
-    else:
-        commented = [i for i, current in enumerate(lines) if _COMMENTED.match(current)]
-        at = commented[-1] + 1 if commented else len(lines)
-        lines.insert(at, line)
+    for index in active:
+        lines[index] = "#" + lines[index]
+    commented = [i for i, current in enumerate(lines) if _COMMENTED.match(current)]
+    at = commented[-1] + 1 if commented else len(lines)
+    lines[at:at] = setting
     return "\n".join(lines) + "\n"
 
 
