@@ -382,3 +382,18 @@ def test_a_hugetlbfs_pool_that_cannot_give_the_pages_refuses_the_start(
     assert "hugepages of 2.0 MiB" in line and "no pool was changed" in line
     assert POOL_2M.read_text() == before and not (hugetlbfs_mount / "libvirt" / "qemu" / "11-hx").exists()
     assert hook_host.journal()["guests"] == {}
+
+
+@requires_root
+def test_pages_already_free_in_the_pool_are_used_before_it_grows(hook_host: HookHost, hugetlbfs_mount: Path) -> None:
+    """An administrator's boot-time pool is what the guest's files take first."""
+    _on_hugetlbfs(hook_host, hugetlbfs_mount)
+    standing = int(POOL_2M.read_text()) + 32
+    POOL_2M.write_text(str(standing))
+    if int(POOL_2M.read_text()) != standing:
+        pytest.skip("the 2 MiB pool cannot grow by 32 pages here")
+    xml = guest_xml("hf", 96, id=12, file_backed=True, config=OURS)
+    assert hook_host.run("hf", "prepare", "begin", xml).returncode == 0
+    assert int(POOL_2M.read_text()) == standing + 16  # 48 pages needed, 32 were free
+    assert hook_host.run("hf", "release", "end", xml).returncode == 0
+    assert int(POOL_2M.read_text()) == standing

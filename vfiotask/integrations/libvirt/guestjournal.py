@@ -37,7 +37,7 @@ def hugepages_held(owner: str, page_size: int, pages: dict[int | None, int], dir
     if not record or record.get("page_size") != page_size:
         return False
     wanted = {"any" if node is None else str(node): count for node, count in pages.items()}
-    return bool(record.get("pages") == wanted)
+    return bool(record.get("wanted", record.get("pages")) == wanted)
 
 
 class GuestJournal:

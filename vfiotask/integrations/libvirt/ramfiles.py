@@ -139,6 +139,6 @@ def reserve_pages(owner: str, page_size: int, pages: dict[int | None, int],
         return {"owner": owner, "page_size": page_size, "pages": nodes, "bytes": page_size * sum(pages.values()),
                 "already_held": True}, False
     demands = {node: count * page_size for node, count in pages.items()}
-    held = reserver().reserve(owner, demands, page_size)
+    held = reserver().reserve(owner, demands, page_size, use_free=True)  # the file takes them at once
     return held.to_json(), not held.already_held
 
