@@ -76,7 +76,7 @@ def test_prepared_refuses_to_change_a_guests_page_size() -> None:
     from vfiotask.errors import UsageError
     from vfiotask.integrations.libvirt.tune import prepared
 
-    with pytest.raises(UsageError, match="uses 1.0 GiB hugepages but memory_backing_dir is on 2.0 MiB"):
+    with pytest.raises(UsageError, match=r"uses 1\.0 GiB hugepages but memory_backing_dir is on 2\.0 MiB"):
         prepared(guest_xml("g", 2048, hugepages="1048576"), 2 << 20)
     with pytest.raises(UsageError, match="tmpfs"):
         prepared(guest_xml("g", 2048, hugepages="2048"), None)

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("suite", nargs="?", default="prefault", choices=sorted(SUITES), help="default: prefault")
     parser.add_argument("--size", help="memory per run (default 4G)")
     parser.add_argument("--backing", help="comma-separated: anon, memfd, hugetlbfs, or a tmpfs/hugetlbfs directory "
-                        "(default memfd,hugetlbfs)")
+                        "(default memfd,hugetlbfs); for libvirt: tmpfs, tmpfs-huge, hugetlbfs (default all)")
     parser.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeat", type=_repeat, default=5, help="runs per variant (default 5)")
     parser.add_argument("--no-qemu", action="store_true", help="leave QEMU's preallocation out")
