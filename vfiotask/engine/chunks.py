@@ -15,10 +15,13 @@ from dataclasses import dataclass
 
 from vfiotask.engine.task import Part, Task
 
+LOAD_BALANCE = 4
+"""Chunks per thread unless a task asks for more (ktask's KTASK_LOAD_BAL_FACTOR)."""
 
-def chunk_size_for(size: int, threads: int, min_chunk: int, align: int) -> int:
-    """About four chunks per thread (load balancing), a multiple of align, never below min_chunk."""
-    target = size // (threads * 4) if threads > 0 else size
+
+def chunk_size_for(size: int, threads: int, min_chunk: int, align: int, per_thread: int = LOAD_BALANCE) -> int:
+    """About `per_thread` chunks per thread (load balancing), a multiple of align, never below min_chunk."""
+    target = size // (threads * per_thread) if threads > 0 else size
     step = max(align, 1)
     chunk = max(target - target % step, min_chunk)
     chunk = -(-chunk // step) * step

@@ -268,17 +268,17 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
                 hook.write_text(REFERENCE_HOOK.format(python=sys.executable, staged=str(staged_ref),
                                                       root=str(staged_ref.parent), name=names["reference"]))
 
-            def variant(name: str, prepare: Callable[[], None] = lambda: None) -> Variant:
+            def make(name: str, prepare: Callable[[], None] = lambda: None) -> Variant:
                 return Variant(name, run=lambda: start(name), prepare=prepare, cleanup=lambda: stop(name))
 
             chosen = []
             for name in variants:
                 if name == "ahead":
-                    chosen.append(variant(name, lambda: stage(ahead_domain) and None))
+                    chosen.append(make(name, lambda: stage(ahead_domain) and None))
                 elif name == "reference":
-                    chosen.append(variant(name, reference_ready))
+                    chosen.append(make(name, reference_ready))
                 else:
-                    chosen.append(variant(name))
+                    chosen.append(make(name))
             times = interleave(chosen, repeat, _warm(size, base, hugetlb))
             unstage(ahead_domain.name)
             phases = hook_phase_ms(str(hook), base)
