@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from pathlib import Path
 from typing import Any
 
 SUITES = {
@@ -33,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeat", type=_repeat, default=5, help="runs per variant (default 5)")
     parser.add_argument("--no-qemu", action="store_true", help="leave QEMU's preallocation out")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="prefault: also draw time and GiB/s against threads (needs vfiotask[plot])")
     parser.set_defaults(handler=run)
 
 
@@ -48,7 +51,19 @@ def _repeat(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    plot = getattr(args, "plot", None)
+    if plot is not None:
+        from vfiotask.errors import UsageError
+        from vfiotask.integrations.bench.plot import require_matplotlib
+
+        if args.suite != "prefault":
+            raise UsageError(f"--plot draws the prefault suite, not {args.suite}", hint="leave out --plot")
+        require_matplotlib()
     module = importlib.import_module(f"vfiotask.integrations.bench.{SUITES[args.suite]}")
     result: dict[str, Any] = module.run(args.repeat) if args.suite == "engine" else module.run(args)
     print(json.dumps(result, sort_keys=True) if args.json else module.render(result), flush=True)
+    if plot is not None:
+        from vfiotask.integrations.bench.plot import plot as draw
+
+        draw(result, plot)
     return 0
