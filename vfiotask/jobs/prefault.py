@@ -110,12 +110,11 @@ class _Releaser:
         return pieces
 
     def __call__(self, start: int, end: int) -> None:
-        region = self.region
-        if region.fd is None:
-            libc.madvise(region.addr + start, end - start, libc.MADV_DONTNEED)
+        if self.region.fd is None:  # anonymous memory held no data before this job
+            self.region.release_pages(start, end - start)
             return
         for hstart, hend in self.holes(start, end):
-            libc.punch_hole(region.fd, hstart, hend - hstart)
+            self.region.release_pages(hstart, hend - hstart)
 
 
 def _check_hugepages(region: Region) -> None:

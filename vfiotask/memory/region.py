@@ -137,11 +137,11 @@ class Region:
 
     def release_pages(self, offset: int, length: int) -> None:
         """Give the pages of `[offset, offset+length)` back: anonymous memory is dropped, a
-        memfd or file gets a hole.  Only for pages this process populated itself."""
+        memfd or file gets a hole (its size stays).  Only for pages no one needs the data of."""
         if self.fd is None:
             libc.madvise(self.addr + offset, length, libc.MADV_DONTNEED)
         else:
-            libc.madvise(self.addr + offset, length, libc.MADV_REMOVE)
+            libc.punch_hole(self.fd, offset, length)
 
     def close(self, *, remove_created: bool = True) -> None:
         """Unmap, close the fd, and unlink a file this region created when `remove_created`."""
