@@ -106,7 +106,7 @@ def parse_threads(text: str) -> int:
 
 def options(args: argparse.Namespace) -> Options:
     size = parse_size(args.size, what="--size")
-    page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
+    page_size = parse_size(args.page_size, what="--page-size") if args.page_size is not None else None
     node = parse_node(args.node, "--node") if args.node is not None else None
     helpers = None if args.helpers == "auto" else HelperKind(args.helpers)
     helper_nice = parse_count(args.helper_nice, "--helper-nice", minimum=-20, maximum=LOWEST)
@@ -115,7 +115,7 @@ def options(args: argparse.Namespace) -> Options:
         max_threads=parse_threads(args.threads),
         engine=host_engine(policy=CpuPolicy(helper_nice=helper_nice)),
         helpers=helpers,
-        min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk else MIN_CHUNK,
+        min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk is not None else MIN_CHUNK,
         pin=args.pin,
     )
 
