@@ -13,7 +13,7 @@ pytestmark = pytest.mark.libvirt
 
 
 def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None:
-    from vfiotask.integrations.libvirt.daemon import _running, missing_tools
+    from vfiotask.integrations.bench.libvirtd import _running, missing_tools
 
     if not is_root() or missing_tools() or not Path("/dev/kvm").exists():
         pytest.skip("needs root, /dev/kvm, libvirtd and QEMU")

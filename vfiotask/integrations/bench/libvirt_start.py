@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.integrations.libvirt.domain import NAMESPACE
 from vfiotask.units import GiB, format_size
 
 PREFIX = "vfiotask-bench-"
-NS = "https://vfiotask.org/xmlns/1"
 VARIANTS = ("nohook", "hook", "warm")
 
 
 def guest_xml(name: str, size: int, ours: bool) -> str:
-    metadata = f"<metadata><vfiotask:config xmlns:vfiotask='{NS}'/></metadata>" if ours else ""
+    metadata = f"<metadata><vfiotask:config xmlns:vfiotask='{NAMESPACE}'/></metadata>" if ours else ""
     return f"""<domain type='kvm'>
   <name>{name}</name>
   <memory unit='KiB'>{size // 1024}</memory>
@@ -105,12 +105,12 @@ def backing_dir(config: str, size: int) -> Iterator[Path | None]:
 def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
     """Interleaved starts of the three variants with memory_backing_dir in `config`."""
     from vfiotask.integrations.bench.common import Variant, interleave, summary, warm_host_memory
-    from vfiotask.integrations.cli.hook import hook_path
+    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
     from vfiotask.integrations.libvirt import connection
     from vfiotask.integrations.libvirt.ahead import stage, unstage
-    from vfiotask.integrations.libvirt.daemon import HOOKS_DIR, PrivateLibvirt
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+    from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path
 
     names = {variant: f"{PREFIX}{variant}" for variant in VARIANTS}
     with backing_dir(config, size) as directory, \
