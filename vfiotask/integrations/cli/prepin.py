@@ -97,6 +97,8 @@ class Options:
     helpers: HelperKind | None
     min_chunk: int
     pin: str
+    group: int | None
+    iova: int
 
 
 def parse_threads(text: str) -> int:
@@ -117,17 +119,19 @@ def options(args: argparse.Namespace) -> Options:
         helpers=helpers,
         min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk is not None else MIN_CHUNK,
         pin=args.pin,
+        group=parse_count(args.group, "--group", minimum=0) if args.group is not None else None,
+        iova=parse_address(args.iova, "--iova"),
     )
 
 
-def _open_backend(args: argparse.Namespace) -> contextlib.AbstractContextManager[PinBackend]:
-    if args.pin in ("vfio", "mock"):
+def _open_backend(args: argparse.Namespace, opts: Options) -> contextlib.AbstractContextManager[PinBackend]:
+    if opts.pin in ("vfio", "mock"):
         module = importlib.import_module("vfiotask.jobs.vfio_pin")
         manager: contextlib.AbstractContextManager[PinBackend] = module.open_backend(
-            args.pin,
-            group=parse_count(args.group, "--group", minimum=0) if args.group is not None else None,
+            opts.pin,
+            group=opts.group,
             device=args.device,
-            iova=parse_address(args.iova, "--iova"),
+            iova=opts.iova,
             sysfs_root=args.sysfs_root,
         )
         return manager
@@ -236,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         do_pin, note = _decide_pin(opts.pin, region.size, accountant)
         if note:
             print(f"vfiotask: {note}", file=sys.stderr, flush=True)
-        backend: PinBackend | None = stack.enter_context(_open_backend(args)) if do_pin else None
+        backend: PinBackend | None = stack.enter_context(_open_backend(args, opts)) if do_pin else None
         report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
                           min_chunk=opts.min_chunk)
         pinning = None
