@@ -1,7 +1,7 @@
 """How every vfiotask benchmark measures, so that numbers from different suites mean the same.
 
 These VMs get their RAM from the host lazily and hand freed RAM back, so a run on cold memory
-is up to 10x slower than the same run on warm memory, and run order alone changes results.
+is much slower than the same run on warm memory (docs/bench.md), and run order alone changes results.
 Therefore: warm the memory right before each measured run, interleave the variants (rotating
 the order every round), take medians, and compare against the machine's own parallel bound
 measured in the same run - N separate processes, each populating its share at once.

@@ -1,6 +1,6 @@
 """Engine overhead: what the engine itself costs around 1000 chunks that do nothing.
 
-A chunk of real work takes milliseconds (128 MiB populated at 2-10 GiB/s), so the engine's own
+A chunk of real work takes milliseconds (docs/bench.md has the populate rates), so the engine's own
 cost - reading CPU facts, taking slots, starting and lifting helpers, claiming chunks, joining -
 must stay far below that; the budget is 50 ms for a 1000-chunk task.  Each variant is timed
 around `Engine.run` and compared with a plain loop making the same 1000 calls; the first run of

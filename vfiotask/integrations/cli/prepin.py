@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default="auto", metavar="auto|N", help="most workers to use (default auto)")
     parser.add_argument(
         "--helpers", default="auto", choices=("auto", "thread", "process"),
-        help="helper threads or processes for the prefault (default: the faster for the backing)",
+        help="helper threads or processes for the prefault (default: threads, measured faster; docs/bench.md)",
     )
     parser.add_argument(
         "--helper-nice", default=str(LOWEST), metavar="N",
