@@ -24,11 +24,14 @@ def injected_failure(task_name: str) -> int | None:
     """
     spec = os.environ.get(FAIL_ENV, "")
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        job, colon, index = item.partition(":")
-        if not job.strip() or not colon:
-            raise UsageError(f"{FAIL_ENV} item {item[:64]!r} is not JOB:K",
-                             hint="write the task name and a chunk number from 1, e.g. prefault:2")
-        count = parse_count(index, f"{FAIL_ENV} chunk number in {item[:64]!r}")
+        job, _, index = item.partition(":")
+        try:
+            count = parse_count(index, "its chunk number")
+            if not job.strip():
+                raise UsageError("it names no task")
+        except UsageError as exc:
+            raise UsageError(f"{FAIL_ENV} item {item[:64]!r} is not JOB:K ({exc.message})",
+                             hint="write the task name and a chunk number from 1, e.g. prefault:2") from None
         if job.strip() == task_name:
             return count
     return None
