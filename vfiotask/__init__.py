@@ -18,7 +18,7 @@ from vfiotask.units import format_size, parse_size
 
 if TYPE_CHECKING:
     from vfiotask.devices import DmaContainer, check_devices_usable, discover, group_viability, open_container
-    from vfiotask.engine import Engine, HelperKind, Part, Task, TaskReport, run_task
+    from vfiotask.engine import Engine, HelperKind, Part, Task, TaskReport
     from vfiotask.engine.policy import CpuPolicy
     from vfiotask.host.cpus import host_engine
     from vfiotask.jobs.bind import bind, unbind
@@ -38,7 +38,6 @@ _LAZY = {
     "Part": "vfiotask.engine",
     "Task": "vfiotask.engine",
     "TaskReport": "vfiotask.engine",
-    "run_task": "vfiotask.engine",
     "CpuPolicy": "vfiotask.engine.policy",
     "host_engine": "vfiotask.host.cpus",
     "LockedMemoryAccountant": "vfiotask.memory",
@@ -107,6 +106,5 @@ __all__ = [
     "parse_size",
     "pin",
     "prefault",
-    "run_task",
     "unbind",
 ]

@@ -20,7 +20,7 @@ from vfiotask.engine.chunks import chunk_size_for
 from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource, format_cpu_list, parse_cpu_list
 from vfiotask.engine.faults import FAIL_ENV, injected_failure
 from vfiotask.engine.policy import CpuBudget, CpuPolicy, cpu_budget, wanted_threads
-from vfiotask.engine.runner import Engine, run_task
+from vfiotask.engine.runner import Engine
 from vfiotask.engine.slots import SlotPool
 from vfiotask.engine.task import (
     ChunkFn,
@@ -55,6 +55,5 @@ __all__ = [
     "format_cpu_list",
     "injected_failure",
     "parse_cpu_list",
-    "run_task",
     "wanted_threads",
 ]

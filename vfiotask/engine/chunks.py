@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vfiotask.engine.task import Part, Task
+from vfiotask.engine.task import Part
 
 
 def chunk_size_for(size: int, threads: int, min_chunk: int, align: int) -> int:
@@ -23,16 +23,6 @@ def chunk_size_for(size: int, threads: int, min_chunk: int, align: int) -> int:
     chunk = max(target - target % step, min_chunk)
     chunk = -(-chunk // step) * step
     return max(chunk, step)
-
-
-def split(task: Task, chunk: int) -> Iterator[tuple[int, int, int | None]]:
-    """Every chunk of `task` in order: `(start, end, node)`, boundaries `chunk` apart from each part's start."""
-    for part in task.parts:
-        position = part.start
-        while position < part.end:
-            end = min(position + chunk, part.end)
-            yield position, end, part.node
-            position = end
 
 
 def count_chunks(parts: Sequence[Part], chunk: int) -> int:
@@ -58,7 +48,6 @@ class ChunkQueue:
 
     def __init__(self, parts: Sequence[Part], chunk: int) -> None:
         self.chunk = chunk
-        self.total_chunks = count_chunks(parts, chunk)
         self._lanes: dict[int | None, deque[list[int]]] = {}
         self._left: dict[int | None, int] = {}
         for part in parts:
@@ -69,14 +58,6 @@ class ChunkQueue:
         self._claimed = 0
         self._stopped = False
         self._lock = threading.Lock()
-
-    @property
-    def claimed(self) -> int:
-        return self._claimed
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
 
     def stop(self) -> None:
         """No chunk is handed out after this (a failure or an interrupt)."""

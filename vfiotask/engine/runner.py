@@ -19,19 +19,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
-from vfiotask.engine.chunks import ChunkQueue, chunk_size_for, count_chunks, split
+from vfiotask.engine.chunks import ChunkQueue, chunk_size_for, count_chunks
 from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
-from vfiotask.engine.faults import FAIL_ENV, injected_failure
+from vfiotask.engine.faults import injected_failure
 from vfiotask.engine.policy import CpuBudget, CpuPolicy, cpu_budget, distribute, helper_cap, wanted_threads
 from vfiotask.engine.priority import thread_nice
 from vfiotask.engine.slots import SlotLease, SlotPool
 from vfiotask.engine.task import HelperKind, Task, TaskReport
 from vfiotask.engine.workers import Helper, ProcessHelper, RunState, ThreadHelper
-from vfiotask.errors import Interrupted, TaskFailed, UsageError, describe_exception
+from vfiotask.errors import TaskFailed, UsageError, describe_exception
 
-__all__ = ["FAIL_ENV", "Engine", "chunk_size_for", "injected_failure", "run_task", "split"]
+__all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,6 @@ class Engine:
         try:
             if state.signum is not None:
                 _redeliver(state.signum)
-                raise Interrupted(f"{task.name} stopped by signal {state.signum}; everything done was undone",
-                                  signum=state.signum)
             assert failure is not None
             if not isinstance(failure[1], Exception):
                 raise failure[1]  # a KeyboardInterrupt from a chunk: undone, re-raised as it came
@@ -275,7 +273,7 @@ class Engine:
                 signal.signal(number, handler)
 
 
-def _redeliver(signum: int) -> None:
+def _redeliver(signum: int) -> NoReturn:
     """Run the handler that was in place when the signal arrived (it raises, or ends the process)."""
     handler = signal.getsignal(signum)
     if callable(handler):
@@ -339,9 +337,3 @@ def _validate(task: Task) -> None:
     if task.helpers is HelperKind.PROCESS and task.process_chunk_factory is None:
         raise UsageError(f"task {task.name!r} asks for helper processes but has no process_chunk_factory",
                          hint="give a factory that maps the task's object in the helper, or use threads")
-
-
-def run_task(task: Task, engine: Engine | None = None) -> TaskReport:
-    """Run `task` with `engine` (default: an engine over the caller's affinity)."""
-    return (engine or Engine()).run(task)
-
