@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vfiotask.engine import CpuFacts, CpuPolicy, chunk_size_for, cpu_budget, format_cpu_list, parse_cpu_list
+from vfiotask.engine import CpuFacts, CpuPolicy, chunk_size_for, cpu_budget
 from vfiotask.engine.policy import distribute, helper_cap, wanted_threads
 
 EIGHT = frozenset(range(8))
@@ -86,10 +86,3 @@ def test_chunk_size_is_aligned_never_below_min_chunk_and_about_a_quarter_share(
     assert chunk >= min_chunk
     if size // (threads * 4) >= max(min_chunk, align):
         assert size // (threads * 4) - align < chunk <= size // (threads * 4)
-
-
-def test_cpu_lists_round_trip() -> None:
-    assert parse_cpu_list("0-3,8,10-11\n") == frozenset({0, 1, 2, 3, 8, 10, 11})
-    assert parse_cpu_list("0-7:2") == frozenset({0, 2, 4, 6})
-    assert parse_cpu_list("\n") == frozenset()
-    assert format_cpu_list({0, 1, 2, 3, 8, 10, 11}) == "0-3,8,10-11"

@@ -17,7 +17,7 @@ Example::
 """
 
 from vfiotask.engine.chunks import chunk_size_for
-from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource, format_cpu_list, parse_cpu_list
+from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
 from vfiotask.engine.faults import FAIL_ENV, injected_failure
 from vfiotask.engine.policy import CpuBudget, CpuPolicy, cpu_budget, wanted_threads
 from vfiotask.engine.runner import Engine
@@ -52,8 +52,6 @@ __all__ = [
     "UndoFn",
     "chunk_size_for",
     "cpu_budget",
-    "format_cpu_list",
     "injected_failure",
-    "parse_cpu_list",
     "wanted_threads",
 ]
