@@ -24,7 +24,7 @@ from vfiotask.devices.driverctl import DriverControl, driver_control
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT
 from vfiotask.engine import Task, TaskReport
 from vfiotask.errors import DeviceError, UsageError
-from vfiotask.jobs._engine import default_engine
+from vfiotask.host.cpus import host_engine
 from vfiotask.journal import Journal
 
 BIND_TASK = "bind"
@@ -200,7 +200,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
 
     report = None
     if records:
-        report = default_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+        report = host_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
     return BindResult(groups, records, already, report, driver)
 
 
@@ -233,6 +233,6 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
             _note(journal, key, record)
             _take(control, record)
 
-    report = default_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+    report = host_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
     released_from = ",".join(sorted({record.bound_to for record in records}))  # what the devices left
     return BindResult(groups, records, [], report, released_from)

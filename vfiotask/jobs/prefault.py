@@ -20,8 +20,8 @@ from vfiotask.engine import Engine, HelperKind, Part, ProgressFn, Task
 from vfiotask.engine.task import ChunkFn
 from vfiotask.errors import HugepageShortageError, UsageError
 from vfiotask.host import libc
+from vfiotask.host.cpus import host_engine
 from vfiotask.host.hugepages import HugepagePools
-from vfiotask.jobs._engine import default_engine
 from vfiotask.memory.region import Region
 from vfiotask.units import MiB, format_size
 
@@ -210,7 +210,7 @@ def prefault(
         helpers=kind,
         process_chunk_factory=factory,
     )
-    report = (engine or default_engine()).run(task)
+    report = (engine or host_engine()).run(task)
     return PrefaultReport(
         bytes=task.size,
         page_size=region.page_size,
