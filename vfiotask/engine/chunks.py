@@ -1,9 +1,7 @@
-"""Cutting a task into chunks and handing them out.
+"""Handing a task's chunks out, in the chunk size its plan chose (`engine/plan.py`).
 
-About four chunks per thread: few enough that claiming costs nothing next to the work, enough
-that a thread slowed by a neighbour does not hold up the end.  Workers claim the next chunk
-under one lock; a NUMA part's chunks go first to helpers of its node, and to anyone once those
-are busy, so no CPU idles while work is left.
+Workers claim the next chunk under one lock; a NUMA part's chunks go first to helpers of its
+node, and to anyone once those are busy, so no CPU idles while work is left.
 """
 
 from __future__ import annotations
@@ -14,19 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vfiotask.engine.task import Part
-
-
-def chunk_size_for(size: int, threads: int, min_chunk: int, align: int) -> int:
-    """About four chunks per thread (load balancing), a multiple of align, never below min_chunk."""
-    target = size // (threads * 4) if threads > 0 else size
-    step = max(align, 1)
-    chunk = max(target - target % step, min_chunk)
-    chunk = -(-chunk // step) * step
-    return max(chunk, step)
-
-
-def count_chunks(parts: Sequence[Part], chunk: int) -> int:
-    return sum(-(-part.size // chunk) for part in parts if part.size > 0)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine import HelperKind
-from vfiotask.engine.policy import CpuPolicy
+from vfiotask.engine import CpuPolicy, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import HugepageShortageError, UsageError
 from vfiotask.host.cpus import host_engine

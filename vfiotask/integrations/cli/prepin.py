@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine import Engine, HelperKind
-from vfiotask.engine.policy import CpuPolicy
+from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, UsageError
 from vfiotask.host.cpus import host_engine
