@@ -54,7 +54,7 @@ class BindResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"groups": self.groups, "bound": [asdict(r) for r in self.bound], "already": self.already,
-                "driver": self.driver}
+                "driver": self.driver, "plan": self.report.plan.to_dict() if self.report else None}
 
 
 def bindings_journal(directory: Path | None = None) -> Journal:

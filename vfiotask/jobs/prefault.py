@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vfiotask.engine import Engine, HelperKind, Part, ProgressFn, Task
+from vfiotask.engine import Engine, HelperKind, Part, Plan, ProgressFn, Task
 from vfiotask.engine.task import ChunkFn
 from vfiotask.errors import HugepageShortageError, UsageError
 from vfiotask.host import libc
@@ -61,6 +61,7 @@ class PrefaultReport:
     seconds: float
     helpers: str
     method: str
+    plan: Plan
 
     @property
     def gib_per_s(self) -> float:
@@ -159,8 +160,8 @@ def prefault(
     """Populate every page of `region` in parallel; on failure give back what was populated.
 
     `parts` are `(offset, size, node)` pieces whose chunks should run on that node's CPUs
-    (default: the whole region, on the region's node).  `helpers` defaults to the faster kind
-    for the backing (`default_helpers`).  Raises TaskFailed (its exit status is the cause's),
+    (default: the whole region, on the region's node).  `helpers` defaults to
+    `default_helpers` (threads).  Raises TaskFailed (its exit status is the cause's),
     HugepageShortageError before anything is faulted, or KeyboardInterrupt after undoing.
 
     Example:
@@ -219,4 +220,5 @@ def prefault(
         seconds=report.seconds,
         helpers=report.helpers.value,
         method=METHOD_TOUCH if populate.touched else METHOD_POPULATE,
+        plan=report.plan,
     )
