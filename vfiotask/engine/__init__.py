@@ -17,7 +17,7 @@ Example::
 """
 
 from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
-from vfiotask.engine.faults import FAIL_ENV, injected_failure
+from vfiotask.engine.faults import FAIL_ENV
 from vfiotask.engine.plan import CpuBudget, CpuPolicy, Plan, chunk_size_for, cpu_budget, plan
 from vfiotask.engine.runner import Engine
 from vfiotask.engine.slots import SlotPool
@@ -52,6 +52,5 @@ __all__ = [
     "UndoFn",
     "chunk_size_for",
     "cpu_budget",
-    "injected_failure",
     "plan",
 ]
