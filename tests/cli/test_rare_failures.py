@@ -1,6 +1,7 @@
-"""Kernel answers these machines never give on demand (EINTR, EAGAIN, ENOMEM, EFAULT from
-madvise and mlock; EBUSY from a driver's unbind), made with pytest-mock, and what the user then
-sees: the exit status, one line on stderr, and the host as it was (VmLck, files, drivers).
+"""Failures these machines never give on demand (EINTR, EAGAIN, ENOMEM, EFAULT from madvise and
+mlock; EBUSY from a driver's unbind; a libvirt connection that drops), made with pytest-mock, and
+what the user then sees: the exit status, one line on stderr, and the host as it was (VmLck,
+files, drivers).
 
 The command runs in this process (`main`), so that the patched call is the one it makes.
 """
@@ -148,3 +149,41 @@ def test_a_driver_that_will_not_let_go_is_one_line_and_every_binding_is_as_befor
     assert "0000:06:00.3" in line and "Device or resource busy" in line
     assert snapshot(root.parent) == before
     assert bindings_journal().read() == {}
+
+
+def dropped_connection() -> Exception:
+    """The error libvirt-python raises once libvirtd has gone away under an open connection."""
+    libvirt = pytest.importorskip("libvirt")
+    error = libvirt.libvirtError("Cannot recv data: Connection reset by peer")
+    error.err = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, "Cannot recv data: Connection reset by peer",
+                 libvirt.VIR_ERR_ERROR, None, None, None, 0, 0)
+    return error
+
+
+@pytest.mark.parametrize("call", ["XMLDesc", "lookupByName"])
+def test_tune_when_libvirt_drops_the_connection_is_one_line(
+    call: str, mocker: MockerFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """libvirt's test driver stands in for libvirtd; the connection drops at `call`, and closing
+    it then fails too, as it does on a dead socket."""
+    libvirt = pytest.importorskip("libvirt")
+    owner = libvirt.virDomain if call == "XMLDesc" else libvirt.virConnect
+    mocker.patch.object(owner, call, side_effect=dropped_connection())
+    mocker.patch.object(libvirt.virConnect, "close", side_effect=dropped_connection())
+    assert main(["tune", "--domain", "test", "--dry-run", "--uri", "test:///default"]) == 1
+    line = one_line(capsys)
+    assert "Connection reset by peer" in line and "libvirtd" in line
+
+
+def test_prepin_domain_when_libvirt_drops_the_connection_is_one_line_and_stages_nothing(
+    state_dir: Path, mocker: MockerFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    libvirt = pytest.importorskip("libvirt")
+    from vfiotask.integrations.libvirt import connection
+
+    mocker.patch.object(connection, "URI", "test:///default")
+    mocker.patch.object(libvirt.virDomain, "isActive", side_effect=dropped_connection())
+    assert main(["prepin", "--domain", "test"]) == 1
+    line = one_line(capsys)
+    assert "Connection reset by peer" in line and "libvirtd" in line
+    assert not state_dir.exists() or not any(state_dir.rglob("*.ram"))
