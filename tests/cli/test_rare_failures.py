@@ -29,21 +29,28 @@ from vfiotask.jobs.bind import bindings_journal
 STEADY = ["--size", "32M", "--min-chunk", "8M"]  # 4 chunks however many CPUs are idle
 
 
+class Calls:
+    """Numbers calls 1, 2, ... across the task's threads."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.lock = threading.Lock()
+
+    def next(self) -> int:
+        with self.lock:
+            self.seen += 1
+            return self.seen
+
+
 def fail_on_call(real: Callable[..., None], err: int, calls: set[int],
                  only: Callable[..., bool] = lambda *args: True) -> Callable[..., None]:
     """`real`, except that the calls numbered in `calls` (1-based, among those `only` selects)
     raise OSError(err) as libc's wrappers do."""
-    seen = 0
-    lock = threading.Lock()
+    counter = Calls()
 
     def call(*args: int) -> None:
-        nonlocal seen
-        if only(*args):
-            with lock:
-                seen += 1
-                number = seen
-            if number in calls:
-                raise OSError(err, f"{real.__name__}: {os.strerror(err)}")
+        if only(*args) and counter.next() in calls:
+            raise OSError(err, f"{real.__name__}: {os.strerror(err)}")
         real(*args)
 
     return call
@@ -94,15 +101,10 @@ def lock_half_then_fail(err: int, call_number: int) -> Callable[[int, int], None
     """mlock that, on one call, locks the first half of the range and then fails, as the kernel
     may when it runs out partway."""
     real = libc.mlock
-    seen = 0
-    lock = threading.Lock()
+    counter = Calls()
 
     def mlock(addr: int, length: int) -> None:
-        nonlocal seen
-        with lock:
-            seen += 1
-            number = seen
-        if number == call_number:
+        if counter.next() == call_number:
             real(addr, length // 2)
             raise OSError(err, f"mlock: {os.strerror(err)}")
         real(addr, length)
