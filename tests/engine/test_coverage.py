@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from vfiotask.engine import CpuFacts, Engine, HelperKind, Part, SlotPool, Task
 from vfiotask.engine.plan import count_chunks
 
-from .conftest import FixedFacts
+from .conftest import FixedFacts, wait_until
 
 parts_strategy = st.lists(
     st.tuples(st.integers(0, 64), st.integers(0, 700), st.sampled_from([None, 0, 1])), min_size=1, max_size=4
@@ -114,12 +114,13 @@ def test_helper_processes_do_share_the_work() -> None:
         def chunk(start: int, stop: int) -> None:
             for index in range(start, stop):
                 cells[index] = 2 if os.getpid() != parent else 1
+            wait_until(lambda: 1 in cells[:64])  # leave chunks for the caller too
         return chunk
 
     def caller_chunk(start: int, stop: int) -> None:
         for index in range(start, stop):
             cells[index] = 1
-        threading.Event().wait(0.02)  # leave the helper time to claim its share
+        wait_until(lambda: 2 in cells[:64])  # leave chunks for the helper, however late it starts
 
     task = Task.over_range("share", 0, 64, caller_chunk, helpers=HelperKind.PROCESS,
                            process_chunk_factory=factory, min_chunk=4)

@@ -79,7 +79,7 @@ class _Populator:
     def __call__(self, addr: int, length: int) -> None:
         if not self.touched:
             try:
-                libc.madvise(addr, length, libc.MADV_POPULATE_WRITE)
+                _populate(addr, length)
                 return
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
@@ -87,6 +87,25 @@ class _Populator:
                 with self._lock:
                     self.touched = True
         libc.touch_pages(addr, length, self.page_size)
+
+
+POPULATE_TRIES = 8
+"""How often one range is asked for again after EINTR or EAGAIN before that counts as failure."""
+
+
+def _populate(addr: int, length: int) -> None:
+    """MADV_POPULATE_WRITE, asked again when the kernel says it was interrupted or to try again.
+
+    Populating a page twice changes nothing, so a call the kernel broke off is simply repeated
+    (pages it already populated are skipped fast) instead of undoing the whole task for it.
+    """
+    for tries_left in range(POPULATE_TRIES - 1, -1, -1):
+        try:
+            libc.madvise(addr, length, libc.MADV_POPULATE_WRITE)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINTR, errno.EAGAIN) or not tries_left:
+                raise
 
 
 class _Releaser:

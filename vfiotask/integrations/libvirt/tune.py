@@ -101,5 +101,5 @@ def run_tune(args: argparse.Namespace) -> int:
         connection.define(conn, after)
         print(f"{name}: persistent definition updated; it takes effect at the next start")
     finally:
-        conn.close()
+        connection.close(conn)
     return 0
