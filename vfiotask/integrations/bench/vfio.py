@@ -36,9 +36,9 @@ from vfiotask.devices.model import Host, HostPaths, IommuGroup, PciDevice
 from vfiotask.devices.syscalls import LibcSyscalls
 from vfiotask.engine import Task
 from vfiotask.host import libc
+from vfiotask.host.cpus import host_engine
 from vfiotask.integrations.bench import common
 from vfiotask.integrations.bench.common import BenchOptions
-from vfiotask.jobs._engine import default_engine
 from vfiotask.jobs.prefault import prefault
 from vfiotask.memory.region import Region, RegionSpec, open_region
 from vfiotask.units import MiB, align_down, format_size, parse_count
@@ -114,7 +114,7 @@ class _Run:
             container.map_dma(region.addr + start, IOVA_BASE + start, end - start)
 
         began = time.monotonic()
-        default_engine().run(Task.over_range("vfio-bench", 0, self.size, work, min_chunk=chunk, align=chunk,
+        host_engine().run(Task.over_range("vfio-bench", 0, self.size, work, min_chunk=chunk, align=chunk,
                                              max_threads=threads))
         return time.monotonic() - began
 

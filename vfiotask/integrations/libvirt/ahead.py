@@ -85,10 +85,10 @@ def stage_defined(name: str, *, threads: int = 0, uri: str | None = None) -> tup
     conn = connection.open_connection(uri or connection.URI, readonly=True)
     try:
         dom = connection.lookup(conn, name)
-        if dom.isActive():
+        if connection.is_active(dom):
             raise UsageError(f"guest {name} is running; prepin --domain prepares a guest before its start",
                              hint="shut it down first, or just start it: the hook prepares it at start")
         domain = parse_domain(connection.inactive_xml(dom))
     finally:
-        conn.close()
+        connection.close(conn)
     return stage(domain, threads=threads)

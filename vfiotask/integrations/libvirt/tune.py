@@ -21,7 +21,7 @@ QEMU_MAX_PREALLOC_THREADS = 16  # QEMU refuses more preallocation threads
 
 def policy_threads(domain: Domain) -> int:
     """Threads for QEMU's preallocation: the usable CPUs of the guest's host nodes, 1 to 16."""
-    from vfiotask.engine.policy import CpuPolicy, cpu_budget
+    from vfiotask.engine import CpuPolicy, cpu_budget
     from vfiotask.host.cpus import HostCpuFacts
 
     facts = HostCpuFacts().read()
@@ -86,5 +86,5 @@ def tune_defined(name: str, threads: int = 0, *, file_backed: bool = False, dry_
         if before != after and not dry_run:
             connection.define(conn, after)
     finally:
-        conn.close()
+        connection.close(conn)
     return chosen, before, after
