@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import mmap
-import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,18 @@ class FixedFacts:
     def read(self) -> CpuFacts:
         self.reads += 1
         return self.facts
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll until `condition` holds.  A caller that must leave chunks to a helper waits for the
+    helper to have run one, not for a guessed time: a thread or process may start late on a
+    loaded host.  The bound only keeps a broken engine from hanging the suite."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def facts_with(cpus: int = 4, **kwargs: object) -> CpuFacts:
@@ -82,11 +94,6 @@ def ledger() -> Iterator[Ledger]:
     book.cells.close()
 
 
-@pytest.fixture
-def no_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VFIOTASK_FAIL", raising=False)
-
-
 def thread_nice_from_proc(tid: int) -> int:
     """A thread's nice value as the kernel reports it (field 19 of /proc/self/task/TID/stat)."""
     text = Path(f"/proc/self/task/{tid}/stat").read_text()
@@ -96,7 +103,3 @@ def thread_nice_from_proc(tid: int) -> int:
 def process_nice_from_proc(pid: int) -> int:
     text = Path(f"/proc/{pid}/stat").read_text()
     return int(text[text.rindex(")") + 2 :].split()[16])
-
-
-def own_pid() -> int:
-    return os.getpid()

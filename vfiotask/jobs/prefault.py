@@ -16,12 +16,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vfiotask.engine import Engine, HelperKind, Part, ProgressFn, Task
+from vfiotask.engine import Engine, HelperKind, Part, Plan, ProgressFn, Task
 from vfiotask.engine.task import ChunkFn
 from vfiotask.errors import HugepageShortageError, UsageError
 from vfiotask.host import libc
+from vfiotask.host.cpus import host_engine
 from vfiotask.host.hugepages import HugepagePools
-from vfiotask.jobs._engine import default_engine
 from vfiotask.memory.region import Region
 from vfiotask.units import MiB, format_size
 
@@ -38,12 +38,10 @@ METHOD_TOUCH = "touch"
 
 
 def default_helpers(region: Region) -> HelperKind:
-    """The faster helper kind, as measured with `vfiotask bench` (docs/bench.md): threads.
+    """Threads, for every backing: they measured faster than helper processes on memfd and
+    hugetlbfs (docs/bench.md, "Prefault"; `vfiotask bench` reports the faster kind per host).
 
-    On this project's 2-vCPU VMs (kernel 6.18), in two quiet 4 GiB runs, two threads populated a
-    2 MiB hugetlbfs file in 0.262 s and 0.276 s against 0.291 s and 0.346 s for two processes
-    mapping the same file, and a 4 KiB memfd in 1.93 s against 2.80 s.  (An earlier kernel on the
-    same VMs showed the opposite on hugetlbfs, which is why processes remain available.)
+    Processes remain available because an earlier kernel showed the opposite on hugetlbfs.
     Anonymous private memory can only be populated from inside its own address space anyway.
     """
     return HelperKind.THREAD
@@ -65,6 +63,7 @@ class PrefaultReport:
     seconds: float
     helpers: str
     method: str
+    plan: Plan
 
     @property
     def gib_per_s(self) -> float:
@@ -82,7 +81,7 @@ class _Populator:
     def __call__(self, addr: int, length: int) -> None:
         if not self.touched:
             try:
-                libc.madvise(addr, length, libc.MADV_POPULATE_WRITE)
+                _populate(addr, length)
                 return
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
@@ -90,6 +89,25 @@ class _Populator:
                 with self._lock:
                     self.touched = True
         libc.touch_pages(addr, length, self.page_size)
+
+
+POPULATE_TRIES = 8
+"""How often one range is asked for again after EINTR or EAGAIN before that counts as failure."""
+
+
+def _populate(addr: int, length: int) -> None:
+    """MADV_POPULATE_WRITE, asked again when the kernel says it was interrupted or to try again.
+
+    Populating a page twice changes nothing, so a call the kernel broke off is simply repeated
+    (pages it already populated are skipped fast) instead of undoing the whole task for it.
+    """
+    for tries_left in range(POPULATE_TRIES - 1, -1, -1):
+        try:
+            libc.madvise(addr, length, libc.MADV_POPULATE_WRITE)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINTR, errno.EAGAIN) or not tries_left:
+                raise
 
 
 class _Releaser:
@@ -114,12 +132,11 @@ class _Releaser:
         return pieces
 
     def __call__(self, start: int, end: int) -> None:
-        region = self.region
-        if region.fd is None:
-            libc.madvise(region.addr + start, end - start, libc.MADV_DONTNEED)
+        if self.region.fd is None:  # anonymous memory held no data before this job
+            self.region.release_pages(start, end - start)
             return
         for hstart, hend in self.holes(start, end):
-            libc.punch_hole(region.fd, hstart, hend - hstart)
+            self.region.release_pages(hstart, hend - hstart)
 
 
 def _check_hugepages(region: Region) -> None:
@@ -163,8 +180,8 @@ def prefault(
     """Populate every page of `region` in parallel; on failure give back what was populated.
 
     `parts` are `(offset, size, node)` pieces whose chunks should run on that node's CPUs
-    (default: the whole region, on the region's node).  `helpers` defaults to the faster kind
-    for the backing (`default_helpers`).  Raises TaskFailed (its exit status is the cause's),
+    (default: the whole region, on the region's node).  `helpers` defaults to
+    `default_helpers` (threads).  Raises TaskFailed (its exit status is the cause's),
     HugepageShortageError before anything is faulted, or KeyboardInterrupt after undoing.
 
     Example:
@@ -215,7 +232,7 @@ def prefault(
         process_chunk_factory=factory,
         chunks_per_thread=CHUNKS_PER_THREAD,
     )
-    report = (engine or default_engine()).run(task)
+    report = (engine or host_engine()).run(task)
     return PrefaultReport(
         bytes=task.size,
         page_size=region.page_size,
@@ -224,4 +241,5 @@ def prefault(
         seconds=report.seconds,
         helpers=report.helpers.value,
         method=METHOD_TOUCH if populate.touched else METHOD_POPULATE,
+        plan=report.plan,
     )

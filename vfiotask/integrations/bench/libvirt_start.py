@@ -21,7 +21,6 @@ not ours, running the installed hook as libvirtd does.  Everything is put back a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import statistics
@@ -33,10 +32,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vfiotask.units import GiB, MiB, format_size, parse_size
+from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.integrations.libvirt.ours import NAMESPACE as NS
+from vfiotask.units import GiB, MiB, format_size
 
 PREFIX = "vfiotask-bench-"
-NS = "https://vfiotask.org/xmlns/1"
 VARIANTS = ("lazy", "nohook", "hook", "ahead")
 EXTRA = {"hugetlbfs": ("reference", "hugepages-nohook", "hugepages-hook")}
 CONFIGS = ("tmpfs", "tmpfs-huge", "hugetlbfs")
@@ -89,14 +89,12 @@ if name == NAME and phase in ("prepare", "start"):
 '''
 
 
-def _size(args: argparse.Namespace) -> int:
+def _size(options: BenchOptions) -> int:
     """The guest size, refused before libvirtd starts when the host cannot hold one such guest."""
     from vfiotask.errors import ResourceError
     from vfiotask.host.meminfo import mem_available
 
-    value = getattr(args, "size", None)
-    size = 4 * GiB if value is None else value if isinstance(value, int) else parse_size(str(value), what="--size")
-    size = -(-size // HUGE_2M) * HUGE_2M
+    size = -(-(options.size or 4 * GiB) // HUGE_2M) * HUGE_2M
     available = mem_available()
     if size > available:
         raise ResourceError(
@@ -219,12 +217,12 @@ def _warm(size: int, directory: Path | None, hugetlb: bool) -> Callable[[], obje
 def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
     """Interleaved starts of every variant with memory_backing_dir in `config`."""
     from vfiotask.integrations.bench.common import Variant, interleave, summary
-    from vfiotask.integrations.cli.hook import hook_path, hook_text
+    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
     from vfiotask.integrations.libvirt import connection
     from vfiotask.integrations.libvirt.ahead import stage, unstage
-    from vfiotask.integrations.libvirt.daemon import HOOKS_DIR, PrivateLibvirt
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+    from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path, hook_text
     from vfiotask.integrations.libvirt.ramfiles import populate_file
 
     variants = VARIANTS + EXTRA.get(config, ())
@@ -309,10 +307,10 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
     }
 
 
-def _configs(args: argparse.Namespace) -> list[str]:
+def _configs(options: BenchOptions) -> list[str]:
     from vfiotask.errors import UsageError
 
-    text = getattr(args, "backing", None)
+    text = options.backing
     if not text:
         return list(CONFIGS)
     chosen = [item.strip() for item in text.split(",") if item.strip()]
@@ -323,10 +321,10 @@ def _configs(args: argparse.Namespace) -> list[str]:
     return chosen
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    size = _size(args)
-    repeat = max(int(getattr(args, "repeat", 5) or 5), 1)
-    configs = [measure(size, repeat, config) for config in _configs(args)]
+def run(options: BenchOptions) -> dict[str, Any]:
+    size = _size(options)
+    repeat = max(options.repeat, 1)
+    configs = [measure(size, repeat, config) for config in _configs(options)]
     result: dict[str, Any] = {
         "suite": "libvirt",
         "size": size,

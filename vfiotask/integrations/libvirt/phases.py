@@ -22,7 +22,7 @@ from typing import Any
 
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain, whole_number
+from vfiotask.integrations.libvirt.domain import Domain
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
 from vfiotask.integrations.libvirt.ramfiles import (
     FileRecord,
@@ -32,9 +32,7 @@ from vfiotask.integrations.libvirt.ramfiles import (
     populate_file,
     reserve_pages,
 )
-from vfiotask.units import GiB, format_size, parse_size
-
-FAIL_ENV = "VFIOTASK_FAIL"
+from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
 
 
 class HookContext:
@@ -143,6 +141,8 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
         ctx.log(f"{name}: undoing a preparation that was never released")
         release(name, ctx)
     if domain.config.fail:
+        from vfiotask.engine.faults import FAIL_ENV  # the engine package, only when injecting
+
         os.environ[FAIL_ENV] = domain.config.fail
     record: dict[str, Any] = {"id": domain.id, "uuid": domain.uuid, "began": time.time(),
                               "files": [], "dirs": [], "hugepages": []}
@@ -248,9 +248,9 @@ def _rmdir(directory: Path) -> None:
 
 
 def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
-    number = whole_number(text[1:] if text.startswith("+") else text)
-    if number is not None:
-        return number
+    digits = text.removeprefix("+")
+    if text.startswith("+") or (digits and set(digits) <= set("0123456789")):  # libvirt's +N: a number
+        return parse_count(digits, f"QEMU's {what} in the guest's DAC label", minimum=0, maximum=MAX_ID)
     try:
         return int(lookup(text)[2])
     except KeyError as exc:

@@ -1,4 +1,4 @@
-"""`vfiotask tune --domain NAME`: let QEMU preallocate a guest's RAM with as many threads as pay.
+"""Let QEMU preallocate a guest's RAM with as many threads as pay (`vfiotask tune --domain NAME`).
 
 libvirt's default leaves RAM to be faulted lazily, and then the VFIO pin faults and zeroes all of
 it in one thread inside QEMU.  `<allocation mode='immediate' threads='N'/>` makes QEMU do it up
@@ -17,21 +17,20 @@ first, and `--undo` puts it back as long as nobody changed it since.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import xml.etree.ElementTree as ET
 from typing import Any
 
 from vfiotask.errors import UsageError
-from vfiotask.integrations.libvirt.domain import Domain, domain_from_element, validate_name, whole_number
+from vfiotask.integrations.libvirt.domain import Domain, domain_from_element
 from vfiotask.integrations.libvirt.xmlsafe import parse_xml, register_namespaces
 
-QEMU_MAX_PREALLOC_THREADS = 16
+QEMU_MAX_PREALLOC_THREADS = 16  # QEMU refuses more preallocation threads
 
 
 def policy_threads(domain: Domain) -> int:
     """Threads for QEMU's preallocation: the usable CPUs of the guest's host nodes, 1 to 16."""
-    from vfiotask.engine.policy import CpuPolicy, cpu_budget
+    from vfiotask.engine import CpuPolicy, cpu_budget
     from vfiotask.host.cpus import HostCpuFacts
 
     facts = HostCpuFacts().read()
@@ -118,14 +117,26 @@ def diff(before: str, after: str, name: str) -> str:
     return "\n".join(lines)
 
 
-def parse_threads(text: str) -> int:
-    if text == "auto":
-        return 0
-    count = whole_number(text)
-    if count is None or not 1 <= count <= QEMU_MAX_PREALLOC_THREADS:
-        raise UsageError(f"--threads {text!r} is not a count from 1 to {QEMU_MAX_PREALLOC_THREADS}",
-                         hint="give auto or a number QEMU accepts")
-    return count
+def tune_defined(name: str, threads: int = 0, *, file_backed: bool = False, dry_run: bool = False,
+                 uri: str | None = None) -> tuple[int, str, str]:
+    """Tune the persistent definition of guest `name` (threads 0: the policy's), unless `dry_run`.
+
+    Returns the threads chosen and the definition before and after; equal when nothing changed.
+    """
+    from vfiotask.integrations.libvirt import connection
+    from vfiotask.integrations.libvirt.domain import validate_name
+
+    name = validate_name(name)
+    conn = connection.open_connection(uri or connection.URI, readonly=dry_run)
+    try:
+        xml = connection.inactive_xml(connection.lookup(conn, name))
+        chosen = threads or policy_threads(domain_from_element(parse_xml(xml)))
+        before, after = tuned(xml, chosen, file_backed=file_backed)
+        if before != after and not dry_run:
+            connection.define(conn, after)
+    finally:
+        connection.close(conn)
+    return chosen, before, after
 
 
 def _backing_page_size() -> int | None:
@@ -151,77 +162,47 @@ def _journal() -> Any:
     return Journal("tune", lib_dir())
 
 
-def run_prepared(args: argparse.Namespace) -> int:
-    """`tune --prepared` and its `--undo`."""
+def _digest(text: str) -> str:
     import hashlib
 
-    from vfiotask.integrations.libvirt import connection
+    return hashlib.sha256(text.encode()).hexdigest()
 
-    name = validate_name(args.domain)
+
+def prepare_defined(name: str, *, undo: bool = False, dry_run: bool = False,
+                    uri: str | None = None) -> tuple[str, str, str]:
+    """Move guest `name` to file-backed RAM in memory_backing_dir, or with `undo` put back the
+    definition that replaced; returns what happened ("changed", "unchanged", "not tuned") and
+    the definition before and after.  Journaled before the define, so the undo is never lost."""
+    from vfiotask.integrations.libvirt import connection
+    from vfiotask.integrations.libvirt.domain import validate_name
+
+    name = validate_name(name)
     journal = _journal()
-    conn = connection.open_connection(args.uri, readonly=args.dry_run)
+    conn = connection.open_connection(uri or connection.URI, readonly=dry_run)
     try:
         current = connection.inactive_xml(connection.lookup(conn, name))
-        if args.undo:
+        if undo:
             record = journal.read().get("guests", {}).get(name)
             if record is None:
-                print(f"{name} was not tuned by vfiotask; nothing to undo")
-                return 0
-            if hashlib.sha256(current.encode()).hexdigest() != record["after"]:
+                return "not tuned", current, current
+            if _digest(current) != record["after"]:
                 raise UsageError(f"{name}'s definition changed since 'tune --prepared'; it was left alone",
                                  hint=f"edit it by hand (the earlier definition is in {journal.path})")
-            print(diff(current, record["before"], name))
-            if args.dry_run:
-                print(f"dry run: {name} was not changed")
-                return 0
-            connection.define(conn, record["before"])
-            with journal.locked() as data:
-                data.get("guests", {}).pop(name, None)
-            print(f"{name}: earlier definition restored; it takes effect at the next start")
-            return 0
+            if not dry_run:
+                connection.define(conn, record["before"])
+                with journal.locked() as data:
+                    data.get("guests", {}).pop(name, None)
+            return "changed", current, record["before"]
         before, after = prepared(current, _backing_page_size())
         if before == after:
-            print(f"{name} already has file-backed RAM in memory_backing_dir; nothing to change")
-            return 0
-        print(diff(before, after, name))
-        if args.dry_run:
-            print(f"dry run: {name} was not changed")
-            return 0
-        with journal.locked() as data:  # journaled before the change: the undo must never be lost
-            data.setdefault("guests", {})[name] = {"before": current, "after": None}
-        connection.define(conn, after)
-        written = connection.inactive_xml(connection.lookup(conn, name))
-        with journal.locked() as data:
-            data["guests"][name]["after"] = hashlib.sha256(written.encode()).hexdigest()
-        print(f"{name}: RAM is now a shared file in memory_backing_dir, which the hook prepares; "
-              "it takes effect at the next start (undo: vfiotask tune --domain NAME --prepared --undo)")
+            return "unchanged", before, after
+        if not dry_run:
+            with journal.locked() as data:
+                data.setdefault("guests", {})[name] = {"before": current, "after": None}
+            connection.define(conn, after)
+            written = connection.inactive_xml(connection.lookup(conn, name))
+            with journal.locked() as data:
+                data["guests"][name]["after"] = _digest(written)
+        return "changed", before, after
     finally:
-        conn.close()
-    return 0
-
-
-def run_tune(args: argparse.Namespace) -> int:
-    from vfiotask.integrations.libvirt import connection
-
-    if getattr(args, "prepared", False) or getattr(args, "undo", False):
-        return run_prepared(args)
-    name = validate_name(args.domain)
-    wanted = parse_threads(args.threads)
-    conn = connection.open_connection(args.uri, readonly=args.dry_run)
-    try:
-        xml = connection.inactive_xml(connection.lookup(conn, name))
-        domain = domain_from_element(parse_xml(xml))
-        threads = wanted or policy_threads(domain)
-        before, after = tuned(xml, threads, file_backed=args.file_backed)
-        if before == after:
-            print(f"{name} already has <allocation mode='immediate' threads='{threads}'/>; nothing to change")
-            return 0
-        print(diff(before, after, name))
-        if args.dry_run:
-            print(f"dry run: {name} was not changed")
-            return 0
-        connection.define(conn, after)
-        print(f"{name}: persistent definition updated; it takes effect at the next start")
-    finally:
-        conn.close()
-    return 0
+        connection.close(conn)
