@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
