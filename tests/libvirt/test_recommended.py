@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HOST_LOCK, HUGEPAGES_SYSFS, is_root, run_cli
+from tests.conftest import HOST_LOCK, HUGEPAGES_SYSFS, run_cli
+from tests.libvirt.conftest import skip_without_libvirt
 from tests.libvirt.xmls import guest_xml
 
 pytestmark = pytest.mark.libvirt
@@ -37,15 +38,10 @@ def _mounted(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    if not is_root():
-        pytest.skip("needs root to run libvirtd")
-    if not Path("/dev/kvm").exists():
-        pytest.skip("no /dev/kvm")
+    skip_without_libvirt()
     from vfiotask.errors import HostStateError
-    from vfiotask.integrations.libvirt.daemon import PrivateLibvirt, missing_tools
+    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
 
-    if missing_tools():
-        pytest.skip(f"not installed: {', '.join(missing_tools())}")
     if _mounted(MOUNT) or UNIT.exists():
         pytest.skip(f"{MOUNT} is already configured on this host")
     env = {"VFIOTASK_LIB_DIR": str(tmp_path_factory.mktemp("lib"))}
@@ -105,7 +101,7 @@ def test_setup_points_libvirt_at_a_hugetlbfs_mount_unit(host: dict[str, str]) ->
 
 
 def test_tune_prepared_then_start_maps_ram_in_huge_pages_and_undo(host: dict[str, str]) -> None:
-    from vfiotask.integrations.libvirt.daemon import virsh
+    from vfiotask.integrations.bench.libvirtd import virsh
     from vfiotask.integrations.libvirt.domain import parse_domain
 
     name = PREFIX + "g"

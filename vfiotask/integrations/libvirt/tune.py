@@ -48,18 +48,29 @@ def _child(parent: ET.Element, tag: str) -> ET.Element:
     return found if found is not None else ET.SubElement(parent, tag)
 
 
-def tuned(xml: str, threads: int, *, file_backed: bool = False) -> tuple[str, str]:
-    """The definition before and after tuning, both written by the same serializer (a clean diff)."""
+def _parsed(xml: str) -> tuple[ET.Element, str]:
+    """The definition's tree and its text as this serializer writes it (so a diff shows only changes)."""
     root = parse_xml(xml)
     register_namespaces(xml)
     ET.indent(root, "  ")
-    before = ET.tostring(root, encoding="unicode")
+    return root, ET.tostring(root, encoding="unicode")
+
+
+def _memory_backing(root: ET.Element) -> ET.Element:
+    """`<memoryBacking>`, added after `<memory>`/`<currentMemory>`/`<memtune>` when missing."""
     backing = root.find("memoryBacking")
     if backing is None:
         backing = ET.Element("memoryBacking")
         tags = [child.tag for child in root]
         after_tag = max((tags.index(t) for t in ("memory", "currentMemory", "memtune") if t in tags), default=-1)
         root.insert(after_tag + 1, backing)
+    return backing
+
+
+def tuned(xml: str, threads: int, *, file_backed: bool = False) -> tuple[str, str]:
+    """The definition before and after tuning, both written by the same serializer (a clean diff)."""
+    root, before = _parsed(xml)
+    backing = _memory_backing(root)
     if file_backed:
         _child(backing, "source").attrib = {"type": "file"}
         _child(backing, "access").attrib = {"mode": "shared"}
@@ -80,10 +91,7 @@ def prepared(xml: str, backing_page_size: int | None) -> tuple[str, str]:
     from vfiotask.host.hugepages import HugepagePools
     from vfiotask.units import format_size
 
-    root = parse_xml(xml)
-    register_namespaces(xml)
-    ET.indent(root, "  ")
-    before = ET.tostring(root, encoding="unicode")
+    root, before = _parsed(xml)
     domain = domain_from_element(root)
     if domain.backing.uses_hugepages:
         default = HugepagePools().default_page_size()
@@ -95,12 +103,7 @@ def prepared(xml: str, backing_page_size: int | None) -> tuple[str, str]:
                 f"guest {domain.name} uses {want} hugepages but memory_backing_dir is on {have}",
                 hint="run 'vfiotask setup memory-backing --page-size' with the guest's page size first",
             )
-    backing = root.find("memoryBacking")
-    if backing is None:
-        backing = ET.Element("memoryBacking")
-        tags = [child.tag for child in root]
-        after_tag = max((tags.index(t) for t in ("memory", "currentMemory", "memtune") if t in tags), default=-1)
-        root.insert(after_tag + 1, backing)
+    backing = _memory_backing(root)
     huge = backing.find("hugepages")
     if huge is not None:
         backing.remove(huge)
