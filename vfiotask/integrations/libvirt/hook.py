@@ -75,31 +75,36 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
 
 
 def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
+    """`start begin` needs only the guest's name and DAC label, which the expat scan gives; the
+    domain model (ElementTree, the NamedTuples) is built for `prepare begin` alone."""
     from vfiotask.errors import VfiotaskError
-    from vfiotask.integrations.libvirt.ours import is_ours
+    from vfiotask.integrations.libvirt.ours import scan, validate_name
 
     try:
-        if not is_ours(data):
+        found = scan(data)
+        if not found.ours:
             return EXIT_OK
-        from vfiotask.integrations.libvirt.domain import parse_domain, validate_name
+        domain = None
+        if phase == "prepare":
+            from vfiotask.integrations.libvirt.domain import parse_domain
 
-        domain = parse_domain(data)
+            domain = parse_domain(data)
     except VfiotaskError as exc:
         return fail(f"guest {name} {phase}: {exc.one_line()}")
     try:
         validate_name(name)
-        if domain.name != name:
-            return fail(f"guest {name}: the XML on stdin is for {domain.name!r}; nothing done")
+        if found.name != name:
+            return fail(f"guest {name}: the XML on stdin is for {found.name!r}; nothing done")
         from vfiotask.integrations.libvirt import phases
 
         ctx = phases.HookContext(log=log)
-        if phase == "prepare":
+        if domain is not None:
             if domain.id is None:
                 return fail(f"guest {name}: the XML has no id attribute; nothing done")
             phases.prepare(domain, ctx)
             log(f"{name}: prepared")
         else:
-            at_start = phases.start(domain, ctx)
+            at_start = phases.start(name, found.dac, ctx)
             if at_start is not None:
                 log(f"{name}: files handed to QEMU ({at_start.get('owner')})")
     except VfiotaskError as exc:

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from vfiotask.errors import HostStateError
-from vfiotask.integrations.libvirt.domain import Domain
+
+TYPE_CHECKING = False  # `start begin` uses these paths without building the domain model
+if TYPE_CHECKING:
+    from vfiotask.integrations.libvirt.domain import Domain
 
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 QEMU_CONF_ENV = "VFIOTASK_LIBVIRT_QEMU_CONF"

@@ -22,7 +22,6 @@ from typing import Any
 
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
 from vfiotask.integrations.libvirt.ramfiles import (
     FileRecord,
@@ -33,6 +32,10 @@ from vfiotask.integrations.libvirt.ramfiles import (
     reserve_pages,
 )
 from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
+
+TYPE_CHECKING = False  # the domain model is imported by prepare's caller; start never builds it
+if TYPE_CHECKING:
+    from vfiotask.integrations.libvirt.domain import Domain
 
 
 class HookContext:
@@ -260,17 +263,17 @@ def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
         ) from exc
 
 
-def start(domain: Domain, ctx: HookContext) -> dict[str, Any] | None:
-    """Give the prepared files to QEMU's uid:gid and record how much of each is populated."""
-    record = ctx.journal.guest(domain.name)
+def start(name: str, label: tuple[str, str] | None, ctx: HookContext) -> dict[str, Any] | None:
+    """Give the prepared files to QEMU's uid:gid (`label`: the user and group of the guest's DAC
+    seclabel) and record how much of each is populated."""
+    record = ctx.journal.guest(name)
     if record is None:
         return None
-    label = domain.dac_label
     files = [FileRecord.from_json(f) for f in record.get("files", [])]
     at_start: dict[str, Any] = {}
     if label is not None:
-        uid = _resolve_id(label.user, pwd.getpwnam, "user")
-        gid = _resolve_id(label.group, grp.getgrnam, "group")
+        uid = _resolve_id(label[0], pwd.getpwnam, "user")
+        gid = _resolve_id(label[1], grp.getgrnam, "group")
         if record.get("guest_dir") in record.get("dirs", []):
             with contextlib.suppress(FileNotFoundError):
                 os.chown(record["guest_dir"], uid, gid, follow_symlinks=False)
@@ -280,7 +283,7 @@ def start(domain: Domain, ctx: HookContext) -> dict[str, Any] | None:
     at_start["allocated"] = {file.path: allocated_bytes(file.path) for file in files}
     at_start["inodes"] = {file.path: os.lstat(file.path).st_ino for file in files if os.path.lexists(file.path)}
     at_start["time"] = time.time()
-    ctx.journal.update_guest(domain.name, at_start=at_start)
+    ctx.journal.update_guest(name, at_start=at_start)
     return at_start
 
 
