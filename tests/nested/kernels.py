@@ -61,7 +61,7 @@ class Kernel:
 
     def present(self) -> bool:
         try:
-            return self.image.is_file() and (self.modules / "modules.dep").is_file()
+            return self.image.is_file() and (self.modules / "kernel").is_dir()
         except FileNotFoundError:
             return False
 

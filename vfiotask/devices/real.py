@@ -20,7 +20,7 @@ from vfiotask.devices.container import GroupBusyError, IommuInfo, Mapping, dma_e
 from vfiotask.devices.discovery import discover
 from vfiotask.devices.syscalls import LibcSyscalls, Syscalls
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT, group_viability, not_viable_error
-from vfiotask.errors import DeviceError, VfiotaskError
+from vfiotask.errors import DeviceError, UsageError, VfiotaskError
 
 DEV_ROOT = Path("/dev")
 
@@ -295,10 +295,20 @@ class IommufdContainer(_Base):
         return int(request.length)
 
 
-def open_real_container(groups: list[int], *, prefer: str = "auto", syscalls: Syscalls | None = None,
+IOMMU_ENV = "VFIOTASK_VFIO_IOMMU"
+IOMMU_CHOICES = ("auto", "type1", "iommufd")
+
+
+def open_real_container(groups: list[int], *, prefer: str | None = None, syscalls: Syscalls | None = None,
                         dev_root: Path = DEV_ROOT) -> Type1Container | IommufdContainer:
     """type1 where /dev/vfio/vfio exists (QEMU's default, charged per process like mlock);
-    iommufd where only /dev/iommu does, or when asked for.  Never a silent mock."""
+    iommufd where only /dev/iommu does, or when asked for (`prefer`, else VFIOTASK_VFIO_IOMMU).
+    Never a silent mock."""
+    if prefer is None:
+        prefer = os.environ.get(IOMMU_ENV, "") or "auto"
+    if prefer not in IOMMU_CHOICES:
+        raise UsageError(f"{IOMMU_ENV}={prefer!r} is not a VFIO IOMMU backend",
+                         hint=f"set it to one of {', '.join(IOMMU_CHOICES)}, or unset it")
     if prefer == "iommufd" or (prefer == "auto" and not (dev_root / "vfio" / "vfio").exists()
                                and (dev_root / "iommu").exists()):
         return IommufdContainer(groups, syscalls=syscalls, dev_root=dev_root)
