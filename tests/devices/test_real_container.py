@@ -111,3 +111,40 @@ def test_missing_dev_vfio_is_an_error_with_the_fix_never_a_mock(tmp_path: Path) 
 def test_this_host_has_no_vfio() -> None:
     with pytest.raises(DeviceError, match="iommu=pt"):
         open_real_container([1])
+
+
+def group_with_cdevs(tmp_path: Path, number: int, cdevs: dict[str, str]) -> Path:
+    """A /sys with IOMMU group `number` whose devices (address: cdev name, "" for none) are listed."""
+    for address, cdev in cdevs.items():
+        device = tmp_path / "kernel" / "iommu_groups" / str(number) / "devices" / address
+        device.mkdir(parents=True)
+        if cdev:
+            (device / "vfio-dev" / cdev).mkdir(parents=True)
+    return tmp_path
+
+
+def test_iommufd_attaches_each_device_cdev_to_the_ioas(tmp_path: Path) -> None:
+    fake = kernel(g5=FakeGroup(cdevs=("vfio0", "vfio1")))
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:00:11.0": "", "0000:01:01.0": "vfio0", "0000:01:02.0": "vfio1"})
+    box = IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="cdev")
+    assert box.attach == "cdev" and fake.bound == {"vfio/devices/vfio0", "vfio/devices/vfio1"}
+    assert uapi.IOMMU_VFIO_IOAS not in [int(e.split(":")[1], 16) for e in fake.log]  # no group files
+    box.map_dma(0x7F0000000000, BASE, 2 * MiB)
+    box.close()
+    assert fake.pinned == [] and fake.fds == {} and fake.bound == set()
+
+
+def test_iommufd_cdev_refused_as_busy_names_the_group_and_closes_everything(tmp_path: Path) -> None:
+    fake = kernel(g5=FakeGroup(cdevs=("vfio0",), viable=False))
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:01:01.0": "vfio0"})
+    with pytest.raises(GroupBusyError, match="IOMMU group 5"):
+        IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="cdev")
+    assert fake.fds == {}
+
+
+def test_iommufd_cdev_without_a_vfio_device_says_to_bind(tmp_path: Path) -> None:
+    fake = kernel(g5=FakeGroup())
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:01:01.0": ""})
+    with pytest.raises(DeviceError, match="vfiotask bind"):
+        IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="cdev")
+    assert fake.fds == {}

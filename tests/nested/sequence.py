@@ -80,8 +80,8 @@ IOMMUFD_DIFFERENCES: dict[int, tuple[str, int]] = {}
 
 
 def expected_for(kind: str) -> list[tuple[str, int]]:
-    """What `kind` ("mock", "type1", "iommufd") answers at each step."""
-    if kind != "iommufd":
+    """What `kind` ("mock", "type1", "iommufd", "iommufd-group") answers at each step."""
+    if not kind.startswith("iommufd"):
         return list(EXPECTED)
     return [IOMMUFD_DIFFERENCES.get(index, step) for index, step in enumerate(EXPECTED)]
 

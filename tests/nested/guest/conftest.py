@@ -23,7 +23,7 @@ RNG_BEHIND_BRIDGE = "0000:01:02.0"
 DMA_ENTRY_LIMIT = Path("/sys/module/vfio_iommu_type1/parameters/dma_entry_limit")
 # The containers each kernel offers: iommufd only where the kernel has it.
 REPORT_DIR = Path("/tmp/results")  # the host reads what is written here
-FLAVORS = ["type1", "iommufd"] if KERNEL == "iommufd" else ["type1"]
+FLAVORS = ["type1", "iommufd", "iommufd-group"] if KERNEL == "iommufd" else ["type1"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
