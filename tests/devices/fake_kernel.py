@@ -120,8 +120,13 @@ class FakeVfioKernel:
             return 0
         if request == uapi.IOMMU_VFIO_IOAS:
             assert isinstance(arg, uapi.iommu_vfio_ioas) and arg.ioas_id == 7
+            return 0  # like the kernel: nothing is attached to the IOAS until a device is opened
+        if request == uapi.VFIO_GROUP_GET_DEVICE_FD:
+            assert isinstance(arg, ctypes.Array) and self.groups[int(name.split("/")[1])].container is not None
             self.iommu_set = True
-            return 0
+            self.next_fd += 1
+            self.fds[self.next_fd] = "device:" + bytes(arg).rstrip(b"\0").decode()
+            return self.next_fd
         if request == uapi.IOMMU_IOAS_IOVA_RANGES:
             assert isinstance(arg, uapi.iommu_ioas_iova_ranges) and arg.ioas_id == 7
             ranges = self.iommu.iova_ranges
@@ -137,12 +142,18 @@ class FakeVfioKernel:
         if request == uapi.IOMMU_IOAS_MAP:
             assert isinstance(arg, uapi.iommu_ioas_map) and arg.size == 40 and arg.ioas_id == 7
             assert arg.flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+            assert self.iommu_set, "no device attached to the IOAS: the kernel would pin nothing"
             self.iommu.map(arg.user_va, arg.iova, arg.length, readable=bool(arg.flags & 4),
                            writable=bool(arg.flags & 2))
             return 0
         if request == uapi.IOMMU_IOAS_UNMAP:
             assert isinstance(arg, uapi.iommu_ioas_unmap) and arg.size == 24
-            done = self.iommu.unmap(arg.iova, arg.length)
+            try:
+                done = self.iommu.unmap(arg.iova, arg.length)
+            except OSError as exc:
+                if "bisect" in str(exc):  # iommufd answers a cut area as it answers nothing there
+                    raise OSError(errno.ENOENT, "no area fully inside") from None
+                raise
             if not done:
                 raise OSError(errno.ENOENT, "nothing mapped")
             arg.length = done

@@ -87,9 +87,23 @@ def test_no_type1v2() -> None:
         Type1Container([1], syscalls=FakeVfioKernel(groups={1: FakeGroup()}, has_type1v2=False))
 
 
-def test_iommufd_sequence() -> None:
+def group_with_cdevs(tmp_path: Path, number: int, cdevs: dict[str, str]) -> Path:
+    """A /sys with IOMMU group `number` whose devices (address: cdev name, "" for a device on
+    no driver) are listed; those with a cdev are on vfio-pci."""
+    for address, cdev in cdevs.items():
+        device = tmp_path / "kernel" / "iommu_groups" / str(number) / "devices" / address
+        device.mkdir(parents=True)
+        if cdev:
+            (device / "vfio-dev" / cdev).mkdir(parents=True)
+            (device / "driver").symlink_to("../../../../bus/pci/drivers/vfio-pci")
+    return tmp_path
+
+
+def test_iommufd_sequence(tmp_path: Path) -> None:
     fake = kernel(g3=FakeGroup())
-    with IommufdContainer([3], syscalls=fake) as box:
+    sys_root = group_with_cdevs(tmp_path, 3, {"0000:00:11.0": "", "0000:01:00.0": "vfio0"})
+    with IommufdContainer([3], syscalls=fake, sys_root=sys_root, attach="group") as box:
+        assert [n for n in fake.fds.values() if n.startswith("device:")] == ["device:0000:01:00.0"]
         info = box.info()
         assert info.iova_ranges == fake.iommu.iova_ranges and info.min_pgsize == 4096
         box.map_dma(0x7F0000000000, BASE, 2 * MiB)
@@ -111,16 +125,6 @@ def test_missing_dev_vfio_is_an_error_with_the_fix_never_a_mock(tmp_path: Path) 
 def test_this_host_has_no_vfio() -> None:
     with pytest.raises(DeviceError, match="iommu=pt"):
         open_real_container([1])
-
-
-def group_with_cdevs(tmp_path: Path, number: int, cdevs: dict[str, str]) -> Path:
-    """A /sys with IOMMU group `number` whose devices (address: cdev name, "" for none) are listed."""
-    for address, cdev in cdevs.items():
-        device = tmp_path / "kernel" / "iommu_groups" / str(number) / "devices" / address
-        device.mkdir(parents=True)
-        if cdev:
-            (device / "vfio-dev" / cdev).mkdir(parents=True)
-    return tmp_path
 
 
 def test_iommufd_attaches_each_device_cdev_to_the_ioas(tmp_path: Path) -> None:
@@ -148,3 +152,14 @@ def test_iommufd_cdev_without_a_vfio_device_says_to_bind(tmp_path: Path) -> None
     with pytest.raises(DeviceError, match="vfiotask bind"):
         IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="cdev")
     assert fake.fds == {}
+
+
+def test_iommufd_unmap_that_would_cut_a_mapping_is_einval_as_with_type1(tmp_path: Path) -> None:
+    fake = kernel(g5=FakeGroup())
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:01:00.0": "vfio0"})
+    with IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="group") as box:
+        box.map_dma(0x7F0000000000, BASE, 2 * MiB)
+        with pytest.raises(IovaInvalidError):
+            box.unmap_dma(BASE + MiB, 2 * MiB)
+        assert box.unmap_dma(BASE + 4 * MiB, 2 * MiB) == 0
+        assert box.unmap_dma(BASE, 2 * MiB) == 2 * MiB

@@ -21,7 +21,7 @@ from tests.nested.kernels import IOMMUFD, TYPE1, Kernel
 GUEST_TIMEOUT_S = 420
 CHECKS_DIR = Path(__file__).with_name("guest")
 GUEST_PYTEST = (".venv/bin/python -m pytest -p no:cacheprovider --color=no -q -rA -o 'python_files=check_*.py' "
-                "--junitxml=/tmp/results/junit.xml tests/nested/guest")
+                "--durations=8 --junitxml=/tmp/results/junit.xml tests/nested/guest")
 
 
 def guest_checks() -> list[tuple[str, str]]:

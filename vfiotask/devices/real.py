@@ -279,18 +279,39 @@ class IommufdContainer(_Base):
                 else:
                     self._group_files.open(number)
                     self._group_files.set_container(number, self.fd)
+                    self._open_group_devices(number)
                 self.groups.append(number)
         except BaseException:
             self.close()
             raise
 
-    def _attach_devices(self, number: int) -> None:
-        """Bind every vfio-pci device of the group to this iommufd and attach it to the IOAS; the
-        kernel refuses (EBUSY) while a device of the group is on a host driver or in use."""
+    def _members(self, number: int) -> list[Path]:
         members = sorted((self.sys_root / "kernel" / "iommu_groups" / str(number) / "devices").glob("*"))
         if not members:
             raise DeviceError(f"IOMMU group {number} does not exist", hint="see 'vfiotask devices' for the groups")
-        cdevs = [cdev.name for member in members for cdev in sorted((member / "vfio-dev").glob("vfio*"))]
+        return members
+
+    def _open_group_devices(self, number: int) -> None:
+        """Through the compatibility path iommufd attaches a group's devices to the IOAS only
+        when they are opened (VFIO_GROUP_GET_DEVICE_FD); until then maps pin nothing and obey no
+        IOMMU's rules.  The kernel showed this: so each vfio-pci device is opened and held."""
+        for member in self._members(number):
+            driver = member / "driver"
+            if not (driver.is_symlink() and os.path.basename(os.readlink(driver)).endswith("vfio-pci")):
+                continue
+            name = ctypes.create_string_buffer(member.name.encode())
+            try:
+                self._device_fds.append(self.sys.ioctl(self._group_files.fds[number], uapi.VFIO_GROUP_GET_DEVICE_FD,
+                                                       name))
+            except OSError as exc:
+                raise DeviceError(f"cannot open {member.name} of IOMMU group {number}: {exc.strerror}",
+                                  hint="stop the guest or process using it (fuser -v /dev/vfio/*), then retry",
+                                  ) from None
+
+    def _attach_devices(self, number: int) -> None:
+        """Bind every vfio-pci device of the group to this iommufd and attach it to the IOAS; the
+        kernel refuses (EBUSY) while a device of the group is on a host driver or in use."""
+        cdevs = [cdev.name for member in self._members(number) for cdev in sorted((member / "vfio-dev").glob("vfio*"))]
         if not cdevs:
             raise DeviceError(
                 f"no device of IOMMU group {number} is bound to vfio-pci, so it has no VFIO device file",
@@ -351,9 +372,13 @@ class IommufdContainer(_Base):
         try:
             self.sys.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, request)
         except OSError as exc:
-            if exc.errno == errno.ENOENT:  # nothing mapped there: type1 answers 0 bytes
-                return 0
-            raise
+            if exc.errno != errno.ENOENT:
+                raise
+            # iommufd says ENOENT both where nothing is mapped (type1: 0 bytes) and where the
+            # range would cut a mapping (type1: EINVAL); our own record tells which.
+            if any(m.iova < iova + size and iova < m.end for m in self.mappings()):
+                raise OSError(errno.EINVAL, "the range would cut a mapping") from None
+            return 0
         return int(request.length)
 
 

@@ -143,14 +143,14 @@ def test_enomem_at_rlimit_memlock_without_cap_ipc_lock(bound_edu: int, flavor: s
 
 def test_a_failure_at_each_chunk_leaves_the_container_empty(
         bound_edu: int, flavor: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    region = open_region(RegionSpec(size=256 * MiB, backing="anon"))
+    region = open_region(RegionSpec(size=128 * MiB, backing="anon"))
     try:
         for chunk in range(1, 5):
             monkeypatch.setenv("VFIOTASK_FAIL", f"pin:{chunk}")
             accountant = LockedMemoryAccountant()
             with open_backend("vfio", group=bound_edu, device=None, iova=BASE, sysfs_root=None) as backend:
                 with pytest.raises(TaskFailed):
-                    pin(region, backend, accountant, max_threads=1, min_chunk=64 * MiB)
+                    pin(region, backend, accountant, max_threads=1, min_chunk=32 * MiB)
                 assert backend.container.mappings() == []
                 assert accountant.charged == 0
                 assert locked() == 0
@@ -158,10 +158,10 @@ def test_a_failure_at_each_chunk_leaves_the_container_empty(
                 backend.container.map_dma(region.addr, BASE, region.size)
                 assert locked() == region.size
                 assert backend.container.unmap_dma(BASE, region.size) == region.size
-            failed = run_cli("prepin", "--size", "256M", "--min-chunk", "64M", "--threads", "1",
-                             "--pin", "vfio", "--group", str(bound_edu), env={"VFIOTASK_FAIL": f"pin:{chunk}"})
-            assert failed.returncode == 1, failed.stderr
-            assert len(failed.stderr.strip().splitlines()) == 1
     finally:
         region.close()
     assert locked() == 0
+    failed = run_cli("prepin", "--size", "128M", "--min-chunk", "32M", "--threads", "1",
+                     "--pin", "vfio", "--group", str(bound_edu), env={"VFIOTASK_FAIL": "pin:3"})
+    assert failed.returncode == 1, failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
