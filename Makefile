@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEBIAN_PACKAGES := qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev pkg-config util-linux procps zstd
+# What building iommufd and vfio against Debian's 6.12 headers needs (tests/nested/iommufd_build.py).
+DEBIAN_PACKAGES += gcc-12 make binutils xz-utils libelf1 libssl3
 
 .PHONY: run test venv test-venv debian-packages nested-kernels lint typecheck pytest bench clean
 
@@ -44,7 +46,7 @@ test-venv: debian-packages $(VENV)/.test-installed
 # The nested guest's kernels and busybox, unpacked (never installed) into build/nested/; what
 # cannot be fetched is named, and its tests skip saying so.
 nested-kernels: test-venv
-	$(BIN)/python tests/nested/kernels.py
+	$(BIN)/python -m tests.nested.kernels
 
 lint: test-venv
 	$(BIN)/ruff check vfiotask tests hooks/qemu

@@ -5,19 +5,16 @@ directory, never installed: nothing touches /boot, /lib/modules or the host's pa
 
 - type1: Debian 12's kernel (what `linux-image-amd64` depends on), through the host's apt
   sources: vfio, vfio-pci, vfio_iommu_type1 and 9p as modules.
-- iommufd: no Debian kernel enables CONFIG_IOMMUFD (not bookworm's 6.1 or 6.12, not trixie's
-  6.12, not sid's 7.2), so this one is Ubuntu 24.04's 6.8 from its release pocket, which never
-  changes: IOMMUFD as a module and CONFIG_VFIO_DEVICE_CDEV.  Debian ships no Ubuntu archive key,
-  so the index is read without a signature check and each .deb is checked against the SHA-256
-  pinned below instead.
+- iommufd: Debian's 6.12 kernel with iommufd.ko and the vfio modules (device cdev on) built out
+  of tree from Debian's linux-source-6.12 against the image's own headers: no Debian kernel
+  enables CONFIG_IOMMUFD.  See iommufd_build.py.
 
-Run as `python tests/nested/kernels.py` (the Makefile's `nested-kernels`); the nested tests skip,
-saying so, when a kernel is missing.
+Run as `python -m tests.nested.kernels` (the Makefile's `nested-kernels`); the nested tests skip,
+saying so (with what failed, kept in build/nested/<name>.missing), when a kernel is missing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,12 +26,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "build" / "nested"
 DEBS = BUILD / "debs"
-
-UBUNTU_SOURCE = "deb [trusted=yes] http://archive.ubuntu.com/ubuntu noble main"
-UBUNTU_PINNED = {
-    "linux-image-6.8.0-31-generic": "fd2ed023c84163e62c73d3b7b613a9b004bd31e335641c23d42bd249e489fbe6",
-    "linux-modules-6.8.0-31-generic": "3f17f2c279257eb50e40da44390bdf8272c440ca078831c348773d1314b5c2fe",
-}
 
 
 @dataclass(frozen=True)
@@ -120,42 +111,44 @@ def fetch_busybox() -> None:
 
 
 def fetch_iommufd() -> None:
-    with tempfile.TemporaryDirectory(prefix="vfiotask-apt-") as tmp:
-        state = Path(tmp)
-        (state / "lists" / "partial").mkdir(parents=True)
-        (state / "cache" / "archives" / "partial").mkdir(parents=True)
-        (state / "sources.list").write_text(UBUNTU_SOURCE + "\n")
-        options = [
-            "-o", f"Dir::Etc::SourceList={state / 'sources.list'}",
-            "-o", "Dir::Etc::SourceParts=/nonexistent",
-            "-o", f"Dir::State::Lists={state / 'lists'}",
-            "-o", f"Dir::Cache={state / 'cache'}",
-            "-o", "Acquire::Languages=none",
-        ]
-        _run(["apt-get", *options, "update", "-q"])
-        debs = _download(list(UBUNTU_PINNED), options)
-    for package, deb in zip(UBUNTU_PINNED, debs, strict=True):
-        digest = hashlib.sha256(deb.read_bytes()).hexdigest()
-        if digest != UBUNTU_PINNED[package]:
-            deb.unlink()
-            raise RuntimeError(f"{deb.name}: SHA-256 {digest} is not the pinned {UBUNTU_PINNED[package]}")
-    _unpack(debs, IOMMUFD.root)
+    from tests.nested import iommufd_build  # it builds on this module's helpers
+
+    iommufd_build.build()
+
+
+def why_missing(kernel: Kernel) -> str:
+    """What the last fetch said about `kernel`, for the skip line of its tests."""
+    path = BUILD / f"{kernel.name}.missing"
+    return path.read_text().strip() if path.is_file() else "run 'make nested-kernels'"
+
+
+def iommufd_built() -> bool:
+    from tests.nested import iommufd_build
+
+    return iommufd_build.built()
 
 
 def fetch_all() -> list[str]:
     """Fetch what is missing; returns one line per part that could not be had."""
     problems = []
-    for name, present, fetch in (
-        ("busybox-static", BUSYBOX.is_file, fetch_busybox),
-        ("Debian kernel (type1)", TYPE1.present, fetch_type1),
-        ("Ubuntu 24.04 kernel (iommufd)", IOMMUFD.present, fetch_iommufd),
+    for name, kernel, present, fetch in (
+        ("busybox-static", None, BUSYBOX.is_file, fetch_busybox),
+        ("Debian kernel (type1)", TYPE1, TYPE1.present, fetch_type1),
+        ("Debian 6.12 kernel with iommufd built", IOMMUFD, iommufd_built, fetch_iommufd),
     ):
+        note = BUILD / f"{kernel.name}.missing" if kernel else None
         if present():
             continue
         try:
             fetch()
         except (OSError, RuntimeError) as exc:
             problems.append(f"{name}: {exc}")
+            if note:
+                BUILD.mkdir(parents=True, exist_ok=True)
+                note.write_text(f"{name}: {exc}\n")
+        else:
+            if note:
+                note.unlink(missing_ok=True)
     return problems
 
 

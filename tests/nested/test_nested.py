@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.nested import boot
-from tests.nested.kernels import IOMMUFD, TYPE1, Kernel
+from tests.nested.kernels import IOMMUFD, TYPE1, Kernel, why_missing
 
 GUEST_TIMEOUT_S = 420
 CHECKS_DIR = Path(__file__).with_name("guest")
@@ -43,7 +43,7 @@ def _boot(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     if reason:
         pytest.skip(reason)
     if not kernel.present():
-        pytest.skip(f"no {kernel.name} kernel under {kernel.root}: run 'make nested-kernels'")
+        pytest.skip(f"no {kernel.name} kernel under {kernel.root}: {why_missing(kernel)}")
     run = boot.run_script(kernel, tmp_path_factory.mktemp(f"guest-{kernel.name}"), GUEST_PYTEST,
                            timeout=GUEST_TIMEOUT_S)
     junit = run.results / "junit.xml"
