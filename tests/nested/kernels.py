@@ -134,7 +134,7 @@ def fetch_all() -> list[str]:
     for name, kernel, present, fetch in (
         ("busybox-static", None, BUSYBOX.is_file, fetch_busybox),
         ("Debian kernel (type1)", TYPE1, TYPE1.present, fetch_type1),
-        ("Debian 6.12 kernel with iommufd built", IOMMUFD, iommufd_built, fetch_iommufd),
+        ("Debian 6.12 kernel with rebuilt iommufd and vfio", IOMMUFD, iommufd_built, fetch_iommufd),
     ):
         note = BUILD / f"{kernel.name}.missing" if kernel else None
         if present():
