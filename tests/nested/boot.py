@@ -32,6 +32,7 @@ BRIDGE = "0000:00:11.0"
 @dataclass
 class GuestRun:
     console: str
+    console_path: Path
     results: Path
     timed_out: bool
     seconds: float
@@ -101,4 +102,5 @@ def run_script(kernel: Kernel, workdir: Path, script: str, *, timeout: float) ->
     text = console.read_text(errors="replace") if console.is_file() else ""
     if output:
         text += "\n[qemu] " + output
-    return GuestRun(console=text, results=results, timed_out=timed_out, seconds=time.monotonic() - started)
+    return GuestRun(console=text, console_path=console, results=results, timed_out=timed_out,
+                    seconds=time.monotonic() - started)

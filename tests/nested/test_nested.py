@@ -8,6 +8,7 @@ A guest that hangs is killed after GUEST_TIMEOUT_S and every check of it fails s
 from __future__ import annotations
 
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.nested import boot
-from tests.nested.kernels import IOMMUFD, TYPE1, Kernel, why_missing
+from tests.nested.kernels import BUILD, IOMMUFD, TYPE1, Kernel, why_missing
 
 GUEST_TIMEOUT_S = 420
 CHECKS_DIR = Path(__file__).with_name("guest")
@@ -46,6 +47,8 @@ def _boot(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         pytest.skip(f"no {kernel.name} kernel under {kernel.root}: {why_missing(kernel)}")
     run = boot.run_script(kernel, tmp_path_factory.mktemp(f"guest-{kernel.name}"), GUEST_PYTEST,
                            timeout=GUEST_TIMEOUT_S)
+    if run.console_path.is_file():  # kept for a look afterwards
+        shutil.copyfile(run.console_path, BUILD / f"console-{kernel.name}.log")
     junit = run.results / "junit.xml"
     cases = list(ET.parse(junit).getroot().iter("testcase")) if junit.is_file() else []
     return Outcome(run, cases)

@@ -60,16 +60,17 @@ def flavor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
-@pytest.fixture
-def bound_edu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """The lone edu device on vfio-pci for the test; back on no driver afterwards."""
-    monkeypatch.setenv("VFIOTASK_STATE_DIR", str(tmp_path / "bind-state"))
-    done = run_cli("bind", EDU, "--json")
+@pytest.fixture(scope="module")
+def bound_edu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The lone edu device on vfio-pci for a module's checks (a command's start costs seconds
+    under TCG); back on no driver afterwards, before the next module binds it its own way."""
+    env = {"VFIOTASK_STATE_DIR": str(tmp_path_factory.mktemp("bind-state"))}
+    done = run_cli("bind", EDU, "--json", env=env)
     assert done.returncode == 0, done.stderr
     try:
         yield group_of(EDU)
     finally:
-        undone = run_cli("unbind", EDU)
+        undone = run_cli("unbind", EDU, env=env)
         assert undone.returncode == 0, undone.stderr
 
 
