@@ -129,6 +129,7 @@ class MockContainer:
     """Same interface as the real container; maps pin with mlock under one lock."""
 
     name = "mock"
+    parallel_maps = False  # type1's rules: one lock per container
 
     def __init__(
         self,
