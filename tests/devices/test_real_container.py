@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.devices.fake_kernel import FakeGroup, FakeVfioKernel
+from tests.devices.helpers import group_with_cdevs
 from vfiotask.devices import uapi
 from vfiotask.devices.container import GroupBusyError, IovaConflictError, IovaInvalidError
 from vfiotask.devices.real import IommufdContainer, Type1Container, open_real_container
@@ -85,18 +86,6 @@ def test_group_already_in_a_container() -> None:
 def test_no_type1v2() -> None:
     with pytest.raises(DeviceError, match="type1v2"):
         Type1Container([1], syscalls=FakeVfioKernel(groups={1: FakeGroup()}, has_type1v2=False))
-
-
-def group_with_cdevs(tmp_path: Path, number: int, cdevs: dict[str, str]) -> Path:
-    """A /sys with IOMMU group `number` whose devices (address: cdev name, "" for a device on
-    no driver) are listed; those with a cdev are on vfio-pci."""
-    for address, cdev in cdevs.items():
-        device = tmp_path / "kernel" / "iommu_groups" / str(number) / "devices" / address
-        device.mkdir(parents=True)
-        if cdev:
-            (device / "vfio-dev" / cdev).mkdir(parents=True)
-            (device / "driver").symlink_to("../../../../bus/pci/drivers/vfio-pci")
-    return tmp_path
 
 
 def test_iommufd_sequence(tmp_path: Path) -> None:

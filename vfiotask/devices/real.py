@@ -96,6 +96,7 @@ class _GroupFiles:
 
 class _Base:
     name = "vfio"
+    parallel_maps = False  # type1: one container lock for a whole map
 
     def __init__(self, groups: list[int], *, syscalls: Syscalls | None, dev_root: Path) -> None:
         self.sys: Syscalls = syscalls or LibcSyscalls()
@@ -251,6 +252,8 @@ class IommufdContainer(_Base):
     else the groups through VFIO's compatibility path (VFIO_GROUP_SET_CONTAINER on the iommufd)."""
 
     name = "iommufd"
+    # The IOAS's locks are held only to insert an area; the pin runs beside other maps' pins.
+    parallel_maps = True
 
     def __init__(self, groups: list[int], *, syscalls: Syscalls | None = None, dev_root: Path = DEV_ROOT,
                  sys_root: Path = SYS_ROOT, attach: str = "auto") -> None:
