@@ -250,11 +250,12 @@ def fs_fields(directory: Dir, root: Path, parts: list[str], name: str) -> dict[s
 
 
 def make_file(journal: Journal, owner: str, directory: Dir, root: Path, parts: list[str], name: str,
-              size: int, mode: int = 0o600) -> int:
+              size: int, mode: int = 0o600) -> tuple[int, dict[str, Any]]:
     """A new file `name` of `size` bytes in `directory`, journaled by inode before it has its name.
 
     The file is made unnamed (O_TMPFILE), recorded with its inode, then linked: a kill before the
     link leaves nothing, after it leaves a name recovery removes only if it still has that inode.
+    A name already taken is FileExistsError, and nothing is left.  Returns the open file and its entry.
     """
     fd = directory.tmpfile(mode)
     try:
@@ -274,7 +275,15 @@ def make_file(journal: Journal, owner: str, directory: Dir, root: Path, parts: l
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, entry
+
+
+def undo_entry(journal: Journal, entry: dict[str, Any]) -> str | None:
+    """Undo a file or directory entry now (this process made it) and forget it."""
+    action = undo_fs(entry)
+    with journal.locked() as data:
+        journal.drop(data, entry)
+    return action
 
 
 def journaled_mkdir(journal: Journal, data: dict[str, Any], owner: str, root: Path) -> Maker:
@@ -296,6 +305,8 @@ def undo_fs(entry: dict[str, Any], *, dry_run: bool = False) -> str | None:
     A directory is removed only when empty.  A directory recorded as intent only (killed between
     mkdir and its record) is removed when empty: an empty directory is all such a kill can leave.
     """
+    if not same_boot(entry.get("holder")):
+        return None  # inode numbers of an earlier boot name nothing now: forget, never remove
     kind, name = entry.get("kind"), str(entry.get("name"))
     where = Path(str(entry.get("root")), *entry.get("parts", []), name)
     ident = entry.get("ident")

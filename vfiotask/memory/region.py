@@ -42,7 +42,9 @@ class RegionSpec:
     `backing` is "anon", "memfd" or a file path.  `page_size` asks a memfd for hugetlb pages of
     that size; for a file it is detected from the filesystem (and, when given, must match).
     `force` allows a file on a filesystem that is not tmpfs or hugetlbfs; `create` allows
-    creating a file that does not exist.  `transparent_hugepages` asks for THP (MADV_HUGEPAGE) on
+    creating a file that does not exist.  `fd` is a file the caller already made at `backing`
+    (by descriptor, journaled): it is mapped as it is and never removed here.
+    `transparent_hugepages` asks for THP (MADV_HUGEPAGE) on
     memory that is not hugetlb, as QEMU does for guest RAM: anonymous memory then faults 2 MiB at
     a time, and a file on a tmpfs mounted `huge=advise` or `huge=within_size` is filled with huge
     pages that every later mapper (QEMU, the VFIO pin) maps whole instead of 512 faults apiece.
@@ -59,6 +61,7 @@ class RegionSpec:
     create: bool = True
     transparent_hugepages: bool = True
     host_root: Path = field(default=HOST_ROOT, repr=False)
+    fd: int | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -192,6 +195,8 @@ def _check_size(size: int, page_size: int, what: str) -> None:
 def _plan_file(spec: RegionSpec) -> _Plan:
     path = Path(spec.backing)
     parent = path.parent
+    if spec.fd is not None:
+        return _plan_fd(spec, path)
     if not parent.is_dir():
         raise UsageError(
             f"backing file {path}: directory {parent} does not exist",
@@ -253,6 +258,20 @@ def _plan_file(spec: RegionSpec) -> _Plan:
         fstype=mount.fstype,
         free_bytes=free_bytes,
     )
+
+
+def _plan_fd(spec: RegionSpec, path: Path) -> _Plan:
+    """A file the caller made: its filesystem decides the page size; its size must be the region's."""
+    assert spec.fd is not None
+    info = os.fstat(spec.fd)
+    mount = mount_of(path.parent, spec.host_root)
+    hugetlb = mount.fstype == "hugetlbfs"
+    fs = os.fstatvfs(spec.fd)
+    if info.st_size != spec.size:
+        raise UsageError(f"backing file {path} has {info.st_size} bytes, not {spec.size}", hint="this is a bug")
+    free = fs.f_bavail * fs.f_frsize if mount.fstype in RAM_FILESYSTEMS and fs.f_blocks else None
+    return _Plan(kind="file", page_size=fs.f_bsize if hugetlb else BASE_PAGE_SIZE, hugetlb=hugetlb, path=path,
+                 exists=True, allocated=info.st_blocks * 512, fstype=mount.fstype, free_bytes=free)
 
 
 def _plan(spec: RegionSpec) -> _Plan:
@@ -334,6 +353,8 @@ def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, bool]:
             raise
         return fd, False
     assert plan.path is not None
+    if spec.fd is not None:
+        return os.dup(spec.fd), False
     base = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     if plan.exists:
         try:
