@@ -25,7 +25,15 @@ _HINT = f"point {STATE_DIR_ENV} at a directory of its own (default {DEFAULT_STAT
 
 
 def state_dir_path() -> Path:
-    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    """VFIOTASK_STATE_DIR, else /run/vfiotask for root and $XDG_RUNTIME_DIR/vfiotask for other users
+    (who can neither make nor read root's, and whose changes are theirs alone)."""
+    configured = os.environ.get(STATE_DIR_ENV)
+    if configured:
+        return Path(configured)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if os.geteuid() != 0 and runtime:
+        return Path(runtime) / "vfiotask"
+    return DEFAULT_STATE_DIR
 
 
 def state_dir(create: bool = True) -> Path:
