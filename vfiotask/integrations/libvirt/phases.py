@@ -24,18 +24,25 @@ from vfiotask.dirfd import Dir, identity_of, open_path
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, whole_number
-from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
+from vfiotask.integrations.libvirt.guestjournal import (
+    OWNER_PREFIX,
+    GuestJournal,
+    guest_owner,
+    hugepage_owner,
+    hugepage_owner_prefix,
+)
 from vfiotask.integrations.libvirt.ramfiles import (
+    SHARED_OWNER,
+    STAGED_PREFIX,
     FileRecord,
     allocated_bytes,
-    guest_owner,
     hand_over,
     open_place,
     populate_file,
     remove_empty_shared,
     remove_recorded,
 )
-from vfiotask.journal import Journal, fs_fields, holder
+from vfiotask.journal import Journal, fs_fields, holder, holder_alive
 from vfiotask.units import GiB, format_size, parse_size
 
 FAIL_ENV = "VFIOTASK_FAIL"
@@ -173,15 +180,43 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
     return record
 
 
-def recover_guest(name: str, ctx: HookContext, *, dry_run: bool = False) -> list[str]:
+def recover_guest(name: str, ctx: HookContext) -> list[str]:
     """Undo what a prepare of `name` left when it was killed or never released; says what it did."""
-    record = ctx.journal.guest(name)
-    if record is not None and dry_run:
-        return [f"would release guest {name}'s preparation"]
-    if record is not None or ctx.journal.journal_entries(guest_owner(name)):
-        problems = release(name, ctx)
-        return [f"released guest {name}'s earlier preparation", *problems]
-    return []
+    if ctx.journal.guest(name) is None and not ctx.journal.journal_entries(guest_owner(name)):
+        return []
+    done: list[str] = []
+    problems = release(name, ctx, done=done)
+    return [f"released guest {name}'s earlier preparation", *done, *problems]
+
+
+def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
+    """Undo what killed prepares and stagings left (guests whose preparing process is gone, never
+    those prepared and running), and remove the shared directories left empty; says what it did."""
+    data = ctx.journal.journal.read()
+    names = {name for name, record in data.get("guests", {}).items()
+             if record.get("holder") is not None and not holder_alive(record.get("holder"))}
+    staged: set[str] = set()
+    for entry in Journal.entries(data, orphaned=True):
+        owner = str(entry.get("owner"))
+        if owner.startswith(OWNER_PREFIX):
+            names.add(owner[len(OWNER_PREFIX):])
+        elif owner.startswith(STAGED_PREFIX):
+            staged.add(owner)
+    done: list[str] = []
+    for name in sorted(names):
+        if not match(guest_owner(name)):
+            continue
+        if dry_run:
+            done.append(f"would release guest {name}'s preparation (its preparing process is gone)")
+            continue
+        problems = release(name, ctx, done=done)
+        done += [f"guest {name}: {problem}" for problem in problems]
+    for owner in sorted(staged):
+        if match(owner):
+            done += remove_recorded(ctx.journal.journal, owner, dry_run=dry_run)
+    if match(SHARED_OWNER):
+        done += remove_empty_shared(ctx.journal.journal, dry_run=dry_run)
+    return done
 
 
 def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
@@ -298,7 +333,7 @@ def start(domain: Domain, ctx: HookContext) -> dict[str, Any] | None:
     return at_start
 
 
-def release(name: str, ctx: HookContext, *, dry_run: bool = False) -> list[str]:
+def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> list[str]:
     """Give back what prepare took for `name`; returns the problems met (never raises for them).
 
     It is also the recovery of a killed prepare: the files and directories are undone from the
@@ -306,22 +341,23 @@ def release(name: str, ctx: HookContext, *, dry_run: bool = False) -> list[str]:
     reservation's own entries; the shared directories the hook made go once they are empty.
     """
     problems: list[str] = []
+    done = [] if done is None else done
     journal = ctx.journal.journal
     try:
-        remove_recorded(journal, guest_owner(name))
+        done += remove_recorded(journal, guest_owner(name))
     except (OSError, VfiotaskError) as exc:
         problems.append(f"removing files: {describe_exception(exc)}")
     ctx.journal.pop_guest(name)
     try:
         reserver = ctx.reserver()
-        reserver.recover(lambda owner: owner.startswith(hugepage_owner_prefix(name)))
+        done += reserver.recover(lambda owner: owner.startswith(hugepage_owner_prefix(name)))
         for held in reserver.owners():
-            if held.owner.startswith(hugepage_owner_prefix(name)):
-                reserver.release(held.owner)
+            if held.owner.startswith(hugepage_owner_prefix(name)) and reserver.release(held.owner):
+                done.append(f"released {held.owner}'s {format_size(held.size)} of hugepages")
     except (OSError, VfiotaskError) as exc:
         problems.append(f"releasing hugepages: {describe_exception(exc)}")
     try:
-        remove_empty_shared(journal)
+        done += remove_empty_shared(journal)
     except (OSError, VfiotaskError) as exc:
         problems.append(f"removing empty directories: {describe_exception(exc)}")
     return problems

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from vfiotask.dirfd import Dir, identity_of, open_path, open_root, walk
 from vfiotask.errors import HostStateError
-from vfiotask.integrations.libvirt.guestjournal import guest_owner as guest_owner
 from vfiotask.integrations.libvirt.paths import Place
 from vfiotask.journal import Journal, journaled_mkdir, make_file, undo_entry, undo_fs
 
@@ -31,8 +30,11 @@ if TYPE_CHECKING:
 SHARED_OWNER = "libvirt"
 
 
+STAGED_PREFIX = "libvirt-staged:"
+
+
 def staged_owner(name: str) -> str:
-    return f"libvirt-staged:{name}"
+    return f"{STAGED_PREFIX}{name}"
 
 
 @dataclass(frozen=True)
