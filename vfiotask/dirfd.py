@@ -84,8 +84,10 @@ class Dir:
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise _refused(self.path / name, exc) from exc
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_DIRECTORY|O_NOFOLLOW on a link: ENOTDIR
+                info = self.lstat(name)
+                link = info is not None and stat.S_ISLNK(info.st_mode)
+                raise _refused(self.path / name, exc, link=link) from exc
             raise
         return Dir(fd, self.path / name)
 
@@ -169,8 +171,8 @@ def _check_name(name: str, where: Path) -> None:
         raise HostStateError(f"{name!r} is not a plain name in {where}", hint="this is a bug; report it")
 
 
-def _refused(path: Path, exc: OSError) -> LinkRefused:
-    what = "a symbolic link" if exc.errno == errno.ELOOP else "not a directory"
+def _refused(path: Path, exc: OSError, *, link: bool | None = None) -> LinkRefused:
+    what = "a symbolic link" if (exc.errno == errno.ELOOP if link is None else link) else "not a directory"
     return LinkRefused(
         f"{path} is {what}; vfiotask does not follow links where it writes",
         hint="remove it (and check who made it); vfiotask creates what it needs",
@@ -187,7 +189,7 @@ def open_root(path: Path, *, follow: bool = True) -> Dir:
         fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise _refused(path, exc) from exc
+            raise _refused(path, exc, link=os.path.islink(path)) from exc
         raise
     return Dir(fd, Path(path))
 
