@@ -58,8 +58,7 @@ def test_directories_someone_else_made_are_left(hook_host: HookHost) -> None:
     xml = guest_xml("c", 16, id=4, file_backed=True, config=OURS)
     assert hook_host.run("c", "prepare", "begin", xml).returncode == 0
     assert hook_host.run("c", "release", "end", xml).returncode == 0
-    assert tree(hook_host.backing_dir) == [("libvirt", "d", (hook_host.backing_dir / "libvirt").stat().st_ino),
-                                           ("libvirt/qemu", "d", (hook_host.backing_dir / "libvirt/qemu").stat().st_ino)]
+    assert [(path, kind) for path, kind, _ in tree(hook_host.backing_dir)] == [("libvirt", "d"), ("libvirt/qemu", "d")]
 
 
 def test_a_linked_slots_directory_is_never_written_through(state_dir: Path, tmp_path: Path) -> None:

@@ -32,7 +32,6 @@ from vfiotask.integrations.libvirt.guestjournal import (
     hugepage_owner_prefix,
 )
 from vfiotask.integrations.libvirt.ramfiles import (
-    SHARED_OWNER,
     STAGED_PREFIX,
     FileRecord,
     allocated_bytes,
@@ -214,8 +213,7 @@ def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = F
     for owner in sorted(staged):
         if match(owner):
             done += remove_recorded(ctx.journal.journal, owner, dry_run=dry_run)
-    if match(SHARED_OWNER):
-        done += remove_empty_shared(ctx.journal.journal, dry_run=dry_run)
+    done += remove_empty_shared(ctx.journal.journal, dry_run=dry_run)  # of no one guest; only when empty
     return done
 
 
