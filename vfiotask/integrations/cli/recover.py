@@ -46,6 +46,7 @@ def recover(owner: str | None = None, *, dry_run: bool = False) -> list[dict[str
     """Every area's recovery, in the order that keeps counts exact: guests (their files, then their
     hugepages), other hugepage growth, backing files, bindings, slots."""
     from vfiotask.engine.slots import SlotPool
+    from vfiotask.integrations.cli.prepin import recover_pins
     from vfiotask.integrations.libvirt import phases
     from vfiotask.jobs import bind
     from vfiotask.jobs.hugepages import HugepageReserver, validate_owner
@@ -63,6 +64,7 @@ def recover(owner: str | None = None, *, dry_run: bool = False) -> list[dict[str
     note("hugepages", HugepageReserver().recover(match, dry_run=dry_run))
     if match(FILES_OWNER):
         note("files", recover_files(dry_run=dry_run))
+        note("pins", recover_pins(dry_run=dry_run))
     if owner is None:
         note("bindings", bind.recover(dry_run=dry_run))
         note("slots", SlotPool().remove_stale(dry_run=dry_run))
