@@ -183,8 +183,49 @@ def test_hugepage_reservations_killed_anywhere_are_given_back(hook_host: HookHos
         assert result.returncode == 0, result.stderr
 
     command = Tally()
-    crash_matrix(command, reserve, [release_owner, recover], check, finish=release_owner)
+    def finish() -> None:
+        assert run(cli("hugepages", "release", "--owner", "Y"), env).returncode == 0
+
+    crash_matrix(command, reserve, [release_owner, recover], check, finish=finish)
     TOTALS["hugepages reserve"] = command
+
+
+RESERVE_ON_FIXTURE = (
+    "import sys; from pathlib import Path; from vfiotask.host.hugepages import HugepagePools; "
+    "from vfiotask.jobs.hugepages import HugepageReserver; "
+    "HugepageReserver(HugepagePools(Path(sys.argv[1]))).reserve('Y', {0: 8 << 21, 1: 4 << 21}, 2 << 20)"
+)
+
+
+def test_a_two_node_reservation_killed_anywhere_is_given_back(tmp_path: Path, state_dir: Path) -> None:
+    """Both nodes' pools, on a fixture tree (any user): intents per node, growth per node, undone exactly."""
+    from tests.jobs.test_hugepages import make_sysfs
+    from vfiotask.host.hugepages import HugepagePools
+    from vfiotask.jobs.hugepages import HugepageReserver
+
+    root = make_sysfs(tmp_path / "root")
+    (root / "sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages").write_text("3\n")
+    reserver = HugepageReserver(HugepagePools(root))
+    baseline = snapshot(root)
+
+    def reserve(point: int) -> subprocess.CompletedProcess[bytes]:
+        return run([sys.executable, "-c", RESERVE_ON_FIXTURE, str(root)], {"VFIOTASK_CRASH_AT": str(point)})
+
+    def release() -> None:
+        if snapshot(root) != baseline:
+            assert [o["owner"] for o in reserver.orphans()] != []
+        reserver.release("Y")
+
+    def recover() -> None:
+        reserver.recover()
+
+    def check() -> None:
+        assert snapshot(root) == baseline
+        assert open_intents(state_dir) == [] and reserver.owners() == []
+
+    tally = Tally()
+    crash_matrix(tally, reserve, [release, recover], check, finish=lambda: reserver.release("Y") and None)
+    TOTALS["hugepages two nodes"] = tally
 
 
 # -- prepin's backing file and pins ------------------------------------------------------------------
@@ -258,7 +299,7 @@ TOTALS: dict[str, Tally] = {}
 
 def test_the_matrix_covers_at_least_fifty_kills() -> None:
     """Runs last in this module: the scenarios above together killed and recovered >= 50 times."""
-    if len(TOTALS) < 8:
+    if len(TOTALS) < 9:
         pytest.skip("the scenarios did not all run (root, hugetlbfs)")
     cases = sum(t.cases for t in TOTALS.values())
     print({name: (len(t.points), t.cases) for name, t in TOTALS.items()}, "cases:", cases)
