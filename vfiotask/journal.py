@@ -23,7 +23,7 @@ import signal
 import stat
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
@@ -276,6 +276,24 @@ def make_file(journal: Journal, owner: str, directory: Dir, root: Path, parts: l
         os.close(fd)
         raise
     return fd, entry
+
+
+def undo_recorded(journal: Journal, owner: str, *, orphaned: bool = False,
+                  where: Callable[[dict[str, Any]], bool] = lambda _entry: True,
+                  dry_run: bool = False) -> list[str]:
+    """Undo the files and directories journaled for `owner` (only those whose holder is gone when
+    `orphaned`, only those `where` accepts), newest first, if still the same inode; says what it did."""
+    actions = []
+    with journal.locked() as data:
+        for entry in journal.entries(data, owner, orphaned=orphaned):
+            if entry.get("kind") not in ("file", "dir") or not where(entry):
+                continue
+            action = undo_fs(entry, dry_run=dry_run)
+            if action:
+                actions.append(action)
+            if not dry_run:
+                journal.drop(data, entry)
+    return actions
 
 
 def undo_entry(journal: Journal, entry: dict[str, Any]) -> str | None:

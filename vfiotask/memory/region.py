@@ -504,7 +504,7 @@ def recover_files(path: Path | None = None, *, dry_run: bool = False) -> list[st
     for a file the user made.
     """
     from vfiotask.errors import StateDirError
-    from vfiotask.journal import Journal, undo_fs
+    from vfiotask.journal import Journal, undo_recorded
 
     journal = Journal(FILES_JOURNAL)
     try:
@@ -512,14 +512,5 @@ def recover_files(path: Path | None = None, *, dry_run: bool = False) -> list[st
             return []
     except StateDirError:  # nothing can have been recorded where this user cannot write
         return []
-    actions = []
-    with journal.locked() as data:
-        for entry in journal.entries(data, FILES_OWNER, orphaned=True):
-            if path is not None and Path(str(entry.get("root")), str(entry.get("name"))) != path:
-                continue
-            action = undo_fs(entry, dry_run=dry_run)
-            if action:
-                actions.append(action)
-            if not dry_run:
-                journal.drop(data, entry)
-    return actions
+    return undo_recorded(journal, FILES_OWNER, orphaned=True, dry_run=dry_run,
+                         where=lambda entry: path is None or Path(str(entry["root"]), str(entry["name"])) == path)

@@ -23,9 +23,9 @@ from vfiotask.integrations.libvirt.ramfiles import (
     open_place,
     populate_file,
     remove_empty_shared,
-    remove_recorded,
     staged_owner,
 )
+from vfiotask.journal import undo_recorded
 from vfiotask.units import format_size
 
 
@@ -65,7 +65,7 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
         if same and all(f.still_ours() for f in files):
             return files, False
         unstage(name, journal=journal)
-    remove_recorded(journal.journal, staged_owner(name))  # what a killed staging left
+    undo_recorded(journal.journal, staged_owner(name), orphaned=True)  # what a killed staging left
     place = paths.staging_place(name, conf)
     done: list[FileRecord] = []
     try:
@@ -74,7 +74,7 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
                 done.append(populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal.journal,
                                           owner=staged_owner(name), threads=threads))
     except BaseException:
-        remove_recorded(journal.journal, staged_owner(name))
+        undo_recorded(journal.journal, staged_owner(name))
         remove_empty_shared(journal.journal)
         raise
     journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time()},
@@ -87,7 +87,7 @@ def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecor
     journal = journal or GuestJournal()
     record = journal.pop_staged(name) or {}
     files = [FileRecord.from_json(f) for f in record.get("files", [])]
-    remove_recorded(journal.journal, staged_owner(name))
+    undo_recorded(journal.journal, staged_owner(name))
     remove_empty_shared(journal.journal)
     return files
 

@@ -39,9 +39,8 @@ from vfiotask.integrations.libvirt.ramfiles import (
     open_place,
     populate_file,
     remove_empty_shared,
-    remove_recorded,
 )
-from vfiotask.journal import Journal, fs_fields, holder, holder_alive
+from vfiotask.journal import Journal, fs_fields, holder, holder_alive, undo_recorded
 from vfiotask.units import GiB, format_size, parse_size
 
 FAIL_ENV = "VFIOTASK_FAIL"
@@ -212,7 +211,7 @@ def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = F
         done += [f"guest {name}: {problem}" for problem in problems]
     for owner in sorted(staged):
         if match(owner):
-            done += remove_recorded(ctx.journal.journal, owner, dry_run=dry_run)
+            done += undo_recorded(ctx.journal.journal, owner, dry_run=dry_run)
     done += remove_empty_shared(ctx.journal.journal, dry_run=dry_run)  # of no one guest; only when empty
     return done
 
@@ -342,7 +341,7 @@ def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> li
     done = [] if done is None else done
     journal = ctx.journal.journal
     try:
-        done += remove_recorded(journal, guest_owner(name))
+        done += undo_recorded(journal, guest_owner(name))
     except (OSError, VfiotaskError) as exc:
         problems.append(f"removing files: {describe_exception(exc)}")
     ctx.journal.pop_guest(name)

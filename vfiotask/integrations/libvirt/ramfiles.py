@@ -125,21 +125,6 @@ def populate_file(directory: Dir, place: Place, name: str, size: int, node: int 
                       root=str(place.root), parts=list(place.parts))
 
 
-def remove_recorded(journal: Journal, owner: str, *, dry_run: bool = False) -> list[str]:
-    """Undo every file and directory journaled for `owner` (newest first), if still the same inode."""
-    actions = []
-    with journal.locked() as data:
-        for entry in journal.entries(data, owner):
-            if entry.get("kind") not in ("file", "dir"):
-                continue
-            action = undo_fs(entry, dry_run=dry_run)
-            if action:
-                actions.append(action)
-            if not dry_run:
-                journal.drop(data, entry)
-    return actions
-
-
 def remove_empty_shared(journal: Journal, *, dry_run: bool = False) -> list[str]:
     """Remove the shared directories the hook made, deepest first, once nothing is left in them."""
     actions = []
