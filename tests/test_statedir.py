@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import requires_root, run_cli
 from vfiotask import statedir
 from vfiotask.errors import HostStateError
 
@@ -59,3 +59,22 @@ def test_linked_journal_files_are_never_followed(state_dir: Path, tmp_path: Path
     result = run_cli("hugepages", "status")
     assert result.returncode == 1 and "symbolic link" in result.stderr and "Traceback" not in result.stderr
     assert victim.read_bytes() == b"\xff" * 4096
+
+
+def test_a_journal_that_is_not_utf8_is_one_line(state_dir: Path) -> None:
+    statedir.state_dir()
+    (state_dir / "hugepages.json").write_bytes(b"\xff\xfe{")
+    result = run_cli("hugepages", "status")
+    assert result.returncode == 1 and "corrupt (not UTF-8)" in result.stderr and "Traceback" not in result.stderr
+
+
+@requires_root
+def test_a_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    import os
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    result = run_cli("recover", env={"VFIOTASK_STATE_DIR": str(theirs)})
+    assert result.returncode == 3 and "owned by uid 65534" in result.stderr and result.stderr.count("\n") == 1
+    assert list(theirs.iterdir()) == []
