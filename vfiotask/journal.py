@@ -241,6 +241,24 @@ class Journal:
         return list(reversed(found))
 
 
+_TEMPORARY = re.compile(r"^\.[A-Za-z0-9_-]+\.([0-9]{1,10})\.[0-9]{1,20}\.tmp$")
+
+
+def remove_stale_temporaries(*, dry_run: bool = False) -> list[str]:
+    """Remove journal temporaries of processes killed between writing and renaming them."""
+    actions = []
+    with open_state_dir() as directory:
+        for name in directory.names():
+            match = _TEMPORARY.match(name)
+            if match is None or Path(f"/proc/{match.group(1)}").exists():
+                continue
+            if dry_run:
+                actions.append(f"would remove the unfinished journal write {directory.path / name}")
+            elif directory.unlink(name):
+                actions.append(f"removed the unfinished journal write {directory.path / name}")
+    return actions
+
+
 # -- files and directories, made and undone by descriptor ----------------------------------------
 
 

@@ -49,6 +49,8 @@ def cli(*args: str) -> list[str]:
 
 
 def open_intents(state: Path) -> list[dict[str, object]]:
+    """Entries still open in the journals (none may be left), and no unfinished journal write."""
+    assert not list(state.glob(".*.tmp"))
     found = []
     for path in state.glob("*.json"):
         found += json.loads(path.read_text()).get("intents", [])

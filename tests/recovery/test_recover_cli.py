@@ -54,3 +54,13 @@ def test_a_rerun_at_the_same_path_starts_from_a_fresh_file(shm_dir: Path, state_
 def test_owner_and_all_are_exclusive() -> None:
     result = run_cli("recover", "--owner", "x", "--all")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_an_unfinished_journal_write_of_a_dead_process_is_removed(state_dir: Path) -> None:
+    state_dir.mkdir(mode=0o700)
+    gone = next(pid for pid in range(4_000_000, 4_100_000) if not Path(f"/proc/{pid}").exists())
+    (state_dir / f".hugepages.{gone}.1.tmp").write_text("{")
+    (state_dir / "unrelated.tmp").write_text("x")
+    result = run_cli("recover")
+    assert result.stdout == f"journals: removed the unfinished journal write {state_dir}/.hugepages.{gone}.1.tmp\n"
+    assert sorted(p.name for p in state_dir.iterdir() if p.suffix == ".tmp") == ["unrelated.tmp"]

@@ -50,6 +50,7 @@ def recover(owner: str | None = None, *, dry_run: bool = False) -> list[dict[str
     from vfiotask.integrations.libvirt import phases
     from vfiotask.jobs import bind
     from vfiotask.jobs.hugepages import HugepageReserver, validate_owner
+    from vfiotask.journal import remove_stale_temporaries
     from vfiotask.memory.region import FILES_OWNER, recover_files
 
     if owner is not None:
@@ -68,6 +69,7 @@ def recover(owner: str | None = None, *, dry_run: bool = False) -> list[dict[str
     if owner is None:
         note("bindings", bind.recover(dry_run=dry_run))
         note("slots", SlotPool().remove_stale(dry_run=dry_run))
+        note("journals", remove_stale_temporaries(dry_run=dry_run))
     return actions
 
 
