@@ -143,6 +143,34 @@ def test_staging_killed_anywhere_is_recovered(hook_host: HookHost) -> None:
     TOTALS["staging"] = tally
 
 
+@requires_root
+def test_prepare_moving_staged_files_killed_anywhere_is_recovered(hook_host: HookHost) -> None:
+    hook_host.state.mkdir(mode=0o700)
+    xml = guest_xml("w", 8, id=7, file_backed=True, config={"threads": "1"}, cells=[4, 4]).encode()
+    env = hook_host.env()
+
+    def prepare(point: int) -> subprocess.CompletedProcess[bytes]:
+        staged = run([sys.executable, "-c", STAGE], env, xml)
+        assert staged.returncode == 0, staged.stderr
+        return run([sys.executable, str(HOOK), "w", "prepare", "begin", "-"], {**env, "VFIOTASK_CRASH_AT": str(point)},
+                   xml)
+
+    def recover() -> None:
+        assert run(cli("recover"), env).returncode == 0
+
+    def release() -> None:
+        assert run([sys.executable, str(HOOK), "w", "release", "end", "-"], env, xml).returncode == 0
+
+    def check() -> None:
+        assert run(cli("hook", "unstage", "--domain", "w"), env).returncode == 0  # files never moved
+        assert tree(hook_host.backing_dir) == []
+        assert hook_host.journal().get("guests", {}) == {} and open_intents(hook_host.state) == []
+
+    tally = Tally()
+    crash_matrix(tally, prepare, [recover, release], check, finish=release)
+    TOTALS["prepare with staged files"] = tally
+
+
 # -- hugepages: the hook's reservation and the command's --------------------------------------------
 
 
@@ -301,7 +329,7 @@ TOTALS: dict[str, Tally] = {}
 
 def test_the_matrix_covers_at_least_fifty_kills() -> None:
     """Runs last in this module: the scenarios above together killed and recovered >= 50 times."""
-    if len(TOTALS) < 9:
+    if len(TOTALS) < 10:
         pytest.skip("the scenarios did not all run (root, hugetlbfs)")
     cases = sum(t.cases for t in TOTALS.values())
     print({name: (len(t.points), t.cases) for name, t in TOTALS.items()}, "cases:", cases)

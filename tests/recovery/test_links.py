@@ -102,3 +102,19 @@ def test_a_planted_temporary_link_is_not_followed(state_dir: Path, tmp_path: Pat
     with journal.locked() as data:
         data["x"] = 2
     assert victim.read_bytes() == b"v" * 1024 and journal.read() == {"x": 2}
+
+
+@requires_root
+def test_a_guest_directory_swapped_for_a_link_before_start_is_refused(hook_host: HookHost, tmp_path: Path) -> None:
+    xml = guest_xml("s", 16, id=8, file_backed=True, config=OURS, dac="+64055:+64055")
+    assert hook_host.run("s", "prepare", "begin", xml).returncode == 0
+    guest = hook_host.guest_dir("8-s")
+    elsewhere = hook_host.backing_dir / "elsewhere"  # the same tmpfs
+    guest.rename(elsewhere)  # the prepared directory, moved aside, and a link put in its place
+    guest.symlink_to(elsewhere)
+    result = hook_host.run("s", "start", "begin", xml)
+    assert result.returncode == 1 and "symbolic link" in stderr_line(result)
+    assert (elsewhere.stat().st_uid, (elsewhere / "pc.ram").stat().st_uid) == (0, 0)
+    guest.unlink()
+    assert hook_host.run("s", "release", "end", xml).returncode == 0
+    assert (elsewhere / "pc.ram").exists()  # moved away from where it was made: not removed through a path
