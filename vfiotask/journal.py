@@ -157,6 +157,10 @@ class Journal:
         directory = self._held
         if directory is None:
             raise HostStateError(f"journal {self.path} saved without its lock", hint="this is a bug; report it")
+        if not any(data.values()):  # nothing recorded: no file, as before anything was (readers see {})
+            if directory.unlink(f"{self.name}.json"):
+                directory.fsync()
+            return
         tmp = f".{self.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         directory.unlink(tmp)  # a leftover of a killed process with this pid: never written through
         fd = directory.create(tmp, 0o600, os.O_WRONLY)

@@ -317,7 +317,7 @@ def test_bind_killed_anywhere_gives_the_devices_back(tmp_path: Path, state_dir: 
 
     def check() -> None:
         assert snapshot(root.parent) == before
-        assert json.loads((state_dir / "bindings.json").read_text()) == {}
+        assert not (state_dir / "bindings.json").exists()
 
     tally = Tally()
     crash_matrix(tally, bind, [recover], check)
