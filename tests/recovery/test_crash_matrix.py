@@ -220,8 +220,10 @@ def test_hugepage_reservations_killed_anywhere_are_given_back(hook_host: HookHos
     TOTALS["hugepages reserve"] = command
 
 
-RESERVE_ON_FIXTURE = (
-    "import sys; from pathlib import Path; from vfiotask.host.hugepages import HugepagePools; "
+RESERVE_ON_FIXTURE = (  # on one CPU: the nodes grow one after the other, so a kill never lands mid-write of
+    # the other node's fixture file (a sysfs write is one syscall; a fixture file's write_text is two)
+    "import os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+    "from pathlib import Path; from vfiotask.host.hugepages import HugepagePools; "
     "from vfiotask.jobs.hugepages import HugepageReserver; "
     "HugepageReserver(HugepagePools(Path(sys.argv[1]))).reserve('Y', {0: 8 << 21, 1: 4 << 21}, 2 << 20)"
 )
