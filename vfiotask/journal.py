@@ -32,6 +32,7 @@ from typing import Any
 from vfiotask.dirfd import Dir, LinkRefused, Maker, open_path
 from vfiotask.errors import HostStateError
 from vfiotask.statedir import open_state_dir, state_dir_path
+from vfiotask.units import parse_count
 
 INTENT = "intent"
 DONE = "done"
@@ -55,7 +56,7 @@ def _start_time(pid: int) -> int | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, UnicodeDecodeError):
         return None
-    fields = text[text.rfind(")") + 2:].split()
+    fields = text[text.rfind(")") + 2:].split()  # kernel text, not a user's: plain digits
     return int(fields[19]) if len(fields) > 19 and fields[19].isascii() and fields[19].isdigit() else None
 
 
@@ -90,21 +91,24 @@ _crash_lock = threading.Lock()
 _crash_count = 0
 
 
+def _crash_target() -> int | None:
+    spec = os.environ.get(CRASH_ENV)
+    return parse_count(spec, CRASH_ENV) if spec else None
+
+
 def crash_point() -> None:
     """With VFIOTASK_CRASH_AT=K, the K-th crash point reached in this process SIGKILLs it.
 
     Crash points sit after each intent is on disk and after each change is made, and in the
     chunks of the jobs, so a test can kill a run at a chosen place, by count rather than by time.
     """
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
+    point = _crash_target()
+    if point is None:
         return
-    if not re.fullmatch(r"[0-9]{1,6}", spec):
-        raise HostStateError(f"{CRASH_ENV}={spec!r} is not a crash point number", hint="give 1 to 999999")
     global _crash_count
     with _crash_lock:
         _crash_count += 1
-        hit = _crash_count == int(spec)
+        hit = _crash_count == point
     if hit:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -207,6 +211,7 @@ class Journal:
 
     def intend(self, data: dict[str, Any], owner: str, kind: str, **fields: Any) -> dict[str, Any]:
         """Record, durably, that this process is about to make a change of `kind` for `owner`."""
+        _crash_target()  # a malformed VFIOTASK_CRASH_AT is refused before anything is recorded
         entry = {"id": uuid.uuid4().hex, "owner": owner, "kind": kind, "state": INTENT, "holder": holder(), **fields}
         data.setdefault("intents", []).append(entry)
         self.save(data)
