@@ -316,8 +316,11 @@ def undo_recorded(journal: Journal, owner: str, *, orphaned: bool = False,
             if entry.get("kind") not in ("file", "dir") or not where(entry):
                 continue
             action = undo_fs(entry, dry_run=dry_run)
-            if action:
-                actions.append(action)
+            if action is None:  # nothing there that is ours: only the record goes
+                where_made = Path(str(entry.get("root")), *entry.get("parts", []), str(entry.get("name")))
+                action = (f"{'would drop' if dry_run else 'dropped'} the record of {entry.get('kind')} "
+                          f"{where_made}: it is gone or no longer the one made")
+            actions.append(action)
             if not dry_run:
                 journal.drop(data, entry)
     return actions
