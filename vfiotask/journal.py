@@ -29,7 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vfiotask.dirfd import Dir, LinkRefused, Maker, open_path
+from vfiotask.dirfd import Dir, LinkRefused, Maker, identity_of, open_path
 from vfiotask.errors import HostStateError
 from vfiotask.statedir import open_state_dir, state_dir_path
 from vfiotask.units import parse_count
@@ -138,14 +138,15 @@ class Journal:
 
     @contextmanager
     def locked(self) -> Iterator[dict[str, Any]]:
-        """Yield the journal's content under the lock; what the caller leaves in it is saved."""
+        """Yield the journal's content under the lock; what the caller leaves in it is saved.
+
+        A journal left with nothing in it takes its lock file away too (while holding it), so an
+        undone operation leaves the state dir as it found it; a waiter that then gets the lock of
+        the removed file sees it no longer has the name and takes the lock anew.
+        """
         with self._open_dir() as directory:
-            lock = directory.open(f"{self.name}.lock", os.O_RDWR | os.O_CREAT)
+            lock = self._lock(directory)
             try:
-                if not stat.S_ISREG(os.fstat(lock).st_mode):
-                    raise HostStateError(f"{directory.path / self.name}.lock is not a regular file",
-                                         hint="remove it")
-                fcntl.flock(lock, fcntl.LOCK_EX)
                 data = self._load(directory)
                 self._held = directory
                 try:
@@ -153,8 +154,27 @@ class Journal:
                     self.save(data)
                 finally:
                     self._held = None
+                    if directory.lstat(f"{self.name}.json") is None:
+                        directory.unlink(f"{self.name}.lock", identity_of(os.fstat(lock)))
             finally:
                 os.close(lock)
+
+    def _lock(self, directory: Dir) -> int:
+        name = f"{self.name}.lock"
+        while True:
+            lock = directory.open(name, os.O_RDWR | os.O_CREAT)
+            try:
+                info = os.fstat(lock)
+                if not stat.S_ISREG(info.st_mode):
+                    raise HostStateError(f"{directory.path / name} is not a regular file", hint="remove it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                named = directory.lstat(name)
+            except BaseException:
+                os.close(lock)
+                raise
+            if named is not None and identity_of(named) == identity_of(info):
+                return lock
+            os.close(lock)  # removed while we waited: lock the file that has the name now
 
     def save(self, data: dict[str, Any]) -> None:
         """Write `data` durably now; only inside `locked()` (an intent must be on disk before its change)."""
