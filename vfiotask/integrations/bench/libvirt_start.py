@@ -223,7 +223,8 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
     from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path, hook_text
-    from vfiotask.integrations.libvirt.ramfiles import populate_file
+    from vfiotask.jobs.prefault import prefault
+    from vfiotask.memory.region import RegionSpec, open_region
 
     variants = VARIANTS + EXTRA.get(config, ())
     names = {variant: f"{PREFIX}{variant}" for variant in variants}
@@ -262,7 +263,8 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
 
             def reference_ready() -> None:
                 staged_ref.parent.mkdir(parents=True, exist_ok=True)
-                populate_file(staged_ref, size, None)
+                with open_region(RegionSpec(size=size, backing=str(staged_ref), create=True)) as region:
+                    prefault(region)  # the reference hook's file: populated as the hook's would be
                 hook.write_text(REFERENCE_HOOK.format(python=sys.executable, staged=str(staged_ref),
                                                       root=str(staged_ref.parent), name=names["reference"]))
 

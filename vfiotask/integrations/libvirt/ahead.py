@@ -8,7 +8,6 @@ libvirt removes it at stop, so no start ever gets another run's data.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,20 @@ from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner
-from vfiotask.integrations.libvirt.ramfiles import FileRecord, hugetlbfs_pages, populate_file, reserve_pages
+from vfiotask.integrations.libvirt.ramfiles import (
+    FileRecord,
+    hugetlbfs_pages,
+    open_place,
+    populate_file,
+    remove_empty_shared,
+    reserve_pages,
+    staged_owner,
+)
 from vfiotask.jobs.hugepages import HugepageReserver
+from vfiotask.journal import undo_recorded
+from vfiotask.units import format_size
+
+HUGEPAGES_KIND = "hugepages"  # a staging's reservation, recorded beside its files
 
 
 def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
@@ -43,51 +54,78 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
     held = journal.staged(name)
     if held is not None:
         files = [FileRecord.from_json(f) for f in held.get("files", [])]
-        same = sorted((Path(f.path).name, f.size) for f in files) == sorted((r.name, r.size) for r in wanted)
+        same = sorted((f.name, f.size) for f in files) == sorted((r.name, r.size) for r in wanted)
         if same and all(f.still_ours() for f in files):
             return files, False
         unstage(name, journal=journal)
-    directory = paths.staging_dir(name, conf)
+    undo_recorded(journal.journal, staged_owner(name), orphaned=True)  # what a killed staging left
+    give_back_staged_hugepages(journal, name, orphaned=True)
+    place = paths.staging_place(name, conf)
     hugepages: dict[str, Any] | None = None
-    reserved = False
-    if fstype == "hugetlbfs":  # the guest's reservation, taken over by the hook at its start
-        page_size, pages = hugetlbfs_pages(base, wanted)
-        hugepages, reserved = reserve_pages(hugepage_owner(name, page_size), page_size, pages, HugepageReserver)
-    made: list[Path] = []
     done: list[FileRecord] = []
     try:
-        for path in reversed([directory, *directory.parents]):
-            if not path.exists():
-                path.mkdir(mode=0o700)
-                made.append(path)
-        for ram in wanted:
-            done.append(populate_file(directory / ram.name, ram.size, ram.node, threads=threads))
+        if fstype == "hugetlbfs":  # the guest's reservation, taken over by the hook at its start
+            hugepages = _reserve_staged(journal, name, base, wanted)
+        with open_place(place, journal.journal, staged_owner(name)) as directory:
+            for ram in wanted:
+                done.append(populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal.journal,
+                                          owner=staged_owner(name), threads=threads))
     except BaseException:
-        for record in done:
-            record.remove()
-        for path in reversed(made):
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        if reserved and hugepages is not None:
-            HugepageReserver().release(hugepages["owner"])
+        undo_recorded(journal.journal, staged_owner(name))
+        give_back_staged_hugepages(journal, name)
+        remove_empty_shared(journal.journal)
         raise
     journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time(),
-                              "hugepages": hugepages})
+                              "hugepages": hugepages}, owner=staged_owner(name))
     return done, True
 
 
 def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecord]:
-    """Give back the memory of files staged for `name` and never used."""
+    """Give back the memory of files staged for `name` and never used (moved ones are the guest's now)."""
     journal = journal or GuestJournal()
     record = journal.pop_staged(name) or {}
     files = [FileRecord.from_json(f) for f in record.get("files", [])]
-    for file in files:
-        file.remove()
-        with contextlib.suppress(OSError):
-            Path(file.path).parent.rmdir()
-    if record.get("hugepages") and journal.guest(name) is None:  # a running guest has taken it over
-        HugepageReserver().release(record["hugepages"]["owner"])
+    undo_recorded(journal.journal, staged_owner(name))
+    give_back_staged_hugepages(journal, name)
+    remove_empty_shared(journal.journal)
     return files
+
+
+def _reserve_staged(journal: GuestJournal, name: str, base: Path, wanted: list[paths.RamFile]) -> dict[str, Any]:
+    """Reserve the hugepages the staged files take, recorded for the staging first: a staging killed
+    after its pool grew leaves an entry that recovery (or the next staging) gives back."""
+    page_size, pages = hugetlbfs_pages(base, wanted)
+    owner = hugepage_owner(name, page_size)
+    with journal.journal.locked() as data:
+        entry = journal.journal.intend(data, staged_owner(name), HUGEPAGES_KIND, hugepages_owner=owner)
+    held, new = reserve_pages(owner, page_size, pages, HugepageReserver)
+    with journal.journal.locked() as data:
+        if new:
+            journal.journal.done(data, entry)
+        else:  # held before this staging (a prepared guest's): never this staging's to give back
+            journal.journal.drop(data, entry)
+    return held
+
+
+def give_back_staged_hugepages(journal: GuestJournal, name: str, *, orphaned: bool = False,
+                               dry_run: bool = False) -> list[str]:
+    """Release the reservation a staging of `name` made, unless a guest's prepare has taken it over
+    (then only the staging's record of it goes): each reservation is given back exactly once."""
+    with journal.journal.locked() as data:
+        entries = [e for e in journal.journal.entries(data, staged_owner(name), orphaned=orphaned)
+                   if e.get("kind") == HUGEPAGES_KIND]
+    actions: list[str] = []
+    for entry in entries:
+        owner = str(entry.get("hugepages_owner"))
+        if journal.guest(name) is None:
+            if dry_run:
+                actions.append(f"would release {owner}'s hugepages staged for {name}")
+            elif (held := HugepageReserver().release(owner)) is not None:
+                actions.append(f"released {owner}'s {format_size(held.size)} of hugepages staged for {name}")
+        if not dry_run:
+            with journal.journal.locked() as data:
+                journal.journal.drop(data, entry)
+    return actions
 
 
 def stage_defined(name: str, *, threads: int = 0, uri: str | None = None) -> tuple[list[FileRecord], bool]:
