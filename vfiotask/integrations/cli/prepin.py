@@ -81,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"sysfs tree to read devices from (env {SYSFS_ROOT_ENV})",
     )
     parser.add_argument("--domain", metavar="NAME", help="prepare the RAM of libvirt domain NAME instead")
+    parser.add_argument("--uri", metavar="URI", help="libvirt connection URI for --domain (default qemu:///system)")
     parser.add_argument("--force", action="store_true", help="allow a backing file on a disk filesystem")
     parser.add_argument("--hold", action="store_true", help="keep the pins until SIGTERM or SIGINT, then undo")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
