@@ -177,10 +177,14 @@ class Domain:
         return None
 
 
+MAX_NAME = 200  # libvirt keeps NAME.xml, NAME.pid, NAME.log: a file name holds 255 bytes
+
+
 def validate_name(name: str) -> str:
-    """Refuse names that could escape a directory or break a log line."""
+    """Refuse names that could escape a directory, break a log line or not fit a file name."""
     bad = (
         not name
+        or len(name) > MAX_NAME
         or "/" in name
         or ".." in name
         or name.startswith(".")
@@ -190,13 +194,22 @@ def validate_name(name: str) -> str:
     if bad:
         raise UsageError(
             f"guest name {name!r} is not usable by vfiotask",
-            hint="use printable ASCII without '/', '..' or a leading dot",
+            hint=f"use at most {MAX_NAME} printable ASCII characters without '/', '..' or a leading dot",
         )
     return name
 
 
+def _positive(value: int, what: str) -> int:
+    if value == 0:
+        raise UsageError(f"{what} is zero", hint="fix the domain definition")
+    return value
+
+
 def _text(element: ET.Element | None) -> str | None:
     return None if element is None or element.text is None else element.text.strip()
+
+
+_PCI_LIMITS = (0xFFFF, 0xFF, 0x1F, 0x7)  # domain, bus, slot, function
 
 
 def _hostdevs(root: ET.Element) -> tuple[Hostdev, ...]:
@@ -211,6 +224,9 @@ def _hostdevs(root: ET.Element) -> tuple[Hostdev, ...]:
             parts = [int(address.get(key, "0"), 0) for key in ("domain", "bus", "slot", "function")]
         except ValueError as exc:
             raise UsageError("a PCI hostdev address is not numeric", hint="fix the domain definition") from exc
+        if any(not 0 <= part <= limit for part, limit in zip(parts, _PCI_LIMITS, strict=True)):
+            raise UsageError("a PCI hostdev address is out of range",
+                             hint="domain up to 0xffff, bus 0xff, slot 0x1f, function 7")
         found.append(Hostdev(f"{parts[0]:04x}:{parts[1]:02x}:{parts[2]:02x}.{parts[3]:x}", dev.get("managed") == "yes"))
     return tuple(found)
 
@@ -223,7 +239,7 @@ def _backing(root: ET.Element) -> MemoryBacking:
     huge = node.find("./hugepages")
     if huge is not None:
         for page in huge.findall("./page"):
-            size = scaled(page.get("size"), page.get("unit"), what="hugepage size") if page.get("size") else None
+            size = _page_size(page.get("size"), page.get("unit")) if page.get("size") is not None else None
             nodeset = page.get("nodeset")
             pages.append(HugepageSpec(size, tuple(parse_nodeset(nodeset)) if nodeset else None))
         if not pages:
@@ -238,6 +254,15 @@ def _backing(root: ET.Element) -> MemoryBacking:
         allocation_mode=allocation.get("mode") if allocation is not None else None,
         allocation_threads=whole_number(threads),
     )
+
+
+def _page_size(text: str | None, unit: str | None) -> int:
+    """A hugepage size: a power of two; zero is refused, not taken as the host's default size."""
+    size = _positive(scaled(text, unit, what="hugepage size"), "hugepage size")
+    if size & (size - 1):
+        raise UsageError(f"hugepage size {text} {unit or 'KiB'} is not a power of two",
+                         hint="write the size of a page the host offers, e.g. 2048 KiB or 1 GiB")
+    return size
 
 
 def _numatune(root: ET.Element) -> Numatune:
@@ -299,7 +324,7 @@ def _memory(root: ET.Element) -> int:
     for tag in ("memory", "currentMemory"):
         node = root.find(f"./{tag}")
         if node is not None:
-            return scaled(node.text, node.get("unit"), what=f"<{tag}>")
+            return _positive(scaled(node.text, node.get("unit"), what=f"<{tag}>"), f"<{tag}>")
     raise UsageError("domain XML has no <memory>", hint="pass a complete libvirt domain definition")
 
 
@@ -314,7 +339,8 @@ def domain_from_element(root: ET.Element) -> Domain:
         cell_id = whole_number(cell.get("id", str(index)))
         if cell_id is None:
             raise UsageError(f"NUMA cell id {cell.get('id')!r} is not a whole number", hint="fix the domain definition")
-        cells.append(NumaCell(cell_id, scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory")))
+        memory = scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory")
+        cells.append(NumaCell(cell_id, _positive(memory, "NUMA cell memory")))
     hard = root.find("./memtune/hard_limit")
     return Domain(
         name=name,
