@@ -106,9 +106,11 @@ def measure(size: int, repeat: int) -> dict[str, Any]:
 
     variants = [Variant("together", run=together, cleanup=release), Variant("serial", run=serial, cleanup=release)]
     try:
-        times = interleave(variants, repeat, lambda: warm_host_memory(GUESTS * size))
+        try:
+            times = interleave(variants, repeat, lambda: warm_host_memory(GUESTS * size))
+        finally:
+            release()
     finally:
-        release()
         shutil.rmtree(backing, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
     total = GUESTS * size
