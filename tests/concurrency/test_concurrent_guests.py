@@ -23,7 +23,7 @@ from tests.conftest import private_mount, requires_root, vfiotask_command
 from tests.hoststate import hugepage_pools, snapshot
 from tests.libvirt.conftest import HOOK, HookHost
 from tests.libvirt.xmls import guest_xml
-from vfiotask.engine.policy import CpuPolicy, helper_cap
+from vfiotask.engine.plan import CpuPolicy, helper_cap
 
 MiB = 1 << 20
 FILE_MIB = 64
