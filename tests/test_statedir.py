@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import requires_root, run_cli
 from vfiotask import statedir
 from vfiotask.errors import HostStateError
 
@@ -28,5 +28,53 @@ def test_the_command_says_so_in_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     result = run_cli("hugepages", "status", env={"VFIOTASK_STATE_DIR": str(blocker / "state")})
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stderr.count("\n") == 1 and "state directory" in result.stderr, result.stderr
+
+
+def test_a_state_dir_others_can_write_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    result = run_cli("hugepages", "status", env={"VFIOTASK_STATE_DIR": str(shared)})
+    assert result.returncode == 3 and "mode 1777" in result.stderr and result.stderr.count("\n") == 1
+    assert list(shared.iterdir()) == []
+
+
+def test_a_state_dir_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(target)
+    result = run_cli("hugepages", "status", env={"VFIOTASK_STATE_DIR": str(tmp_path / "link")})
+    assert result.returncode == 3 and "symbolic link" in result.stderr and "Traceback" not in result.stderr
+    assert list(target.iterdir()) == []
+
+
+def test_linked_journal_files_are_never_followed(state_dir: Path, tmp_path: Path) -> None:
+    """A planted hugepages.json or temporary link: one line, and the victim is untouched."""
+    statedir.state_dir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"\xff" * 4096)
+    (state_dir / "hugepages.json").symlink_to(victim)
+    result = run_cli("hugepages", "status")
+    assert result.returncode == 1 and "symbolic link" in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_bytes() == b"\xff" * 4096
+
+
+def test_a_journal_that_is_not_utf8_is_one_line(state_dir: Path) -> None:
+    statedir.state_dir()
+    (state_dir / "hugepages.json").write_bytes(b"\xff\xfe{")
+    result = run_cli("hugepages", "status")
+    assert result.returncode == 1 and "corrupt (not UTF-8)" in result.stderr and "Traceback" not in result.stderr
+
+
+@requires_root
+def test_a_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    import os
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    result = run_cli("recover", env={"VFIOTASK_STATE_DIR": str(theirs)})
+    assert result.returncode == 3 and "owned by uid 65534" in result.stderr and result.stderr.count("\n") == 1
+    assert list(theirs.iterdir()) == []

@@ -80,6 +80,16 @@ class HostStateError(VfiotaskError):
     """The host is not in the state an operation expects (journal, mounts, services)."""
 
 
+class StateDirError(HostStateError):
+    """The state dir cannot hold journals safely (a link, not a directory, writable by others).
+
+    Exit 3 like a missing resource: without a trustworthy place to record host changes, nothing
+    that must be undone later may be started.
+    """
+
+    exit_status = EXIT_RESOURCES
+
+
 class TaskFailed(VfiotaskError):
     """A chunk of an engine task failed; the completed chunks were undone.
 

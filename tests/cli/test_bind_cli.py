@@ -38,7 +38,7 @@ def test_unbind_from_another_process_uses_the_state_dir(tmp_path: Path, state_di
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["0000:05:00.0: vfio-pci -> e1000", "0000:05:01.0: vfio-pci -> cx8800"]
     assert snapshot(root.parent) == before
-    assert json.loads((state_dir / "bindings.json").read_text()) == {}
+    assert not (state_dir / "bindings.json").exists()
 
 
 def test_refusals_exit_4_and_change_nothing(tmp_path: Path, state_dir: Path) -> None:

@@ -275,7 +275,7 @@ def test_release_of_a_guest_with_only_a_hugepage_reservation_left(hook_host: Hoo
     """A prepare killed before it wrote its guest record still has its pages given back at release."""
     import json
 
-    hook_host.state.mkdir(parents=True, exist_ok=True)
+    hook_host.state.mkdir(mode=0o700, parents=True, exist_ok=True)
     (hook_host.state / "hugepages.json").write_text(json.dumps({"owners": {
         "libvirt:gone:2097152": {"page_size": 2097152, "pages": {}},
         "libvirt:other:2097152": {"page_size": 2097152, "pages": {}},

@@ -8,6 +8,7 @@ caller of a task needs no slot: it always runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfiotask import statedir
+from vfiotask.dirfd import Dir, identity_of
 from vfiotask.errors import HostStateError
 
 log = logging.getLogger(__name__)
@@ -56,13 +58,27 @@ class SlotPool:
         self.shared = shared
 
     def directory(self) -> Path | None:
+        """Where the slot files are, or None when they are not shared (for messages and tests)."""
+        handle = self._open()
+        if handle is None:
+            return None
+        handle.close()
+        return handle.path
+
+    def _open(self) -> Dir | None:
+        """The slots directory, opened below the checked state dir without following links."""
         if not self.shared:
             return None
         try:
-            path = self._directory or statedir.state_dir() / SLOTS_SUBDIR
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return path
-        except (OSError, HostStateError) as exc:  # state_dir() says why the directory cannot be used
+            with statedir.open_state_dir(self._directory.parent if self._directory else None) as base:
+                name = self._directory.name if self._directory else SLOTS_SUBDIR
+                try:
+                    return base.sub(name)
+                except FileNotFoundError:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o700, dir_fd=base.fd)
+                    return base.sub(name)
+        except (OSError, HostStateError) as exc:  # the state dir says why it cannot be used
             log.debug("helper slots not shared across processes: %s", exc)
             return None
 
@@ -75,50 +91,92 @@ class SlotPool:
         want = min(want, cap)
         if want <= 0:
             return 0
-        directory = self.directory()
+        directory = self._open()
         if directory is None:
             return want
         got: list[int] = []
         refused = busy = 0
-        for index in range(cap):
-            if len(got) == want:
-                break
-            try:
-                fd = os.open(directory / f"{kind}-{index}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                log.debug("cannot open helper slot %s-%d: %s", kind, index, exc)
-                refused += exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                busy += 1
-                continue
-            got.append(fd)
+        with directory:
+            for index in range(cap):
+                if len(got) == want:
+                    break
+                name = f"{kind}-{index}"
+                try:
+                    fd = directory.open(name, os.O_RDWR | os.O_CREAT)
+                except (OSError, HostStateError) as exc:
+                    log.debug("cannot open helper slot %s: %s", name, exc)
+                    refused += isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    busy += 1
+                    continue
+                if not _still_named(directory, name, fd):  # removed as stale meanwhile: not a slot any more
+                    _unlock(fd)
+                    busy += 1
+                    continue
+                got.append(fd)
         if not got and not busy and refused:
             # slots another user made (root's hook, say): like an unusable directory, cap in-process
             # rather than leave this user's tasks without a single helper
-            log.debug("helper slots in %s are not ours to take; not shared across processes", directory)
+            log.debug("helper slots in %s are not ours to take; not shared across processes", directory.path)
             return want
         lease.add(got)
         return len(got)
 
     def held(self, kind: str, cap: int) -> int:
         """How many of `kind`'s slots some process holds now (for status displays and tests)."""
-        directory = self.directory()
+        directory = self._open()
         if directory is None:
             return 0
         busy = 0
-        for index in range(cap):
-            path = directory / f"{kind}-{index}"
-            if not path.exists():
-                continue
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                busy += 1
-            finally:
-                os.close(fd)
+        with directory:
+            for index in range(cap):
+                try:
+                    fd = directory.open(f"{kind}-{index}", os.O_RDWR)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    busy += 1
+                finally:
+                    os.close(fd)
         return busy
+
+    def remove_stale(self, *, dry_run: bool = False) -> list[str]:
+        """Remove slot files no process holds (a crash leaves the file, never the lock); says what it did.
+
+        Each is removed while locked, and a taker checks its slot still has its name after locking,
+        so a slot being taken at that moment is never counted twice.
+        """
+        directory = self._open()
+        if directory is None:
+            return []
+        actions = []
+        with directory:
+            for name in directory.names():
+                try:
+                    fd = directory.open(name, os.O_RDWR)
+                except (OSError, HostStateError):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    continue
+                try:
+                    if dry_run:
+                        actions.append(f"would remove unheld helper slot {directory.path / name}")
+                    elif directory.unlink(name, identity_of(os.fstat(fd))):
+                        actions.append(f"removed unheld helper slot {directory.path / name}")
+                finally:
+                    _unlock(fd)
+        return actions
+
+
+def _still_named(directory: Dir, name: str, fd: int) -> bool:
+    info = directory.lstat(name)
+    return info is not None and identity_of(info) == identity_of(os.fstat(fd))

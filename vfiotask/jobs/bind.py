@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from vfiotask.devices import Host, PciDevice, discover, normalize_address, uses_of
+from vfiotask.devices import Host, HostPaths, PciDevice, discover, normalize_address, uses_of
 from vfiotask.devices.driverctl import DriverControl, driver_control
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT
 from vfiotask.engine import Task, TaskReport
 from vfiotask.errors import DeviceError, UsageError, describe_exception
 from vfiotask.host.cpus import host_engine
-from vfiotask.journal import Journal
+from vfiotask.journal import Journal, committed, crash_point, holder, holder_alive, same_boot
 
 BIND_TASK = "bind"
 UNBIND_TASK = "unbind"
@@ -68,10 +68,12 @@ def _root_key(host: Host) -> str:
 
 
 def _note(journal: Journal, key: str, record: BindRecord) -> None:
-    """Record a device's original driver before it is touched; a record already there (from an
-    earlier bind of the same device) is the true original and is kept."""
+    """Record a device's original driver before it is touched, held by this process until the bind
+    completes; a record already there (from an earlier bind of the same device) is the true
+    original and is kept."""
     with journal.locked() as data:
-        data.setdefault(key, {}).setdefault(record.address, asdict(record))
+        data.setdefault(key, {}).setdefault(record.address, {**asdict(record), "holder": holder()})
+    crash_point()
 
 
 def _forget(journal: Journal, key: str, record: BindRecord) -> None:
@@ -79,6 +81,46 @@ def _forget(journal: Journal, key: str, record: BindRecord) -> None:
         data.get(key, {}).pop(record.address, None)
         if key in data and not data[key]:
             del data[key]
+
+
+def _commit(journal: Journal, key: str, records: list[BindRecord]) -> None:
+    """The devices stay bound after this process: their records belong to `vfiotask unbind` now."""
+    with journal.locked() as data:
+        for record in records:
+            if record.address in data.get(key, {}):
+                data[key][record.address]["holder"] = committed()
+
+
+def _record_of(data: dict[str, Any]) -> BindRecord:
+    return BindRecord(**{name: data.get(name) for name in BindRecord.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+def recover(*, dry_run: bool = False, journal: Journal | None = None) -> list[str]:
+    """Give back devices whose bind (or unbind) was killed before it completed; says what it did.
+
+    Records of an earlier boot are forgotten: the devices came back on their own drivers.
+    """
+    journal = journal or bindings_journal()
+    actions: list[str] = []
+    for key, records in sorted(journal.read().items()):
+        if not isinstance(records, dict):
+            continue
+        for address, data in sorted(records.items()):
+            who = data.get("holder")
+            if who is None or holder_alive(who):
+                continue
+            record = _record_of(data)
+            if not same_boot(who):
+                actions.append(f"{'would forget' if dry_run else 'forgot'} the binding of {address} of an earlier boot")
+            else:
+                actions.append(f"{'would give' if dry_run else 'gave'} {address} ({key}) back to "
+                               f"{record.driver or 'no driver'} after an interrupted bind")
+                if not dry_run:
+                    host_paths = HostPaths.for_root(None if key == "/sys" else Path(key))
+                    restore(driver_control(host_paths), record)
+            if not dry_run:
+                _forget(journal, key, record)
+    return actions
 
 
 def _members(host: Host, addresses: Iterable[str]) -> tuple[list[int], list[PciDevice]]:
@@ -218,6 +260,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
         _note(journal, key, record)
         try:
             _take(control, record)
+            crash_point()
         except BaseException:
             _forget(journal, key, record)
             raise
@@ -236,6 +279,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     report = None
     if records:
         report = host_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+        _commit(journal, key, records)
     return BindResult(groups, records, already, report, driver)
 
 
@@ -250,7 +294,7 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
     journal = journal or bindings_journal()
     key = _root_key(host)
     recorded = journal.read().get(key, {})
-    records = [BindRecord(**recorded[d.address]) for d in members if d.address in recorded]
+    records = [_record_of(recorded[d.address]) for d in members if d.address in recorded]
     if not records:
         raise UsageError(
             f"nothing to unbind: vfiotask has no record of binding {' '.join(wanted)} (or their groups)",
@@ -271,6 +315,7 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
     def take_again(record: BindRecord) -> None:
         _note(journal, key, record)
         _take(control, record)
+        _commit(journal, key, [record])  # bound again, as before the unbind: `vfiotask unbind`'s to undo
 
     def chunk(start: int, end: int) -> None:
         _all_or_none(records[start:end], give_back, take_again)

@@ -12,7 +12,7 @@ reservations across processes, and an owner that reserves again gets what it alr
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,13 @@ from vfiotask.errors import (
 from vfiotask.host.cpus import host_engine
 from vfiotask.host.hugepages import HugepagePools, PoolState
 from vfiotask.host.meminfo import meminfo
-from vfiotask.journal import Journal
+from vfiotask.journal import Journal, boot_id, crash_point, same_boot
 from vfiotask.units import format_size
 
 TASK_NAME = "hugepages"
 JOURNAL_NAME = "hugepages"
 ANY_NODE = "any"
+POOL_KIND = "pool"
 
 
 def _node_key(node: int | None) -> str:
@@ -127,6 +128,7 @@ class HugepageReserver:
         if not wanted:
             raise UsageError("nothing to reserve", hint="give a size")
         with self.journal.locked() as data:
+            self._recover(data, lambda _owner: True, dry_run=False)  # exact "before" counts need no orphans
             owners = data.setdefault("owners", {})
             if owner in owners:
                 held = Reservation.from_journal(owner, owners[owner])
@@ -137,8 +139,17 @@ class HugepageReserver:
                     hint=f"release it first: vfiotask hugepages release --owner {owner}",
                 )
             self._check_memory(size, wanted)
-            self._grow(size, wanted)
-            owners[owner] = Reservation(owner, size, wanted).to_json()
+            intents = {node: self.journal.intend(data, owner, POOL_KIND, page_size=size, node=_node_key(node),
+                                                 before=self.pools.state(size, node).total, pages=count)
+                       for node, count in wanted.items()}
+            try:
+                self._grow(size, wanted, data, intents)
+            except BaseException:  # the task undid its growth: the intents go, on disk too
+                data["intents"] = [i for i in data.get("intents", []) if i not in intents.values()]
+                self.journal.save(data)
+                raise
+            data["intents"] = [i for i in data.get("intents", []) if i not in intents.values()]
+            owners[owner] = {**Reservation(owner, size, wanted).to_json(), "boot": boot_id()}
         return Reservation(owner, size, wanted)
 
     def _check_memory(self, page_size: int, wanted: dict[int | None, int]) -> None:
@@ -161,7 +172,8 @@ class HugepageReserver:
                 hint="ask for less, free memory, or reserve at boot (hugepages= on the kernel command line)",
             )
 
-    def _grow(self, page_size: int, wanted: dict[int | None, int]) -> None:
+    def _grow(self, page_size: int, wanted: dict[int | None, int], data: dict[str, Any],
+              intents: dict[int | None, dict[str, Any]]) -> None:
         order = list(wanted)
         lock = threading.Lock()
         added: dict[int, int] = {}
@@ -171,6 +183,7 @@ class HugepageReserver:
                 node = order[index]
                 before = self.pools.state(page_size, node).total
                 got = self.pools.set_total(page_size, before + wanted[node], node) - before
+                crash_point()  # the pool grew; its intent on disk says how to give it back
                 if got < wanted[node]:
                     self.pools.set_total(page_size, before, node)
                     where = "the global pool" if node is None else f"node {node}"
@@ -181,6 +194,7 @@ class HugepageReserver:
                     )
                 with lock:
                     added[index] = got
+                    self.journal.done(data, intents[node], got=got)
 
         def shrink(start: int, end: int) -> None:
             for index in range(start, end):
@@ -210,9 +224,13 @@ class HugepageReserver:
     # -- releasing -----------------------------------------------------------------------------
 
     def release(self, owner: str) -> Reservation | None:
-        """Give back what `owner` holds; None when it holds nothing (releasing twice is harmless)."""
+        """Give back what `owner` holds; None when it holds nothing (releasing twice is harmless).
+
+        Growth a killed reservation of `owner` left (recorded as intents) is given back first.
+        """
         validate_owner(owner)
         with self.journal.locked() as data:
+            self._recover(data, lambda _owner: True, dry_run=False)
             record = data.get("owners", {}).get(owner)
             if record is None:
                 return None
@@ -231,6 +249,49 @@ class HugepageReserver:
                 hint="check the pools with 'vfiotask hugepages status'",
             )
         return held
+
+    # -- recovering ----------------------------------------------------------------------------
+
+    def recover(self, match: Callable[[str], bool] = lambda _owner: True, *, dry_run: bool = False) -> list[str]:
+        """Give back pool growth whose reserving process died before it was recorded as an owner's;
+        forget reservations of an earlier boot (the kernel's pools started afresh).  Says what it did."""
+        with self.journal.locked() as data:
+            return self._recover(data, match, dry_run=dry_run)
+
+    def _recover(self, data: dict[str, Any], match: Callable[[str], bool], *, dry_run: bool) -> list[str]:
+        actions: list[str] = []
+        for entry in self.journal.entries(data, orphaned=True):
+            if entry.get("kind") != POOL_KIND or not match(str(entry.get("owner"))):
+                continue
+            action = self._undo_growth(entry, dry_run=dry_run)
+            actions.append(action)
+            if not dry_run:
+                data["intents"] = [i for i in data.get("intents", []) if i.get("id") != entry.get("id")]
+        for owner, record in sorted(data.get("owners", {}).items()):
+            if match(owner) and record.get("boot", boot_id()) != boot_id():
+                actions.append(f"{'would forget' if dry_run else 'forgot'} {owner}'s hugepages of an earlier boot")
+                if not dry_run:
+                    del data["owners"][owner]
+        if not dry_run and not data.get("intents"):
+            data.pop("intents", None)
+        return actions
+
+    def _undo_growth(self, entry: dict[str, Any], *, dry_run: bool) -> str:
+        owner, page_size, node = entry.get("owner"), int(entry["page_size"]), _node_of(str(entry["node"]))
+        where = "the global pool" if node is None else f"node {node}"
+        if not same_boot(entry.get("holder")):
+            return f"{'would forget' if dry_run else 'forgot'} {owner}'s pool growth of an earlier boot"
+        total = self.pools.state(page_size, node).total
+        grown = max(0, min(total - int(entry["before"]), int(entry.get("got", entry["pages"]))))
+        verb = "would give back" if dry_run else "gave back"
+        if grown and not dry_run:
+            self.pools.set_total(page_size, total - grown, node)
+        return f"{verb} {grown} hugepages of {format_size(page_size)} on {where} from {owner}'s interrupted reservation"
+
+    def orphans(self) -> list[dict[str, Any]]:
+        """Pool growth recorded by a reservation whose process died: shown by status until recovered."""
+        data = self.journal.read()
+        return [e for e in self.journal.entries(data, orphaned=True) if e.get("kind") == POOL_KIND]
 
     # -- showing -------------------------------------------------------------------------------
 

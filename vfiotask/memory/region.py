@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from vfiotask.errors import HugepageShortageError, ResourceError, UsageError
 from vfiotask.host import libc
@@ -42,7 +43,9 @@ class RegionSpec:
     `backing` is "anon", "memfd" or a file path.  `page_size` asks a memfd for hugetlb pages of
     that size; for a file it is detected from the filesystem (and, when given, must match).
     `force` allows a file on a filesystem that is not tmpfs or hugetlbfs; `create` allows
-    creating a file that does not exist.  `transparent_hugepages` asks for THP (MADV_HUGEPAGE) on
+    creating a file that does not exist.  `fd` is a file the caller already made at `backing`
+    (by descriptor, journaled): it is mapped as it is and never removed here.
+    `transparent_hugepages` asks for THP (MADV_HUGEPAGE) on
     memory that is not hugetlb, as QEMU does for guest RAM: anonymous memory then faults 2 MiB at
     a time, and a file on a tmpfs mounted `huge=advise` or `huge=within_size` is filled with huge
     pages that every later mapper (QEMU, the VFIO pin) maps whole instead of 512 faults apiece.
@@ -59,6 +62,7 @@ class RegionSpec:
     create: bool = True
     transparent_hugepages: bool = True
     host_root: Path = field(default=HOST_ROOT, repr=False)
+    fd: int | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -81,6 +85,7 @@ class Region:
     path: Path | None = None
     fd: int | None = None
     created: bool = False
+    record: dict[str, Any] | None = field(default=None, repr=False)  # the journal entry of a created file
     hugetlb: bool = False
     node: int | None = None
     fstype: str | None = None
@@ -153,9 +158,9 @@ class Region:
         finally:
             if self.fd is not None:
                 os.close(self.fd)
-            if remove_created and self.created and self.path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
+            if self.record is not None:
+                _settle(self.record, remove=remove_created)
+                self.record = None
 
     def __enter__(self) -> Region:
         return self
@@ -192,6 +197,8 @@ def _check_size(size: int, page_size: int, what: str) -> None:
 def _plan_file(spec: RegionSpec) -> _Plan:
     path = Path(spec.backing)
     parent = path.parent
+    if spec.fd is not None:
+        return _plan_fd(spec, path)
     if not parent.is_dir():
         raise UsageError(
             f"backing file {path}: directory {parent} does not exist",
@@ -253,6 +260,20 @@ def _plan_file(spec: RegionSpec) -> _Plan:
         fstype=mount.fstype,
         free_bytes=free_bytes,
     )
+
+
+def _plan_fd(spec: RegionSpec, path: Path) -> _Plan:
+    """A file the caller made: its filesystem decides the page size; its size must be the region's."""
+    assert spec.fd is not None
+    info = os.fstat(spec.fd)
+    mount = mount_of(path.parent, spec.host_root)
+    hugetlb = mount.fstype == "hugetlbfs"
+    fs = os.fstatvfs(spec.fd)
+    if info.st_size != spec.size:
+        raise UsageError(f"backing file {path} has {info.st_size} bytes, not {spec.size}", hint="this is a bug")
+    free = fs.f_bavail * fs.f_frsize if mount.fstype in RAM_FILESYSTEMS and fs.f_blocks else None
+    return _Plan(kind="file", page_size=fs.f_bsize if hugetlb else BASE_PAGE_SIZE, hugetlb=hugetlb, path=path,
+                 exists=True, allocated=info.st_blocks * 512, fstype=mount.fstype, free_bytes=free)
 
 
 def _plan(spec: RegionSpec) -> _Plan:
@@ -318,10 +339,10 @@ def _check_resources(spec: RegionSpec, plan: _Plan) -> None:
         )
 
 
-def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, bool]:
-    """The fd to map (None for anonymous memory) and whether a file was created."""
+def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, dict[str, Any] | None]:
+    """The fd to map (None for anonymous memory) and the journal entry of a file it created."""
     if plan.kind == "anon":
-        return None, False
+        return None, None
     if plan.kind == "memfd":
         flags = os.MFD_CLOEXEC
         if plan.hugetlb:
@@ -332,32 +353,19 @@ def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, bool]:
         except BaseException:
             os.close(fd)
             raise
-        return fd, False
+        return fd, None
     assert plan.path is not None
-    base = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    if spec.fd is not None:
+        return os.dup(spec.fd), None
     if plan.exists:
         try:
-            return os.open(plan.path, base), False
+            return os.open(plan.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC), None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UsageError(f"backing file {plan.path} is a symbolic link; it is not followed",
                                  hint="give the real path of the file") from exc
             raise _path_error(plan.path, exc) from exc
-    try:
-        fd = os.open(plan.path, base | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise UsageError(f"backing file {plan.path} appeared while it was being created",
-                         hint="check who else uses that path, then retry") from exc
-    except OSError as exc:
-        raise _path_error(plan.path, exc) from exc
-    try:
-        os.ftruncate(fd, spec.size)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            plan.path.unlink()
-        raise
-    return fd, True
+    return _create_file(plan.path, spec.size)
 
 
 def _path_error(path: Path, exc: OSError) -> UsageError:
@@ -401,16 +409,19 @@ def open_region(spec: RegionSpec) -> Region:
     """
     if spec.size <= 0:
         raise UsageError(f"size {spec.size} must be greater than zero", hint="give a positive size such as 1G")
+    if spec.kind == "file" and spec.fd is None:
+        recover_files(Path(spec.backing))  # a file a killed run left there is removed, never reused
     plan = _plan(spec)
     what = plan.fstype or ("hugetlb memfd" if plan.hugetlb else spec.kind)
     _check_size(spec.size, plan.page_size, what)
     _check_node(spec)
     _check_resources(spec, plan)
-    fd, created = _open_fd(spec, plan)
+    fd, record = _open_fd(spec, plan)
+    created = record is not None
     try:
         addr = _map(spec, plan, fd)
     except BaseException:
-        _discard(fd, plan.path if created else None)
+        _discard(fd, record)
         raise
     region = Region(
         addr=addr,
@@ -420,6 +431,7 @@ def open_region(spec: RegionSpec) -> Region:
         path=plan.path,
         fd=fd,
         created=created,
+        record=record,
         hugetlb=plan.hugetlb,
         node=spec.node,
         fstype=plan.fstype,
@@ -445,9 +457,60 @@ def _advise_hugepages(addr: int, size: int) -> None:
             raise
 
 
-def _discard(fd: int | None, created: Path | None) -> None:
+def _discard(fd: int | None, record: dict[str, Any] | None) -> None:
     if fd is not None:
         os.close(fd)
-    if created is not None:
-        with contextlib.suppress(FileNotFoundError):
-            created.unlink()
+    if record is not None:
+        _settle(record, remove=True)
+
+
+# -- backing files this process creates: journaled, so a killed run's file is found and removed --------
+
+FILES_JOURNAL = "files"
+FILES_OWNER = "prepin"
+
+
+def _create_file(path: Path, size: int) -> tuple[int, dict[str, Any]]:
+    """Create the backing file by descriptor in its directory, recorded by inode before it has its name."""
+    from vfiotask.dirfd import open_root
+    from vfiotask.journal import Journal, make_file
+
+    try:
+        with open_root(path.parent) as directory:
+            return make_file(Journal(FILES_JOURNAL), FILES_OWNER, directory, path.parent, [], path.name, size)
+    except FileExistsError as exc:
+        raise UsageError(f"backing file {path} appeared while it was being created",
+                         hint="check who else uses that path, then retry") from exc
+    except OSError as exc:
+        raise _path_error(path, exc) from exc
+
+
+def _settle(record: dict[str, Any], *, remove: bool) -> None:
+    """A created file is removed (the run failed) or handed to the user (the run succeeded)."""
+    from vfiotask.journal import Journal, undo_entry
+
+    journal = Journal(FILES_JOURNAL)
+    if remove:
+        undo_entry(journal, record)
+        return
+    with journal.locked() as data:
+        journal.drop(data, record)
+
+
+def recover_files(path: Path | None = None, *, dry_run: bool = False) -> list[str]:
+    """Remove backing files created by runs that were killed (those at `path`, or all); says what it did.
+
+    A run about to use `path` calls this first, so a file left by a killed run is never taken
+    for a file the user made.
+    """
+    from vfiotask.errors import StateDirError
+    from vfiotask.journal import Journal, undo_recorded
+
+    journal = Journal(FILES_JOURNAL)
+    try:
+        if not journal.read().get("intents"):
+            return []
+    except StateDirError:  # nothing can have been recorded where this user cannot write
+        return []
+    return undo_recorded(journal, FILES_OWNER, orphaned=True, dry_run=dry_run,
+                         where=lambda entry: path is None or Path(str(entry["root"]), str(entry["name"])) == path)

@@ -134,6 +134,7 @@ def run_status(args: argparse.Namespace) -> int:
     import json
 
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+    from vfiotask.journal import holder_alive
     from vfiotask.units import format_size
 
     data = GuestJournal().journal.read()
@@ -146,8 +147,10 @@ def run_status(args: argparse.Namespace) -> int:
     for name, record in sorted(guests.items()):
         files = record.get("files", [])
         pages = sum(h.get("bytes", 0) for h in record.get("hugepages", []))
+        interrupted = record.get("holder") is not None and not holder_alive(record.get("holder"))
         print(f"{name} (id {record.get('id')}): {len(files)} RAM file(s), "
-              f"{format_size(sum(f['size'] for f in files))}; hugepages {format_size(pages)}")
+              f"{format_size(sum(f['size'] for f in files))}; hugepages {format_size(pages)}"
+              + ("; its prepare was interrupted: 'vfiotask recover' undoes it" if interrupted else ""))
     for name, record in sorted(staged.items()):
         files = record.get("files", [])
         print(f"{name}: staged {format_size(sum(f['size'] for f in files))} in {len(files)} file(s) for its next start")

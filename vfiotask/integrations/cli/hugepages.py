@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from vfiotask.units import format_size, parse_size
 
@@ -57,14 +58,21 @@ def run_reserve(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from vfiotask.jobs.hugepages import HugepageReserver
+    from vfiotask.jobs.hugepages import HugepageReserver, validate_owner
 
-    released = HugepageReserver().release(args.owner)
+    wanted = validate_owner(args.owner)
+    reserver = HugepageReserver()
+    recovered = reserver.recover(lambda owner: owner == wanted)
+    released = reserver.release(args.owner)
     if args.json:
-        print(json.dumps({"owner": args.owner, "released": released.to_json() if released else None}, indent=1))
-    elif released is None:
+        print(json.dumps({"owner": args.owner, "released": released.to_json() if released else None,
+                          "recovered": recovered}, indent=1))
+        return 0
+    for action in recovered:
+        print(action)
+    if released is None and not recovered:
         print(f"{args.owner} holds no hugepages; nothing to release")
-    else:
+    elif released is not None:
         print(f"released {_describe(sum(released.pages.values()), released.page_size)} held by {args.owner}")
     return 0
 
@@ -75,6 +83,7 @@ def run_status(args: argparse.Namespace) -> int:
     reserver = HugepageReserver()
     pools = reserver.pools_state()
     owners = reserver.owners()
+    orphans = reserver.orphans()
     if args.json:
         print(
             json.dumps(
@@ -91,6 +100,7 @@ def run_status(args: argparse.Namespace) -> int:
                         for p in pools
                     ],
                     "owners": [o.to_json() for o in owners],
+                    "interrupted": [_orphan_json(e) for e in orphans],
                 },
                 indent=1,
             )
@@ -100,11 +110,23 @@ def run_status(args: argparse.Namespace) -> int:
     for p in pools:
         node = "all" if p.node is None else str(p.node)
         print(f"{format_size(p.page_size):<10} {node:<6} {p.total:>7} {p.free:>7} {p.surplus:>8} {p.reserved:>9}")
-    if not owners:
+    if not owners and not orphans:
         print("no reservations")
     for owner in owners:
         spread = ", ".join(
             f"{'all' if node is None else f'node {node}'}: {count}" for node, count in owner.pages.items()
         )
         print(f"{owner.owner}: {format_size(owner.size)} in pages of {format_size(owner.page_size)} ({spread})")
+    for entry in orphans:
+        orphan = _orphan_json(entry)
+        print(f"{orphan['owner']}: interrupted reservation, up to {orphan['pages']} pages of "
+              f"{format_size(orphan['page_size'])} on {orphan['node']} (process {orphan['pid']} is gone); "
+              f"'vfiotask hugepages release --owner {orphan['owner']}' or 'vfiotask recover' gives them back")
     return 0
+
+
+def _orphan_json(entry: dict[str, Any]) -> dict[str, Any]:
+    node = entry.get("node")
+    return {"owner": entry.get("owner"), "page_size": entry.get("page_size"),
+            "node": "the global pool" if node == "any" else f"node {node}",
+            "pages": entry.get("got", entry.get("pages")), "pid": (entry.get("holder") or {}).get("pid")}

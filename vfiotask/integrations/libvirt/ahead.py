@@ -9,7 +9,6 @@ libvirt removes it at stop, so no start ever gets another run's data.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -19,7 +18,14 @@ from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name, whole_number
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal
-from vfiotask.integrations.libvirt.ramfiles import FileRecord, populate_file
+from vfiotask.integrations.libvirt.ramfiles import (
+    FileRecord,
+    open_place,
+    populate_file,
+    remove_empty_shared,
+    staged_owner,
+)
+from vfiotask.journal import undo_recorded
 from vfiotask.units import format_size
 
 
@@ -55,40 +61,34 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
     held = journal.staged(name)
     if held is not None:
         files = [FileRecord.from_json(f) for f in held.get("files", [])]
-        same = sorted((Path(f.path).name, f.size) for f in files) == sorted((r.name, r.size) for r in wanted)
+        same = sorted((f.name, f.size) for f in files) == sorted((r.name, r.size) for r in wanted)
         if same and all(f.still_ours() for f in files):
             return files, False
         unstage(name, journal=journal)
-    directory = paths.staging_dir(name, conf)
-    made: list[Path] = []
-    for path in reversed([directory, *directory.parents]):
-        if not path.exists():
-            path.mkdir(mode=0o700)
-            made.append(path)
+    undo_recorded(journal.journal, staged_owner(name), orphaned=True)  # what a killed staging left
+    place = paths.staging_place(name, conf)
     done: list[FileRecord] = []
     try:
-        for ram in wanted:
-            done.append(populate_file(directory / ram.name, ram.size, ram.node, threads=threads))
+        with open_place(place, journal.journal, staged_owner(name)) as directory:
+            for ram in wanted:
+                done.append(populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal.journal,
+                                          owner=staged_owner(name), threads=threads))
     except BaseException:
-        for record in done:
-            record.remove()
-        for path in reversed(made):
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        undo_recorded(journal.journal, staged_owner(name))
+        remove_empty_shared(journal.journal)
         raise
-    journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time()})
+    journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time()},
+                       owner=staged_owner(name))
     return done, True
 
 
 def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecord]:
-    """Give back the memory of files staged for `name` and never used."""
+    """Give back the memory of files staged for `name` and never used (moved ones are the guest's now)."""
     journal = journal or GuestJournal()
     record = journal.pop_staged(name) or {}
     files = [FileRecord.from_json(f) for f in record.get("files", [])]
-    for file in files:
-        file.remove()
-        with contextlib.suppress(OSError):
-            Path(file.path).parent.rmdir()
+    undo_recorded(journal.journal, staged_owner(name))
+    remove_empty_shared(journal.journal)
     return files
 
 

@@ -11,11 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vfiotask.journal import Journal
+from vfiotask.journal import Journal, committed
 
 JOURNAL_NAME = "libvirt"
 HUGEPAGES_JOURNAL = "hugepages"  # vfiotask.jobs.hugepages.JOURNAL_NAME, named here so the hook need not import the job
 OWNER_PREFIX = "libvirt:"
+
+
+def guest_owner(name: str) -> str:
+    """The journal owner of what prepare made for guest `name` (its directory and RAM files)."""
+    return f"{OWNER_PREFIX}{name}"
 
 
 def hugepage_owner_prefix(name: str) -> str:
@@ -56,6 +61,15 @@ class GuestJournal:
         with self.locked() as data:
             data["guests"][name] = record
 
+    def commit_guest(self, name: str, record: dict[str, Any]) -> None:
+        """The preparation is complete: it and its files belong to the guest now, not to this process."""
+        with self.locked() as data:
+            data["guests"][name] = {**record, "holder": committed()}
+            self.journal.commit(data, guest_owner(name))
+
+    def journal_entries(self, owner: str) -> list[dict[str, Any]]:
+        return self.journal.entries(self.journal.read(), owner)
+
     def update_guest(self, name: str, **changes: Any) -> None:
         with self.locked() as data:
             if name in data["guests"]:
@@ -66,9 +80,11 @@ class GuestJournal:
             record: dict[str, Any] | None = data["guests"].pop(name, None)
             return record
 
-    def put_staged(self, name: str, record: dict[str, Any]) -> None:
+    def put_staged(self, name: str, record: dict[str, Any], *, owner: str) -> None:
+        """Staged files are complete: they belong to the staging of `name` now, not to this process."""
         with self.locked() as data:
             data["staged"][name] = record
+            self.journal.commit(data, owner)
 
     def pop_staged(self, name: str) -> dict[str, Any] | None:
         with self.locked() as data:

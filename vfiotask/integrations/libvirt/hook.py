@@ -127,10 +127,17 @@ def run_release(name: str) -> int:
 
 def _holds_anything(name: str) -> bool:
     """Whether the journals list anything for `name`: read without importing the jobs (fast path)."""
-    from vfiotask.integrations.libvirt.guestjournal import HUGEPAGES_JOURNAL, GuestJournal, hugepage_owner_prefix
+    from vfiotask.integrations.libvirt.guestjournal import (
+        HUGEPAGES_JOURNAL,
+        GuestJournal,
+        guest_owner,
+        hugepage_owner_prefix,
+    )
     from vfiotask.journal import Journal
 
-    if GuestJournal().guest(name) is not None:
+    guests = GuestJournal().journal.read()
+    if name in guests.get("guests", {}) or any(e.get("owner") == guest_owner(name) for e in guests.get("intents", [])):
         return True
-    owners = Journal(HUGEPAGES_JOURNAL).read().get("owners", {})
+    hugepages = Journal(HUGEPAGES_JOURNAL).read()
+    owners = [*hugepages.get("owners", {}), *(e.get("owner", "") for e in hugepages.get("intents", []))]
     return any(owner.startswith(hugepage_owner_prefix(name)) for owner in owners)

@@ -45,12 +45,6 @@ def memory_backing_dir(conf: Path | None = None) -> Path | None:
     return Path(value) if value else None
 
 
-def ram_root(conf: Path | None = None) -> Path:
-    """The directory holding every guest's `ID-NAME` directory."""
-    base = memory_backing_dir(conf)
-    return base / "libvirt" / "qemu" if base else DEFAULT_RAM_ROOT
-
-
 def require_backing_dir(conf: Path | None = None) -> Path:
     """The configured memory_backing_dir (or libvirt's default), which must exist."""
     base = memory_backing_dir(conf) or DEFAULT_RAM_ROOT
@@ -77,10 +71,36 @@ def ram_files(domain: Domain) -> list[RamFile]:
     return [RamFile(f"ram-node{cell.id}", cell.memory, domain.numatune.host_node(cell.id)) for cell in domain.cells]
 
 
+@dataclass(frozen=True)
+class Place:
+    """A directory below a trusted root: the root is the administrator's (followed), the levels
+    below it are walked by descriptor and never through a link."""
+
+    root: Path
+    parts: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        return self.root.joinpath(*self.parts)
+
+
+def _ram_place(conf: Path | None, *parts: str) -> Place:
+    base = memory_backing_dir(conf)
+    return Place(base, ("libvirt", "qemu", *parts)) if base else Place(DEFAULT_RAM_ROOT, parts)
+
+
+def guest_place(domain: Domain, conf: Path | None = None) -> Place:
+    return _ram_place(conf, domain.short_name)
+
+
 def guest_dir(domain: Domain, conf: Path | None = None) -> Path:
-    return ram_root(conf) / domain.short_name
+    return guest_place(domain, conf).path
+
+
+def staging_place(name: str, conf: Path | None = None) -> Place:
+    """Where `prepin --domain` populates a guest's files: the same filesystem, so a rename moves them."""
+    return _ram_place(conf, STAGING, name)
 
 
 def staging_dir(name: str, conf: Path | None = None) -> Path:
-    """Where `prepin --domain` populates a guest's files: the same filesystem, so a rename moves them."""
-    return ram_root(conf) / STAGING / name
+    return staging_place(name, conf).path

@@ -10,7 +10,6 @@ release: give back what prepare recorded; idempotent, and it never fails the sto
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
@@ -21,11 +20,27 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from vfiotask.dirfd import Dir, identity_of, open_path
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, whole_number
-from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
-from vfiotask.integrations.libvirt.ramfiles import FileRecord, allocated_bytes, chown_nofollow, populate_file
+from vfiotask.integrations.libvirt.guestjournal import (
+    OWNER_PREFIX,
+    GuestJournal,
+    guest_owner,
+    hugepage_owner,
+    hugepage_owner_prefix,
+)
+from vfiotask.integrations.libvirt.ramfiles import (
+    STAGED_PREFIX,
+    FileRecord,
+    allocated_bytes,
+    hand_over,
+    open_place,
+    populate_file,
+    remove_empty_shared,
+)
+from vfiotask.journal import Journal, fs_fields, holder, holder_alive, undo_recorded
 from vfiotask.units import GiB, format_size, parse_size
 
 FAIL_ENV = "VFIOTASK_FAIL"
@@ -124,16 +139,19 @@ def hugepage_demands(domain: Domain, default: int) -> dict[int, dict[int | None,
 
 
 def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
-    """Do everything for `prepare begin`; on any failure undo it all and raise."""
+    """Do everything for `prepare begin`; on any failure undo it all and raise.
+
+    What an earlier prepare of the guest left (never released, or killed) is undone first, so a
+    killed prepare followed by a new one starts clean instead of failing on its leftovers.
+    """
     name = domain.name
-    if ctx.journal.guest(name) is not None:
-        ctx.log(f"{name}: undoing a preparation that was never released")
-        release(name, ctx)
+    for done in recover_guest(name, ctx):
+        ctx.log(f"{name}: {done}")
     if domain.config.fail:
         os.environ[FAIL_ENV] = domain.config.fail
     record: dict[str, Any] = {"id": domain.id, "uuid": domain.uuid, "began": time.time(),
-                              "files": [], "dirs": [], "hugepages": []}
-    undo: list[Callable[[], object]] = [partial(ctx.journal.pop_guest, name)]
+                              "files": [], "hugepages": [], "holder": holder()}
+    undo: list[Callable[[], object]] = []
     ctx.journal.put_guest(name, record)
     try:
         if domain.hostdevs:
@@ -144,18 +162,58 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
         if domain.backing.file_backed and domain.config.prefault:
             _populate_files(domain, ctx, record, undo)
         record["prepared"] = time.time()
-        ctx.journal.put_guest(name, record)
+        ctx.journal.commit_guest(name, record)
     except BaseException as exc:
         for action in reversed(undo):
             try:
                 action()
             except Exception as undo_exc:  # reported, never hides the first failure
                 ctx.log(f"{name}: undo failed: {describe_exception(undo_exc)}")
+        for problem in release(name, ctx):
+            ctx.log(f"{name}: undo failed: {problem}")
         if isinstance(exc, VfiotaskError | KeyboardInterrupt):
             raise
         raise HostStateError(f"preparing guest {name} failed: {describe_exception(exc)}",
                              hint="everything taken was given back; fix the cause and start it again") from exc
     return record
+
+
+def recover_guest(name: str, ctx: HookContext) -> list[str]:
+    """Undo what a prepare of `name` left when it was killed or never released; says what it did."""
+    if ctx.journal.guest(name) is None and not ctx.journal.journal_entries(guest_owner(name)):
+        return []
+    done: list[str] = []
+    problems = release(name, ctx, done=done)
+    return [f"released guest {name}'s earlier preparation", *done, *problems]
+
+
+def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
+    """Undo what killed prepares and stagings left (guests whose preparing process is gone, never
+    those prepared and running), and remove the shared directories left empty; says what it did."""
+    data = ctx.journal.journal.read()
+    names = {name for name, record in data.get("guests", {}).items()
+             if record.get("holder") is not None and not holder_alive(record.get("holder"))}
+    staged: set[str] = set()
+    for entry in Journal.entries(data, orphaned=True):
+        owner = str(entry.get("owner"))
+        if owner.startswith(OWNER_PREFIX):
+            names.add(owner[len(OWNER_PREFIX):])
+        elif owner.startswith(STAGED_PREFIX):
+            staged.add(owner)
+    done: list[str] = []
+    for name in sorted(names):
+        if not match(guest_owner(name)):
+            continue
+        if dry_run:
+            done.append(f"would release guest {name}'s preparation (its preparing process is gone)")
+            continue
+        problems = release(name, ctx, done=done)
+        done += [f"guest {name}: {problem}" for problem in problems]
+    for owner in sorted(staged):
+        if match(owner):
+            done += undo_recorded(ctx.journal.journal, owner, dry_run=dry_run)
+    done += remove_empty_shared(ctx.journal.journal, dry_run=dry_run)  # of no one guest; only when empty
+    return done
 
 
 def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
@@ -187,41 +245,53 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
     if not is_ram_filesystem(base, ctx.host_root):
         ctx.log(f"{domain.name}: memory_backing_dir {base} is not tmpfs or hugetlbfs; RAM files left to QEMU")
         return
-    guest_dir = paths.guest_dir(domain, ctx.conf)
-    record["guest_dir"] = str(guest_dir)
-    for directory in reversed([guest_dir, *guest_dir.parents]):
-        if directory.exists():
-            continue
-        directory.mkdir(mode=0o700 if directory == guest_dir else 0o755)
-        record["dirs"].append(str(directory))
-        undo.append(partial(_rmdir, directory))
+    place = paths.guest_place(domain, ctx.conf)
+    record["guest_dir"] = str(place.path)
+    owner = guest_owner(domain.name)
+    journal = ctx.journal.journal
     staged = ctx.journal.staged(domain.name) or {}
-    staged_files = {Path(f["path"]).name: FileRecord.from_json(f) for f in staged.get("files", [])}
-    for ram in paths.ram_files(domain):
-        target = guest_dir / ram.name
-        ahead = staged_files.pop(ram.name, None)
-        if ahead is not None and ahead.size == ram.size and ahead.still_ours() and not os.path.lexists(target):
-            os.rename(ahead.path, target)
-            done = FileRecord(**{**ahead.to_json(), "path": str(target), "staged_from": ahead.path})
-            undo.append(partial(os.rename, done.path, ahead.path))
-            ctx.log(f"{domain.name}: moved staged {ram.name} into place")
-        else:
-            done = populate_file(target, ram.size, ram.node, threads=domain.config.threads)
-            undo.append(done.remove)
-            ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
-                    f"in {done.seconds:.2f} s with {done.threads} thread(s)")
-        record["files"].append(done.to_json())
-        ctx.journal.put_guest(domain.name, record)
+    staged_files = {f.name: f for f in map(FileRecord.from_json, staged.get("files", []))}
+    with open_place(place, journal, owner) as directory:
+        for ram in paths.ram_files(domain):
+            ahead = staged_files.pop(ram.name, None)
+            if ahead is not None and ahead.size == ram.size and ahead.still_ours() \
+                    and directory.lstat(ram.name) is None:
+                done = _move_staged(ahead, directory, place, ram.name, journal, owner)
+                undo.append(partial(_move_back, done, ahead))
+                ctx.log(f"{domain.name}: moved staged {ram.name} into place")
+            else:
+                done = populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal, owner=owner,
+                                     threads=domain.config.threads)
+                ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
+                        f"in {done.seconds:.2f} s with {done.threads} thread(s)")
+            record["files"].append(done.to_json())
+            ctx.journal.put_guest(domain.name, record)
     if staged:
-        for leftover in staged_files.values():
-            leftover.remove()
-        ctx.journal.pop_staged(domain.name)
-        _rmdir(paths.staging_dir(domain.name, ctx.conf))
+        from vfiotask.integrations.libvirt.ahead import unstage
+
+        unstage(domain.name, journal=ctx.journal)
 
 
-def _rmdir(directory: Path) -> None:
-    with contextlib.suppress(FileNotFoundError, OSError):
-        directory.rmdir()
+def _move_staged(ahead: FileRecord, directory: Dir, place: paths.Place, name: str, journal: Journal,
+                 owner: str) -> FileRecord:
+    """Rename a staged file into the guest's directory, journaled for the guest first (same inode)."""
+    with journal.locked() as data:
+        entry = journal.intend(data, owner, "file", **fs_fields(directory, place.root, list(place.parts), name),
+                               ident=[ahead.dev, ahead.inode])
+    with open_path(ahead.place.root, ahead.place.parts) as staging:
+        staging.rename(ahead.name, directory, name)
+    with journal.locked() as data:
+        journal.done(data, entry)
+    return FileRecord(**{**ahead.to_json(), "path": str(place.path / name), "staged_from": ahead.path,
+                         "root": str(place.root), "parts": list(place.parts)})
+
+
+def _move_back(done: FileRecord, ahead: FileRecord) -> None:
+    with open_path(done.place.root, done.place.parts) as directory, \
+            open_path(ahead.place.root, ahead.place.parts) as staging:
+        info = directory.lstat(done.name)
+        if info is not None and identity_of(info) == (ahead.dev, ahead.inode):
+            directory.rename(done.name, staging, ahead.name)
 
 
 def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
@@ -238,45 +308,53 @@ def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
 
 
 def start(domain: Domain, ctx: HookContext) -> dict[str, Any] | None:
-    """Give the prepared files to QEMU's uid:gid and record how much of each is populated."""
+    """Give the prepared files to QEMU's uid:gid and record how much of each file is populated."""
     record = ctx.journal.guest(domain.name)
     if record is None:
         return None
     label = domain.dac_label
     files = [FileRecord.from_json(f) for f in record.get("files", [])]
     at_start: dict[str, Any] = {}
+    place = paths.guest_place(domain, ctx.conf)
+    made_dir = any(e.get("kind") == "dir" for e in ctx.journal.journal_entries(guest_owner(domain.name)))
     if label is not None:
         uid = _resolve_id(label.user, pwd.getpwnam, "user")
         gid = _resolve_id(label.group, grp.getgrnam, "group")
-        if record.get("guest_dir") in record.get("dirs", []):
-            with contextlib.suppress(FileNotFoundError):
-                os.chown(record["guest_dir"], uid, gid, follow_symlinks=False)
-        for file in files:
-            chown_nofollow(file, uid, gid)
+        if files or made_dir:
+            at_start["allocated"] = hand_over(place, files, uid, gid, directory_too=made_dir)
         at_start["owner"] = [uid, gid]
-    at_start["allocated"] = {file.path: allocated_bytes(file.path) for file in files}
-    at_start["inodes"] = {file.path: os.lstat(file.path).st_ino for file in files if os.path.lexists(file.path)}
+    at_start.setdefault("allocated", {file.path: allocated_bytes(file) for file in files})
+    at_start["inodes"] = {file.path: file.inode for file in files}
     at_start["time"] = time.time()
     ctx.journal.update_guest(domain.name, at_start=at_start)
     return at_start
 
 
-def release(name: str, ctx: HookContext) -> list[str]:
-    """Give back what prepare took for `name`; returns the problems met (never raises for them)."""
+def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> list[str]:
+    """Give back what prepare took for `name`; returns the problems met (never raises for them).
+
+    It is also the recovery of a killed prepare: the files and directories are undone from the
+    journal's entries (only where the inode is still the one made), hugepage growth from the
+    reservation's own entries; the shared directories the hook made go once they are empty.
+    """
     problems: list[str] = []
-    record = ctx.journal.pop_guest(name) or {}
-    for data in record.get("files", []):
-        try:
-            FileRecord.from_json(data).remove()
-        except OSError as exc:
-            problems.append(f"removing {data.get('path')}: {describe_exception(exc)}")
-    for directory in reversed(record.get("dirs", [])):
-        _rmdir(Path(directory))
+    done = [] if done is None else done
+    journal = ctx.journal.journal
+    try:
+        done += undo_recorded(journal, guest_owner(name))
+    except (OSError, VfiotaskError) as exc:
+        problems.append(f"removing files: {describe_exception(exc)}")
+    ctx.journal.pop_guest(name)
     try:
         reserver = ctx.reserver()
+        done += reserver.recover(lambda owner: owner.startswith(hugepage_owner_prefix(name)))
         for held in reserver.owners():
-            if held.owner.startswith(hugepage_owner_prefix(name)):
-                reserver.release(held.owner)
+            if held.owner.startswith(hugepage_owner_prefix(name)) and reserver.release(held.owner):
+                done.append(f"released {held.owner}'s {format_size(held.size)} of hugepages")
     except (OSError, VfiotaskError) as exc:
         problems.append(f"releasing hugepages: {describe_exception(exc)}")
+    try:
+        done += remove_empty_shared(journal)
+    except (OSError, VfiotaskError) as exc:
+        problems.append(f"removing empty directories: {describe_exception(exc)}")
     return problems

@@ -1,24 +1,40 @@
-"""Creating and populating a guest's RAM files, and the records that let another process undo it.
+"""Creating and populating a guest's RAM files, journaled by inode so another process can undo them.
 
 The same code serves the hook at `prepare begin` (files in the guest's own directory) and
 `prepin --domain` ahead of a start (files in the staging directory, renamed into place later).
-Every record carries the file's device and inode, so an undo never removes a file that someone
-else has since put at that path.
+Everything below memory_backing_dir is reached by descriptor, one level at a time, never through
+a link (the QEMU user owns a running guest's directory); each directory and file made is recorded
+before it is made, with the device and inode it got, so an undo never removes something that
+someone else has since put at that name.  Directories shared by every guest (`libvirt/`,
+`libvirt/qemu/`, the staging directory) are recorded for the hook as a whole and removed by
+whichever release finds them empty.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from dataclasses import asdict, dataclass
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vfiotask.dirfd import Dir, identity_of, open_path, open_root, walk
 from vfiotask.errors import HostStateError
+from vfiotask.integrations.libvirt.paths import Place
+from vfiotask.journal import Journal, journaled_mkdir, make_file, undo_entry, undo_fs
 
 if TYPE_CHECKING:
     from vfiotask.engine import Engine
+
+SHARED_OWNER = "libvirt"
+
+
+STAGED_PREFIX = "libvirt-staged:"
+
+
+def staged_owner(name: str) -> str:
+    return f"{STAGED_PREFIX}{name}"
 
 
 @dataclass(frozen=True)
@@ -34,81 +50,133 @@ class FileRecord:
     seconds: float = 0.0
     threads: int = 0
     staged_from: str | None = None
+    root: str | None = None
+    parts: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileRecord:
-        fields = {name: data.get(name) for name in cls.__dataclass_fields__}
-        return cls(**fields)  # type: ignore[arg-type]
+        fields: dict[str, Any] = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**fields)
+
+    @property
+    def place(self) -> Place:
+        return Place(Path(self.root or Path(self.path).parent), tuple(self.parts))
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
 
     def still_ours(self) -> bool:
-        """The path still names the file this record describes (same device and inode, not a link)."""
+        """The name still has the file this record describes (same device and inode, not a link)."""
         try:
-            info = os.lstat(self.path)
-        except FileNotFoundError:
+            with open_path(self.place.root, self.place.parts) as directory:
+                info = directory.lstat(self.name)
+        except (OSError, HostStateError):
             return False
-        return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == (self.dev, self.inode)
-
-    def remove(self) -> bool:
-        """Unlink the file if it is still ours; True when something was removed."""
-        if not self.still_ours():
-            return False
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-            return True
-        return False
+        return info is not None and stat.S_ISREG(info.st_mode) and identity_of(info) == (self.dev, self.inode)
 
 
-def populate_file(path: Path, size: int, node: int | None, *, threads: int = 0,
-                  engine: Engine | None = None) -> FileRecord:
-    """Create `path` at `size` and populate every page in parallel on `node`; nothing left on failure."""
+def open_place(place: Place, journal: Journal, owner: str) -> Dir:
+    """`place`, opened level by level; missing levels are made and journaled first: the last for
+    `owner`, those above it as shared.  Under the journal's lock, so that a release removing an empty
+    shared directory never removes one a prepare is about to make its directory in."""
+    with open_root(place.root) as root, journal.locked() as data:
+        parent = walk(root, place.parts[:-1], create=True, mode=0o755,
+                      maker=journaled_mkdir(journal, data, SHARED_OWNER, place.root))
+        with parent:
+            try:
+                return parent.sub(place.parts[-1])
+            except FileNotFoundError:
+                return journaled_mkdir(journal, data, owner, place.root)(parent, place.parts[-1], 0o700)
+
+
+def populate_file(directory: Dir, place: Place, name: str, size: int, node: int | None, *, journal: Journal,
+                  owner: str, threads: int = 0, engine: Engine | None = None) -> FileRecord:
+    """Create `name` in `directory` at `size`, journaled for `owner`, and populate every page in
+    parallel on `node`; on failure nothing is left (file and entry both go)."""
     from vfiotask.jobs.prefault import prefault
     from vfiotask.memory.region import RegionSpec, open_region
 
-    if os.path.lexists(path):
+    path = place.path / name
+    try:
+        fd, entry = make_file(journal, owner, directory, place.root, list(place.parts), name, size)
+    except FileExistsError as exc:
         raise HostStateError(
             f"guest RAM file {path} already exists (left by an earlier run?)",
             hint="make sure no guest uses it, remove it, then start the guest again",
-        )
-    region = open_region(RegionSpec(size=size, backing=str(path), node=node, create=True))
+        ) from exc
     try:
-        report = prefault(region, engine=engine, max_threads=threads)
-        info = os.fstat(region.fd) if region.fd is not None else os.lstat(path)
-    except BaseException:
-        region.close(remove_created=True)
-        raise
-    region.close(remove_created=False)
-    return FileRecord(
-        path=str(path),
-        size=size,
-        node=node,
-        dev=info.st_dev,
-        inode=info.st_ino,
-        allocated=info.st_blocks * 512,
-        seconds=report.seconds,
-        threads=report.threads,
-    )
-
-
-def chown_nofollow(record: FileRecord, uid: int, gid: int) -> None:
-    """Give the file to QEMU's user without ever following a link put in its place."""
-    fd = os.open(record.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
+        region = open_region(RegionSpec(size=size, backing=str(path), node=node, fd=fd))
+        try:
+            report = prefault(region, engine=engine, max_threads=threads)
+        finally:
+            region.close(remove_created=False)
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (record.dev, record.inode):
-            raise HostStateError(
-                f"guest RAM file {record.path} was replaced since it was populated",
-                hint="check what else writes to memory_backing_dir, then start the guest again",
-            )
-        os.fchown(fd, uid, gid)
+    except BaseException:
+        undo_entry(journal, entry)
+        raise
     finally:
         os.close(fd)
+    return FileRecord(path=str(path), size=size, node=node, dev=info.st_dev, inode=info.st_ino,
+                      allocated=info.st_blocks * 512, seconds=report.seconds, threads=report.threads,
+                      root=str(place.root), parts=list(place.parts))
 
 
-def allocated_bytes(path: str) -> int:
+def remove_empty_shared(journal: Journal, *, dry_run: bool = False) -> list[str]:
+    """Remove the shared directories the hook made, deepest first, once nothing is left in them."""
+    actions = []
+    with journal.locked() as data:
+        for entry in journal.entries(data, SHARED_OWNER):
+            action = undo_fs(entry, dry_run=dry_run)
+            if action:
+                actions.append(action)
+            if not dry_run and (action or not _present(entry)):
+                journal.drop(data, entry)
+    return actions
+
+
+def _present(entry: dict[str, Any]) -> bool:
+    """Whether the recorded directory still has its name (it stays recorded until it is removed)."""
     try:
-        return os.lstat(path).st_blocks * 512
-    except FileNotFoundError:
-        return 0
+        with open_path(Path(str(entry["root"])), [str(p) for p in entry.get("parts", [])]) as directory:
+            info = directory.lstat(str(entry["name"]))
+    except (OSError, HostStateError):
+        return False
+    ident = entry.get("ident")
+    return info is not None and (ident is None or list(identity_of(info)) == list(ident))
+
+
+def hand_over(place: Place, files: list[FileRecord], uid: int, gid: int, *, directory_too: bool) -> dict[str, int]:
+    """Give the guest's directory (when the hook made it) and files to QEMU's uid:gid, by descriptor.
+
+    A link or another file put at a name since it was populated is refused, never followed.
+    Returns how many bytes each file holds now.
+    """
+    allocated: dict[str, int] = {}
+    with open_path(place.root, place.parts) as directory:
+        if directory_too:
+            os.fchown(directory.fd, uid, gid)
+        for record in files:
+            fd = directory.open(record.name, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode) or identity_of(info) != (record.dev, record.inode):
+                    raise HostStateError(
+                        f"guest RAM file {record.path} was replaced since it was populated",
+                        hint="check what else writes to memory_backing_dir, then start the guest again",
+                    )
+                os.fchown(fd, uid, gid)
+                allocated[record.path] = info.st_blocks * 512
+            finally:
+                os.close(fd)
+    return allocated
+
+
+def allocated_bytes(record: FileRecord) -> int:
+    with suppress(OSError, HostStateError), open_path(record.place.root, record.place.parts) as directory:
+        info = directory.lstat(record.name)
+        return info.st_blocks * 512 if info is not None else 0
+    return 0
