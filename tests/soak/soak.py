@@ -62,7 +62,7 @@ def soak(cycles: int, size_mib: int) -> dict[str, Any]:
 def _soak(name: str, cycles: int, size_mib: int) -> dict[str, Any]:
     import libvirt
 
-    from vfiotask.integrations.libvirt.daemon import URI, PrivateLibvirt
+    from vfiotask.integrations.bench.libvirtd import URI, PrivateLibvirt
 
     with PrivateLibvirt(guest_prefix=PREFIX, hugetlbfs=False) as lab:
         libvirtd = lab.pids["libvirtd"]

@@ -23,7 +23,7 @@ def test_start_stop_cycles_leave_nothing_behind() -> None:
     if not Path("/dev/kvm").exists():
         pytest.skip("no /dev/kvm")
     pytest.importorskip("libvirt")
-    from vfiotask.integrations.libvirt.daemon import missing_tools
+    from vfiotask.integrations.bench.libvirtd import missing_tools
 
     if missing_tools() or shutil.which("qemu-system-x86_64") is None:
         pytest.skip(f"not installed: {', '.join(missing_tools())}")

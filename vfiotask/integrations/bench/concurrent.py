@@ -14,7 +14,6 @@ run after warming host memory for all N guests.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from vfiotask.errors import HostStateError, ResourceError
-from vfiotask.units import MiB, format_size, parse_size
+from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.units import MiB, format_size
 
 NS = "https://vfiotask.org/xmlns/1"
 GUESTS = 4
@@ -70,11 +70,10 @@ class HookRunner:
             raise HostStateError(f"the hook failed: {failures[0]}", hint="run the suite with a smaller --size")
 
 
-def _size(args: argparse.Namespace) -> int:
+def _size(options: BenchOptions) -> int:
     from vfiotask.host.meminfo import mem_available
 
-    value = getattr(args, "size", None)
-    size = DEFAULT_SIZE if value is None else parse_size(str(value), what="--size")
+    size = DEFAULT_SIZE if options.size is None else options.size
     available = mem_available()
     if GUESTS * size * 2 > available:  # the guests' files, and as much again warmed before each run
         raise ResourceError(f"{GUESTS} guests of {format_size(size)} do not fit twice in the "
@@ -117,9 +116,9 @@ def measure(size: int, repeat: int) -> dict[str, Any]:
     return {name: summary(total, values) for name, values in times.items()}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    size = _size(args)
-    repeat = max(int(getattr(args, "repeat", 5) or 5), 1)
+def run(options: BenchOptions) -> dict[str, Any]:
+    size = _size(options)
+    repeat = options.repeat
     variants = measure(size, repeat)
     together, serial = variants["together"]["median_seconds"], variants["serial"]["median_seconds"]
     return {

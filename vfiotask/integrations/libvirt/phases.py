@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from vfiotask.dirfd import Dir, identity_of, open_path
+from vfiotask.engine.faults import FAIL_ENV
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain, whole_number
+from vfiotask.integrations.libvirt.domain import Domain
 from vfiotask.integrations.libvirt.guestjournal import (
     OWNER_PREFIX,
     GuestJournal,
@@ -41,9 +42,9 @@ from vfiotask.integrations.libvirt.ramfiles import (
     remove_empty_shared,
 )
 from vfiotask.journal import Journal, fs_fields, holder, holder_alive, undo_recorded
-from vfiotask.units import GiB, format_size, parse_size
+from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
 
-FAIL_ENV = "VFIOTASK_FAIL"
+
 @dataclass
 class HookContext:
     """Everything the phases touch on the host, so tests can point it at fixtures."""
@@ -295,9 +296,9 @@ def _move_back(done: FileRecord, ahead: FileRecord) -> None:
 
 
 def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
-    number = whole_number(text[1:] if text.startswith("+") else text)
-    if number is not None:
-        return number
+    digits = text.removeprefix("+")
+    if text.startswith("+") or (digits and set(digits) <= set("0123456789")):  # libvirt's +N: a number
+        return parse_count(digits, f"QEMU's {what} in the guest's DAC label", minimum=0, maximum=MAX_ID)
     try:
         return int(lookup(text)[2])
     except KeyError as exc:
