@@ -299,8 +299,16 @@ def _config(root: ET.Element) -> Config:
         threads=count,
         prefault=flag("prefault", True),
         hugepages=flag("hugepages", True),
-        fail=node.get("fail", ""),
+        fail=_fail_spec(node.get("fail", "")),
     )
+
+
+def _fail_spec(text: str) -> str:
+    """Checked when the definition is read, so a bad spec is refused before anything is journaled."""
+    from vfiotask.engine.faults import parse_fail_spec
+
+    parse_fail_spec(text)
+    return text
 
 
 def _dac_label(root: ET.Element) -> DacLabel | None:
