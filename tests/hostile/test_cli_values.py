@@ -1,8 +1,8 @@
-"""Hostile values on the command line and in the testing variables: exit 2, one line, nothing done.
+"""Hostile names and addresses on the command line: exit 2, one line, nothing done.
 
-Non-ASCII digits (which int() and str.isdigit() accept), hundreds of digits, negatives, empty
-strings and junk, for every option that takes a number or a name.  Each command runs as a user
-runs it; afterwards the state dir, the backing directory and the hugepage pools are as before.
+Owners, guest names and PCI addresses that are empty, overlong, multi-line, non-ASCII or junk.
+Each command runs as a user runs it; afterwards the state dir, the backing directory and the
+hugepage pools are as before.  Hostile numbers at every entry point: tests/cli/test_numbers.py.
 """
 
 from __future__ import annotations
@@ -19,64 +19,27 @@ from tests.conftest import run_cli
 from tests.devices.helpers import sysfs
 from tests.hoststate import snapshot
 
-HUGE = "1" + "0" * 400
-LONGER_THAN_PYTHON_CONVERTS = "9" * 5001
-NUMBERS = {
-    "fullwidth": "２",
-    "arabic-indic": "٢",
-    "superscript": "²",
-    "devanagari": "२",
-    "huge": HUGE,
-    "5001-digits": LONGER_THAN_PYTHON_CONVERTS,
-    "negative": "-2",
-    "empty": "",
-    "space": " ",
-    "junk": "2x",
-    "float": "1.5e3",
-    "nan": "nan",
-    "inf": "inf",
-}
-SIZES = {**{k: v + ("G" if v and v[-1].isdigit() else "") for k, v in NUMBERS.items()},
-         "zero": "0", "fullwidth-unit": "1Ｇ", "two-units": "1GG", "negative-zero": "-0M"}
-
-SMALL = ["--size", "8M", "--min-chunk", "2M", "--pin", "none"]
 VIABLE = str(sysfs("viable"))
 
 
 def _cases() -> Iterator[tuple[str, list[str], dict[str, str]]]:
-    for key, value in SIZES.items():
-        yield f"prepin-size-{key}", ["prepin", "--size", value, "--pin", "none"], {}
-        yield f"prepin-page-size-{key}", ["prepin", *SMALL, "--page-size", value], {}
-        yield f"prepin-min-chunk-{key}", ["prepin", "--size", "8M", "--pin", "none", "--min-chunk", value], {}
-        yield f"reserve-size-{key}", ["hugepages", "reserve", "--size", value, "--page-size", "2M",
-                                      "--owner", "hostile"], {}
-        yield f"reserve-page-size-{key}", ["hugepages", "reserve", "--size", "2M", "--page-size", value,
-                                           "--owner", "hostile"], {}
-    for key, value in NUMBERS.items():
-        yield f"prepin-threads-{key}", ["prepin", *SMALL, "--threads", value], {}
-        yield f"prepin-node-{key}", ["prepin", *SMALL, "--node", value], {}
-        if key != "negative":  # a nice value may be negative
-            yield f"prepin-helper-nice-{key}", ["prepin", *SMALL, "--helper-nice", value], {}
-        yield f"prepin-group-{key}", ["prepin", *SMALL[:4], "--pin", "mock", "--sysfs-root", VIABLE,
-                                      "--group", value], {}
-        yield f"prepin-iova-{key}", ["prepin", *SMALL[:4], "--pin", "mock", "--sysfs-root", VIABLE,
-                                     "--group", "2", "--iova", value], {}
-        yield f"reserve-node-{key}", ["hugepages", "reserve", "--size", "2M", "--page-size", "2M",
-                                      "--owner", "hostile", "--node", value], {}
-        yield f"bench-repeat-{key}", ["bench", "engine", "--repeat", value], {}
-        yield f"fail-env-{key}", ["prepin", *SMALL], {"VFIOTASK_FAIL": f"prefault:{value}"}
-        yield f"mock-fail-env-{key}", ["prepin", *SMALL[:4], "--pin", "mock", "--sysfs-root", VIABLE,
-                                       "--group", "2"], {"VFIOTASK_MOCK_FAIL": f"{value}:EIO"}
+    """Names and addresses; numbers at every entry point are in tests/cli/test_numbers.py."""
     # an owner is a key in the journal, never a path: '/' and '..' are plain characters in it
     for key, owner in {"empty": "", "newline": "a\nb", "300": "o" * 300, "control": "a\x01b",
                        "non-ascii": "gäst"}.items():
         yield f"reserve-owner-{key}", ["hugepages", "reserve", "--size", "2M", "--page-size", "2M",
                                        "--owner", owner], {}
         yield f"release-owner-{key}", ["hugepages", "release", "--owner", owner], {}
+        yield f"recover-owner-{key}", ["recover", "--owner", owner], {}
     for key, address in {"fullwidth": "０000:01:00.0", "long": "0" * 5000, "junk": "zz:zz.z", "empty": "",
                          "too-many-parts": "0000:00:01:00.0", "negative": "-1:00.0"}.items():
         yield f"bind-address-{key}", ["bind", address, "--sysfs-root", VIABLE], {}
         yield f"unbind-address-{key}", ["unbind", address, "--sysfs-root", VIABLE], {}
+        yield f"prepin-device-{key}", ["prepin", "--size", "4M", "--pin", "mock", "--sysfs-root", VIABLE,
+                                       "--device", address], {}
+    for key, name in {"slash": "a/b", "dotdot": "..", "newline": "a\nb", "300": "n" * 300}.items():
+        yield f"prepin-domain-{key}", ["prepin", "--domain", name], {}
+        yield f"unstage-domain-{key}", ["hook", "unstage", "--domain", name], {}
 
 
 CASES = list(_cases())
