@@ -29,9 +29,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vfiotask.dirfd import Dir, LinkRefused, Maker, open_path
+from vfiotask.dirfd import Dir, LinkRefused, Maker, identity_of, open_path
 from vfiotask.errors import HostStateError
 from vfiotask.statedir import open_state_dir, state_dir_path
+from vfiotask.units import parse_count
 
 INTENT = "intent"
 DONE = "done"
@@ -55,7 +56,7 @@ def _start_time(pid: int) -> int | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, UnicodeDecodeError):
         return None
-    fields = text[text.rfind(")") + 2:].split()
+    fields = text[text.rfind(")") + 2:].split()  # kernel text, not a user's: plain digits
     return int(fields[19]) if len(fields) > 19 and fields[19].isascii() and fields[19].isdigit() else None
 
 
@@ -90,21 +91,24 @@ _crash_lock = threading.Lock()
 _crash_count = 0
 
 
+def _crash_target() -> int | None:
+    spec = os.environ.get(CRASH_ENV)
+    return parse_count(spec, CRASH_ENV) if spec else None
+
+
 def crash_point() -> None:
     """With VFIOTASK_CRASH_AT=K, the K-th crash point reached in this process SIGKILLs it.
 
     Crash points sit after each intent is on disk and after each change is made, and in the
     chunks of the jobs, so a test can kill a run at a chosen place, by count rather than by time.
     """
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
+    point = _crash_target()
+    if point is None:
         return
-    if not re.fullmatch(r"[0-9]{1,6}", spec):
-        raise HostStateError(f"{CRASH_ENV}={spec!r} is not a crash point number", hint="give 1 to 999999")
     global _crash_count
     with _crash_lock:
         _crash_count += 1
-        hit = _crash_count == int(spec)
+        hit = _crash_count == point
     if hit:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -134,14 +138,15 @@ class Journal:
 
     @contextmanager
     def locked(self) -> Iterator[dict[str, Any]]:
-        """Yield the journal's content under the lock; what the caller leaves in it is saved."""
+        """Yield the journal's content under the lock; what the caller leaves in it is saved.
+
+        A journal left with nothing in it takes its lock file away too (while holding it), so an
+        undone operation leaves the state dir as it found it; a waiter that then gets the lock of
+        the removed file sees it no longer has the name and takes the lock anew.
+        """
         with self._open_dir() as directory:
-            lock = directory.open(f"{self.name}.lock", os.O_RDWR | os.O_CREAT)
+            lock = self._lock(directory)
             try:
-                if not stat.S_ISREG(os.fstat(lock).st_mode):
-                    raise HostStateError(f"{directory.path / self.name}.lock is not a regular file",
-                                         hint="remove it")
-                fcntl.flock(lock, fcntl.LOCK_EX)
                 data = self._load(directory)
                 self._held = directory
                 try:
@@ -149,8 +154,27 @@ class Journal:
                     self.save(data)
                 finally:
                     self._held = None
+                    if directory.lstat(f"{self.name}.json") is None:
+                        directory.unlink(f"{self.name}.lock", identity_of(os.fstat(lock)))
             finally:
                 os.close(lock)
+
+    def _lock(self, directory: Dir) -> int:
+        name = f"{self.name}.lock"
+        while True:
+            lock = directory.open(name, os.O_RDWR | os.O_CREAT)
+            try:
+                info = os.fstat(lock)
+                if not stat.S_ISREG(info.st_mode):
+                    raise HostStateError(f"{directory.path / name} is not a regular file", hint="remove it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                named = directory.lstat(name)
+            except BaseException:
+                os.close(lock)
+                raise
+            if named is not None and identity_of(named) == identity_of(info):
+                return lock
+            os.close(lock)  # removed while we waited: lock the file that has the name now
 
     def save(self, data: dict[str, Any]) -> None:
         """Write `data` durably now; only inside `locked()` (an intent must be on disk before its change)."""
@@ -207,6 +231,7 @@ class Journal:
 
     def intend(self, data: dict[str, Any], owner: str, kind: str, **fields: Any) -> dict[str, Any]:
         """Record, durably, that this process is about to make a change of `kind` for `owner`."""
+        _crash_target()  # a malformed VFIOTASK_CRASH_AT is refused before anything is recorded
         entry = {"id": uuid.uuid4().hex, "owner": owner, "kind": kind, "state": INTENT, "holder": holder(), **fields}
         data.setdefault("intents", []).append(entry)
         self.save(data)
@@ -311,8 +336,11 @@ def undo_recorded(journal: Journal, owner: str, *, orphaned: bool = False,
             if entry.get("kind") not in ("file", "dir") or not where(entry):
                 continue
             action = undo_fs(entry, dry_run=dry_run)
-            if action:
-                actions.append(action)
+            if action is None:  # nothing there that is ours: only the record goes
+                where_made = Path(str(entry.get("root")), *entry.get("parts", []), str(entry.get("name")))
+                action = (f"{'would drop' if dry_run else 'dropped'} the record of {entry.get('kind')} "
+                          f"{where_made}: it is gone or no longer the one made")
+            actions.append(action)
             if not dry_run:
                 journal.drop(data, entry)
     return actions

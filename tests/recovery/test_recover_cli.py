@@ -39,8 +39,10 @@ def test_a_file_replaced_since_is_not_removed(shm_dir: Path, state_dir: Path) ->
     killed_prepin(backing)
     backing.unlink()
     backing.write_text("someone else's")  # a new inode at the recorded name
-    assert run_cli("recover").stdout == "nothing to recover\n"
+    dropped = f"files: dropped the record of file {backing}: it is gone or no longer the one made\n"
+    assert run_cli("recover").stdout == dropped
     assert backing.read_text() == "someone else's"
+    assert run_cli("recover").stdout == "nothing to recover\n"
 
 
 def test_a_rerun_at_the_same_path_starts_from_a_fresh_file(shm_dir: Path, state_dir: Path) -> None:

@@ -29,7 +29,7 @@ from vfiotask.host.mounts import mount_of
 from vfiotask.integrations.bench import common, qemu
 from vfiotask.integrations.bench.common import BenchOptions
 from vfiotask.jobs.prefault import default_helpers, prefault
-from vfiotask.memory.region import Region, RegionSpec, open_region
+from vfiotask.memory.region import Region, RegionSpec, open_region, recover_files
 from vfiotask.units import MiB, align_down, format_size
 
 DEFAULT_SIZE = 4 << 30
@@ -148,7 +148,8 @@ def _bound(backing: Backing, size: int, count: int) -> Callable[[], float]:
 
     def close_share(index: int) -> None:
         path = backing.file(f"bound-{index}")
-        if path is not None:
+        if path is not None:  # its child is gone: the file and its journal entry go together
+            recover_files(path)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
