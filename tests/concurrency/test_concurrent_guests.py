@@ -130,9 +130,14 @@ def test_guests_prepared_and_released_at_once(busy_host: HookHost, tmp_path: Pat
     grown = len(huge) * HUGE_MIB // 2 + len(shell_owners) * CLI_MIB // 2
     assert prepared.pools[POOL] == before.pools[POOL] + grown
     for name, _, kind in guests:
+        files = journal["guests"][name]["files"]  # type: ignore[index]
         if kind == "file":
             ram = host.guest_dir(f"{200 + int(name[4:])}-{name}") / "pc.ram"
-            assert os.lstat(ram).st_blocks * 512 == FILE_MIB * MiB, name
+            info = os.lstat(ram)
+            assert info.st_blocks * 512 == FILE_MIB * MiB, name
+            assert [(f["path"], f["inode"]) for f in files] == [(str(ram), info.st_ino)], name  # type: ignore[index]
+        else:
+            assert files == [], name
 
     with slot_watch(host.state) as held:
         running = [(f"hook {name}", _start([sys.executable, str(HOOK), name, "release", "end", "-"],
