@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_prepin import WRAPPER, error_lines, locked_after
 from tests.conftest import REPO, private_mount, requires_root
 from tests.devices.helpers import copy_tree, sysfs
 from tests.hoststate import HostSnapshot, snapshot
@@ -30,16 +31,6 @@ from tests.libvirt.xmls import guest_xml
 HOOK = REPO / "hooks" / "qemu"
 MiB = 1 << 20
 GUEST_MIB = 256  # four chunks of the 64 MiB the hook's prefault never goes below
-
-# Runs the command in-process, then reports what the kernel says is still locked before exiting.
-WRAPPER = (
-    "import sys\n"
-    "from vfiotask.integrations.cli.main import main\n"
-    "from vfiotask.host.procfs import locked_memory\n"
-    "rc = main(sys.argv[1:])\n"
-    "print(f'VmLck-after: {locked_memory().vm_lck}', file=sys.stderr)\n"
-    "sys.exit(rc)\n"
-)
 
 
 @dataclass
@@ -85,14 +76,6 @@ def host(tmp_path: Path) -> Iterator[Host]:
         import shutil
 
         shutil.rmtree(backing, ignore_errors=True)
-
-
-def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in result.stderr.splitlines() if not line.startswith("VmLck-after:")]
-
-
-def locked_after(result: subprocess.CompletedProcess[str]) -> int:
-    return int([x for x in result.stderr.splitlines() if x.startswith("VmLck-after:")][-1].split()[1])
 
 
 def assert_failed_cleanly(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
