@@ -99,8 +99,9 @@ class Host:
     def device(self, address: str) -> PciDevice:
         found = self.devices.get(normalize_address(address))
         if found is None:
+            shown = address if len(address) <= 64 else f"{address[:60]}..."  # a hostile value is not echoed whole
             raise UsageError(
-                f"no PCI device {address} under {self.paths.sys}/bus/pci/devices",
+                f"no PCI device {shown} under {self.paths.sys}/bus/pci/devices",
                 hint="list the devices with 'vfiotask devices' and give a full address such as 0000:01:00.0",
             )
         return found

@@ -39,8 +39,10 @@ class Viability:
 
 def group_viability(group: IommuGroup, *, managed: Iterable[str] = ()) -> Viability:
     """Whether `group` can be opened now.  Devices in `managed` will be rebound by the caller
-    (libvirt's managed='yes'), so their own driver does not count against the group."""
-    skip = {normalize_address(a) for a in managed}
+    (libvirt's managed='yes'), so their own driver does not count against the group.  A set
+    passed as `managed` is taken as already normalized: a guest with thousands of hostdevs
+    checks each group against one set, not a fresh copy per device."""
+    skip = managed if isinstance(managed, set | frozenset) else {normalize_address(a) for a in managed}
     blocking = [d for d in group.devices if d.blocks_group and d.address not in skip]
     reasons = [f"{d.address} [{d.ids}] is bound to host driver {d.driver}" for d in blocking]
     if not group.devices:
@@ -68,8 +70,10 @@ def check_devices_usable(addresses: Iterable[str], sysfs_root: Path | None = Non
     drivers because the caller rebinds them, but must not be in use by the host."""
     from vfiotask.devices.discovery import discover
 
-    wanted = [normalize_address(a) for a in addresses]
+    wanted = dict.fromkeys(normalize_address(a) for a in addresses)  # each device and group checked once
+    skip = frozenset(wanted) if managed else frozenset()
     host = discover(sysfs_root)
+    checked_groups: set[int] = set()
     for address in wanted:
         device = host.device(address)
         if device.iommu_group is None:
@@ -79,6 +83,9 @@ def check_devices_usable(addresses: Iterable[str], sysfs_root: Path | None = Non
             if uses:
                 raise DeviceError(f"{address} is in use by the host: {'; '.join(uses)}",
                                   hint="choose a device the host does not need")
-        viability = group_viability(host.group(device.iommu_group), managed=wanted if managed else ())
+        if device.iommu_group in checked_groups:
+            continue
+        checked_groups.add(device.iommu_group)
+        viability = group_viability(host.group(device.iommu_group), managed=skip)
         if not viability.viable:
             raise not_viable_error(host, viability, address)

@@ -16,13 +16,13 @@ from vfiotask.units import parse_count
 FAIL_ENV = "VFIOTASK_FAIL"
 
 
-def injected_failure(task_name: str) -> int | None:
-    """The 1-based chunk index VFIOTASK_FAIL asks to fail for this task (`JOB:K[,JOB:K...]`).
+def parse_fail_spec(spec: str) -> dict[str, int]:
+    """`JOB:K[,JOB:K...]` as {JOB: K} (the first K named for a JOB counts).
 
     A malformed item is an error, not ignored: a typo would otherwise let a test of an undo path
     pass without ever failing a chunk.
     """
-    spec = os.environ.get(FAIL_ENV, "")
+    found: dict[str, int] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         job, _, index = item.partition(":")
         try:
@@ -32,9 +32,13 @@ def injected_failure(task_name: str) -> int | None:
         except UsageError as exc:
             raise UsageError(f"{FAIL_ENV} item {item[:64]!r} is not JOB:K ({exc.message})",
                              hint="write the task name and a chunk number from 1, e.g. prefault:2") from None
-        if job.strip() == task_name:
-            return count
-    return None
+        found.setdefault(job.strip(), count)
+    return found
+
+
+def injected_failure(task_name: str) -> int | None:
+    """The 1-based chunk index VFIOTASK_FAIL asks to fail for this task."""
+    return parse_fail_spec(os.environ.get(FAIL_ENV, "")).get(task_name)
 
 
 def injected_error(task_name: str, index: int) -> OSError:

@@ -24,6 +24,7 @@ SUITES = {
     "engine": "engine",
     "vfio": "vfio",
     "libvirt": "libvirt_start",
+    "concurrent": "concurrent",
 }
 
 

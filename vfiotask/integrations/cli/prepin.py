@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"sysfs tree to read devices from (env {SYSFS_ROOT_ENV})",
     )
     parser.add_argument("--domain", metavar="NAME", help="prepare the RAM of libvirt domain NAME instead")
+    parser.add_argument("--uri", metavar="URI", help="libvirt connection URI for --domain (default qemu:///system)")
     parser.add_argument("--force", action="store_true", help="allow a backing file on a disk filesystem")
     parser.add_argument("--hold", action="store_true", help="keep the pins until SIGTERM or SIGINT, then undo")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -250,7 +251,7 @@ def run_domain(args: argparse.Namespace) -> int:
     """`prepin --domain NAME`: stage a stopped guest's RAM files for its next start."""
     from vfiotask.integrations.libvirt.ahead import stage_defined
 
-    files, new = stage_defined(args.domain, threads=parse_threads(args.threads))
+    files, new = stage_defined(args.domain, threads=parse_threads(args.threads), uri=args.uri)
     name = args.domain
     data: dict[str, Any] = {
         "domain": name,

@@ -209,8 +209,7 @@ def _backing(root: ET.Element) -> MemoryBacking:
     huge = node.find("./hugepages")
     if huge is not None:
         for page in huge.findall("./page"):
-            text = page.get("size")
-            size = None if text is None else scaled(text, page.get("unit"), what="hugepage size", minimum=1)
+            size = _page_size(page.get("size"), page.get("unit")) if page.get("size") is not None else None
             nodeset = page.get("nodeset")
             pages.append(HugepageSpec(size, tuple(parse_nodeset(nodeset)) if nodeset else None))
         if not pages:
@@ -225,6 +224,15 @@ def _backing(root: ET.Element) -> MemoryBacking:
         allocation_mode=allocation.get("mode") if allocation is not None else None,
         allocation_threads=whole_number(threads, "allocation threads"),
     )
+
+
+def _page_size(text: str | None, unit: str | None) -> int:
+    """A hugepage size: a power of two; zero is refused, not taken as the host's default size."""
+    size = scaled(text, unit, what="hugepage size", minimum=1)
+    if size & (size - 1):
+        raise UsageError(f"hugepage size {text} {unit or 'KiB'} is not a power of two",
+                         hint="write the size of a page the host offers, e.g. 2048 KiB or 1 GiB")
+    return size
 
 
 def _numatune(root: ET.Element) -> Numatune:
@@ -266,8 +274,16 @@ def _config(root: ET.Element) -> Config:
         threads=count,
         prefault=flag("prefault", True),
         hugepages=flag("hugepages", True),
-        fail=node.get("fail", ""),
+        fail=_fail_spec(node.get("fail", "")),
     )
+
+
+def _fail_spec(text: str) -> str:
+    """Checked when the definition is read, so a bad spec is refused before anything is journaled."""
+    from vfiotask.engine.faults import parse_fail_spec
+
+    parse_fail_spec(text)
+    return text
 
 
 def _dac_label(root: ET.Element) -> DacLabel | None:
@@ -284,7 +300,7 @@ def _memory(root: ET.Element) -> int:
     for tag in ("memory", "currentMemory"):
         node = root.find(f"./{tag}")
         if node is not None:
-            return scaled(node.text, node.get("unit"), what=f"<{tag}>")
+            return scaled(node.text, node.get("unit"), what=f"<{tag}>", minimum=1)
     raise UsageError("domain XML has no <memory>", hint="pass a complete libvirt domain definition")
 
 
@@ -297,7 +313,8 @@ def domain_from_element(root: ET.Element) -> Domain:
     cells = []
     for index, cell in enumerate(root.findall("./cpu/numa/cell")):
         cell_id = parse_count(cell.get("id", str(index)), "NUMA cell id", minimum=0, maximum=MAX_NODE)
-        cells.append(NumaCell(cell_id, scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory")))
+        memory = scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory", minimum=1)
+        cells.append(NumaCell(cell_id, memory))
     hard = root.find("./memtune/hard_limit")
     return Domain(
         name=name,

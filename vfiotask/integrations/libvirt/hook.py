@@ -53,10 +53,9 @@ def read_stdin(stream: IO[bytes] | None) -> bytes:
 
 def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 3:
+    if len(argv) < 4:
         return fail("the qemu hook expects NAME PHASE SUBPHASE EXTRA from libvirtd; nothing done")
-    name, phase = argv[1], argv[2]
-    subphase = argv[3] if len(argv) > 3 else "-"
+    name, phase, subphase = argv[1], argv[2], argv[3]
     if phase not in KNOWN_PHASES:
         log(f"{name!r}: phase {phase!r} {subphase!r} is not one vfiotask knows; ignored")
         return EXIT_OK

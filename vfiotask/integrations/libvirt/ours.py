@@ -81,10 +81,14 @@ def is_ours(data: bytes | str, *, what: str = "domain XML") -> bool:
     return scan(data, what=what).ours
 
 
+MAX_NAME = 200  # libvirt keeps NAME.xml, NAME.pid, NAME.log: a file name holds 255 bytes
+
+
 def validate_name(name: str) -> str:
-    """Refuse names that could escape a directory or break a log line."""
+    """Refuse names that could escape a directory, break a log line or not fit a file name."""
     bad = (
         not name
+        or len(name) > MAX_NAME
         or "/" in name
         or ".." in name
         or name.startswith(".")
@@ -94,6 +98,6 @@ def validate_name(name: str) -> str:
     if bad:
         raise UsageError(
             f"guest name {name!r} is not usable by vfiotask",
-            hint="use printable ASCII without '/', '..' or a leading dot",
+            hint=f"use at most {MAX_NAME} printable ASCII characters without '/', '..' or a leading dot",
         )
     return name

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import xml.etree.ElementTree as ET
 
 MAX_XML_BYTES = 4 << 20
+MAX_DEPTH = 256  # libxml2, which libvirt parses with, stops at this depth unless told otherwise
 _DECLARATIONS = ("<!doctype", "<!entity", "<!element", "<!attlist", "<!notation")
 """Any other spelling (`<! DOCTYPE`) is not well-formed XML and fails the parse itself."""
 
@@ -49,9 +50,24 @@ def parse_xml(data: bytes | str, *, what: str = "domain XML") -> ET.Element:
 
     text = validated_text(data, what=what)
     try:
-        return ET.fromstring(text)
+        root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise UsageError(f"{what} is malformed ({exc})", hint="check that the whole definition was passed") from exc
+    if _depth(root) > MAX_DEPTH:
+        raise UsageError(f"{what} nests elements deeper than {MAX_DEPTH} levels",
+                         hint="pass the definition as libvirt writes it")
+    return root
+
+
+def _depth(root: ET.Element) -> int:
+    """How deep the tree goes, without recursion (a crafted document must not exhaust the stack)."""
+    deepest = 0
+    pending = [(root, 1)]
+    while pending:
+        element, depth = pending.pop()
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in element)
+    return deepest
 
 
 def register_namespaces(data: bytes | str) -> None:
