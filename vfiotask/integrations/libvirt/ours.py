@@ -44,6 +44,10 @@ def scan(data: bytes | str, *, what: str = "domain XML") -> Scan:
     dac_seclabel = [False]
 
     def start(name: str, attrs: dict[str, str]) -> None:
+        if not path and name != "domain":  # as the full parse refuses it: never "not ours"
+            namespace, _, local = name.rpartition(_SEPARATOR)
+            shown = f"{{{namespace}}}{local}" if namespace else local
+            raise UsageError(f"the XML's root element is <{shown}>, not <domain>", hint="pass a domain definition")
         path.append(name)
         texts.clear()
         if len(path) == 2 and path[0] == "domain" and name == "seclabel":
