@@ -117,7 +117,7 @@ def process_holders(files: DeviceFiles, proc_root: Path = Path("/proc")) -> Proc
         except PermissionError:
             denied = True
         except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
-            continue  # the process ended meanwhile
+            pass  # ended meanwhile (then maps is gone too), or a kernel thread
         try:
             with open(pid_dir / "maps", errors="replace") as maps:
                 for line in maps:

@@ -47,7 +47,8 @@ def device_findings(dev: Hostdev, domain: Domain, host: Host, probe: Probe) -> l
     if device.iommu_group is None:
         return [fail(topic, "no IOMMU group: the host's IOMMU is off", ENABLE_IOMMU_HINT)]
     found = []
-    verdict = group_viability(host.group(device.iommu_group), managed=[dev.address] if dev.managed else ())
+    managed_ones = [other.address for other in domain.hostdevs if other.managed]
+    verdict = group_viability(host.group(device.iommu_group), managed=managed_ones if dev.managed else ())
     driver = device.driver or "no driver"
     managed = " (managed: libvirt rebinds it)" if dev.managed else ""
     if verdict.viable:
@@ -193,7 +194,7 @@ def ahead_findings(domain: Domain, probe: Probe) -> list[Finding]:
         return [warn("prepared ahead", f"file-backed, but no mount holds memory_backing_dir {base}",
                      f"mount a tmpfs on {base}")]
     level, kind = backing_kind(mount, thp_settings(probe.root).get("shmem_enabled"))
-    seen = f"file-backed in {base} ({kind})"
+    seen = f"file-backed in {base}, {kind}"
     if mount.fstype not in RAM_FILESYSTEMS:
         return [warn("prepared ahead", f"{seen}: not on a RAM filesystem, so nothing is populated ahead",
                      "point memory_backing_dir at a tmpfs or hugetlbfs")]

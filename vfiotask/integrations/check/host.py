@@ -155,8 +155,8 @@ def backing_kind(mount: Mount, shmem: str | None) -> tuple[str, str]:
     if mount.fstype == "tmpfs":
         huge = mount.options.get("huge", "never")
         if shmem == "force" or (huge in ("always", "within_size", "advise") and shmem != "deny"):
-            return "ok", f"tmpfs with huge={huge} (2 MiB pages)"
-        return "warn", f"4 KiB tmpfs (huge={huge}, shmem_enabled={shmem or 'unknown'})"
+            return "ok", f"a tmpfs with huge={huge} (2 MiB pages)"
+        return "warn", f"a 4 KiB tmpfs: huge={huge}, shmem_enabled={shmem or 'unknown'}"
     return "warn", f"{mount.fstype} on {mount.source}, a disk: every page of guest RAM is written back to it"
 
 
