@@ -14,7 +14,7 @@ from tests.conftest import REPO
 from vfiotask.host import libc
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "sysfs"
-TREES = ("viable", "sibling", "bridge")
+TREES = ("viable", "sibling", "bridge", "doctor")
 
 
 def sysfs(tree: str) -> Path:
