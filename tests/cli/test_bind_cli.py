@@ -75,3 +75,15 @@ def test_binding_a_viable_group_again_changes_nothing(tmp_path: Path, state_dir:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["0000:01:00.0: already on vfio-pci", "0000:01:00.1: already on vfio-pci"]
     assert snapshot(root.parent) == before
+
+
+def test_bind_names_the_holders_and_force_kills_none_of_them(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("doctor", tmp_path)
+    (root / "devices/pci0000:00/0000:00:01.0/0000:01:00.0/boot_vga").write_text("0\n")
+    result = run_cli("bind", "0000:01:00.0", "--sysfs-root", str(root))
+    assert result.returncode == 4
+    assert "0000:01:00.0 is held by Xorg (pid 1234): /dev/dri/card1 open" in one_line(result.stderr)
+    result = run_cli("bind", "0000:01:00.0", "--force", "--sysfs-root", str(root))
+    assert result.returncode == 0, result.stderr
+    assert "0000:01:00.0: amdgpu -> vfio-pci" in result.stdout
+    assert "nothing is killed" in result.stderr

@@ -14,6 +14,7 @@ including the one that failed, and completed chunks are undone by the engine.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -25,8 +26,11 @@ from vfiotask.devices.driverctl import DriverControl, driver_control
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT
 from vfiotask.engine import Task, TaskReport
 from vfiotask.errors import DeviceError, UsageError, describe_exception
+from vfiotask.host.holders import holders_of
 from vfiotask.jobs._engine import default_engine
 from vfiotask.journal import Journal
+
+log = logging.getLogger(__name__)
 
 BIND_TASK = "bind"
 UNBIND_TASK = "unbind"
@@ -188,10 +192,28 @@ def _all_or_none(records: list[BindRecord], do: Callable[[BindRecord], None],
                 hint="'vfiotask devices' shows their drivers now; 'vfiotask unbind' restores what it has a record of",
             ) from exc
         raise
+def _refuse_held(host: Host, devices: list[PciDevice], force: bool) -> None:
+    """A device something holds (open or mapped files, a console, a boot framebuffer) does not
+    unbind cleanly: the driver's remove waits for its users.  Refused with the holders named;
+    `force` goes ahead anyway and kills nothing."""
+    held = []
+    for device in devices:
+        scan = holders_of(host.paths.sys, host.paths.proc, device.sys_path, device.iommu_group)
+        held += [f"{device.address} is held by {holder.describe()}" for holder in scan.holders]
+    if not held:
+        return
+    if force:
+        log.warning("binding although %s (--force; nothing is killed)", "; ".join(held))
+        return
+    raise DeviceError(
+        f"refusing to take devices something holds: {'; '.join(held)}",
+        hint="stop those processes or free the console, then bind again; --force binds anyway (the driver "
+        "waits for them to let go) and kills nothing; nothing was changed",
+    )
 
 
 def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path | None = None,
-         journal: Journal | None = None, control: DriverControl | None = None) -> BindResult:
+         journal: Journal | None = None, control: DriverControl | None = None, force: bool = False) -> BindResult:
     """Bind the whole IOMMU group of each address to `driver`, recording what it had."""
     if not addresses:
         raise UsageError("no device given", hint="give one or more PCI addresses, e.g. 0000:01:00.0")
@@ -211,6 +233,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     journal = journal or bindings_journal()
     records = [BindRecord(d.address, d.iommu_group, d.driver, d.driver_override, driver)
                for d in members if _needs_rebind(d, driver)]
+    _refuse_held(host, [d for d in members if _needs_rebind(d, driver)], force)
     already = [d.address for d in members if d.driver == driver]
     key = _root_key(host)
 

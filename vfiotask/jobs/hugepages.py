@@ -11,6 +11,7 @@ reservations across processes, and an owner that reserves again gets what it alr
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,11 +27,14 @@ from vfiotask.errors import (
     VfiotaskError,
     describe_exception,
 )
+from vfiotask.host.freemem import free_memory
 from vfiotask.host.hugepages import HugepagePools, PoolState
 from vfiotask.host.meminfo import meminfo
 from vfiotask.jobs._engine import default_engine
 from vfiotask.journal import Journal
 from vfiotask.units import format_size
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "hugepages"
 JOURNAL_NAME = "hugepages"
@@ -171,12 +175,16 @@ class HugepageReserver:
                 node = order[index]
                 before = self.pools.state(page_size, node).total
                 got = self.pools.set_total(page_size, before + wanted[node], node) - before
+                won = 0
+                if got < wanted[node]:
+                    got, won = self._retry_after_compaction(page_size, node, before, wanted[node], got)
                 if got < wanted[node]:
                     self.pools.set_total(page_size, before, node)
                     where = "the global pool" if node is None else f"node {node}"
                     raise HugepageShortageError(
                         f"{where} gave {max(got, 0)} of {wanted[node]} hugepages of {format_size(page_size)} "
-                        f"asked for; nothing was kept",
+                        f"asked for, {won} of them won by dropping clean caches and compacting; nothing was kept"
+                        + self._fragmentation(page_size, node),
                         hint="free memory or reserve at boot (hugepages= on the kernel command line), then retry",
                     )
                 with lock:
@@ -206,6 +214,29 @@ class HugepageReserver:
                 f"hugepage reservation failed ({describe_exception(exc.cause)}); nothing was kept",
                 hint="check the pools with 'vfiotask hugepages status' and the kernel log",
             ) from exc
+
+    def _retry_after_compaction(self, page_size: int, node: int | None, before: int, wanted: int,
+                                got: int) -> tuple[int, int]:
+        """A short pool: drop clean caches, compact the node, ask once more.  (pages got, pages won)."""
+        where = "every node" if node is None else f"node {node}"
+        log.info("hugepages: %s gave %d of %d pages; dropping clean caches and compacting it", where, got, wanted)
+        try:
+            self.pools.make_room(node)
+        except OSError as exc:
+            log.info("hugepages: cannot compact %s: %s", where, describe_exception(exc))
+            return got, 0
+        again = self.pools.set_total(page_size, before + wanted, node) - before
+        log.info("hugepages: compaction won %d pages on %s", again - got, where)
+        return again, again - got
+
+    def _fragmentation(self, page_size: int, node: int | None) -> str:
+        """What is fragmented, from the free lists, for the error (empty where they are not shown)."""
+        try:
+            free = free_memory(self.pools.root)
+        except OSError:
+            return ""
+        memories = list(free.values()) if node is None else [m for n, m in free.items() if n == node]
+        return "".join(f"; {memory.fragmentation(page_size)}" for memory in memories)
 
     # -- releasing -----------------------------------------------------------------------------
 

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _common(parser)
     parser.add_argument("--driver", default=DEFAULT_DRIVER, help=f"driver to bind to (default {DEFAULT_DRIVER})")
+    parser.add_argument("--force", action="store_true",
+                        help="bind even when processes, a console or a boot framebuffer hold a device "
+                        "(nothing is killed; the driver waits for them)")
     parser.set_defaults(handler=run_bind)
     parser = subparsers.add_parser(
         "unbind",
@@ -50,7 +53,8 @@ def _print(result: BindResult, verb: str, as_json: bool) -> None:
 
 
 def run_bind(args: argparse.Namespace) -> int:
-    result = bind(args.addresses, driver=args.driver, sysfs_root=sysfs_root_from_env(args.sysfs_root))
+    result = bind(args.addresses, driver=args.driver, sysfs_root=sysfs_root_from_env(args.sysfs_root),
+                  force=args.force)
     _print(result, "bound", args.json)
     return 0
 

@@ -51,6 +51,9 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
     if not is_ram_filesystem(base):
         raise UsageError(f"memory_backing_dir {base} is not tmpfs or hugetlbfs",
                          hint="point memory_backing_dir in qemu.conf at a tmpfs or hugetlbfs mount")
+    from vfiotask.integrations.libvirt.placement import device_placement, placed
+
+    domain = placed(domain, device_placement(domain))
     wanted = paths.ram_files(domain)
     held = journal.staged(name)
     if held is not None:
