@@ -213,8 +213,12 @@ def _refuse_held(host: Host, devices: list[PciDevice], force: bool) -> None:
 
 
 def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path | None = None,
-         journal: Journal | None = None, control: DriverControl | None = None, force: bool = False) -> BindResult:
-    """Bind the whole IOMMU group of each address to `driver`, recording what it had."""
+         journal: Journal | None = None, control: DriverControl | None = None, force: bool = False,
+         dry_run: bool = False) -> BindResult:
+    """Bind the whole IOMMU group of each address to `driver`, recording what it had.
+
+    `dry_run` makes every check a real bind makes and returns what it would change, touching
+    neither the devices nor the journal."""
     if not addresses:
         raise UsageError("no device given", hint="give one or more PCI addresses, e.g. 0000:01:00.0")
     _check_driver_name(driver)
@@ -235,6 +239,8 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
                for d in members if _needs_rebind(d, driver)]
     _refuse_held(host, [d for d in members if _needs_rebind(d, driver)], force)
     already = [d.address for d in members if d.driver == driver]
+    if dry_run:
+        return BindResult(groups, records, already, None, driver)
     key = _root_key(host)
 
     def take(record: BindRecord) -> None:
@@ -274,11 +280,8 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
     key = _root_key(host)
     recorded = journal.read().get(key, {})
     records = [BindRecord(**recorded[d.address]) for d in members if d.address in recorded]
-    if not records:
-        raise UsageError(
-            f"nothing to unbind: vfiotask has no record of binding {' '.join(wanted)} (or their groups)",
-            hint=f"only devices bound by 'vfiotask bind' are restored; see {journal.path}",
-        )
+    if not records:  # nothing to do is not an error: the caller says so (exit 0, like every command)
+        return BindResult(groups, [], [], None, DEFAULT_DRIVER)
     control = control or driver_control(host.paths)
 
     def give_back(record: BindRecord) -> None:
