@@ -15,18 +15,22 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def rows(stdout: str) -> list[list[str]]:
+    return [line.split() for line in stdout.splitlines()]
+
+
 def test_bind_then_unbind_restores_the_tree(tmp_path: Path, state_dir: Path) -> None:
     root = copy_tree("sibling", tmp_path)
     before = snapshot(root.parent)
     result = run_cli("bind", "0000:01:00.0", "--sysfs-root", str(root))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].split() == ["device", "group", "from", "to", "state"]
-    assert ["0000:01:00.1", "1", "snd_hda_intel", "vfio-pci", "changed"] in [line.split() for line in result.stdout.splitlines()]
+    assert ["0000:01:00.1", "1", "snd_hda_intel", "vfio-pci", "changed"] in rows(result.stdout)
     shown = run_cli("devices", "--sysfs-root", str(root)).stdout
     assert "IOMMU group 1: viable" in shown
     result = run_cli("unbind", "0000:01:00.0", "--sysfs-root", str(root))
     assert result.returncode == 0, result.stderr
-    assert ["0000:01:00.1", "1", "vfio-pci", "snd_hda_intel", "changed"] in [line.split() for line in result.stdout.splitlines()]
+    assert ["0000:01:00.1", "1", "vfio-pci", "snd_hda_intel", "changed"] in rows(result.stdout)
     assert snapshot(root.parent) == before
 
 
@@ -110,5 +114,5 @@ def test_bind_names_the_holders_and_force_kills_none_of_them(tmp_path: Path, sta
     assert "0000:01:00.0 is held by Xorg (pid 1234): /dev/dri/card1 open" in one_line(result.stderr)
     result = run_cli("bind", "0000:01:00.0", "--force", "--sysfs-root", str(root))
     assert result.returncode == 0, result.stderr
-    assert ["0000:01:00.0", "2", "amdgpu", "vfio-pci", "changed"] in [line.split() for line in result.stdout.splitlines()]
+    assert ["0000:01:00.0", "2", "amdgpu", "vfio-pci", "changed"] in rows(result.stdout)
     assert "nothing is killed" in result.stderr
