@@ -20,7 +20,15 @@ from types import FrameType
 from typing import Any, TextIO
 
 from vfiotask import __version__
-from vfiotask.errors import EXIT_USAGE, Interrupted, Terminated, VfiotaskError, describe_exception
+from vfiotask.errors import (
+    EXIT_USAGE,
+    Interrupted,
+    NeedsRoot,
+    TaskFailed,
+    Terminated,
+    VfiotaskError,
+    describe_exception,
+)
 
 COMMAND_MODULES = (
     "prepin",
@@ -156,8 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except VfiotaskError as exc:
+        if isinstance(exc, TaskFailed) and isinstance(exc.cause, PermissionError):
+            exc = NeedsRoot(f"{exc.message} (permission denied)")
         print(f"vfiotask: {exc.one_line()}", file=sys.stderr)
         return exc.exit_status
+    except PermissionError as exc:  # a root-only file or interface reached by a normal user: not a bug
+        print(f"vfiotask: {NeedsRoot(describe_exception(exc)).one_line()}", file=sys.stderr)
+        return NeedsRoot("").exit_status
     except Terminated as exc:
         print("vfiotask: terminated; everything taken was released", file=sys.stderr)
         return Interrupted("terminated", signum=exc.signum).exit_status
