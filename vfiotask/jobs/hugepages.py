@@ -183,7 +183,8 @@ class HugepageReserver:
         from vfiotask.host.mounts import mounts
 
         if not mount.is_absolute():
-            raise UsageError(f"--mount {mount} is not an absolute path", hint="give a directory such as /dev/hugepages1G")
+            raise UsageError(f"--mount {mount} is not an absolute path",
+                             hint="give a directory such as /dev/hugepages1G")
         if mount.is_symlink() or (mount.exists() and not mount.is_dir()):
             raise UsageError(f"--mount {mount} is not a directory", hint="give a directory, or a path to create")
         if mount.exists() and any(mount.iterdir()):
