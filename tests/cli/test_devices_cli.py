@@ -21,7 +21,8 @@ def test_lists_groups_with_viability_and_why_not() -> None:
     gpu = next(line for line in out.splitlines() if "0000:01:00.0" in line)
     assert gpu.split()[:3] == ["1", "0000:01:00.0", "1002:67df"] and "vfio-pci" in gpu
     assert "it is the boot VGA device showing the text console" in out
-    assert f"to fix: bind the whole group to vfio-pci: vfiotask bind 0000:01:00.1 --sysfs-root {sysfs('sibling')}" in out
+    assert f"to fix: bind the whole group to vfio-pci: vfiotask bind 0000:01:00.1 --sysfs-root {sysfs('sibling')}" \
+        in out
     assert "to fix: none while the host uses 0000:00:02.0" in out
 
 

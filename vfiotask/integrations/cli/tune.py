@@ -17,6 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--file-backed", action="store_true",
                         help="also back its RAM by a shared file in memory_backing_dir (the hook can populate it)")
     parser.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    parser.add_argument("--json", action="store_true", help="print what changed (and the diff) as one JSON object")
     parser.add_argument("--uri", default="qemu:///system", help="libvirt connection URI (default qemu:///system)")
     parser.set_defaults(handler=run)
 

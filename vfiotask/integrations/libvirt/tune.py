@@ -91,15 +91,20 @@ def run_tune(args: argparse.Namespace) -> int:
         domain = domain_from_element(parse_xml(xml))
         threads = wanted or policy_threads(domain)
         before, after = tuned(xml, threads, file_backed=args.file_backed)
-        if before == after:
+        changed = before != after and not args.dry_run
+        if changed:
+            connection.define(conn, after)
+        if getattr(args, "json", False):
+            from vfiotask.integrations.cli.output import print_json
+
+            print_json({"domain": name, "threads": threads, "file_backed": args.file_backed, "dry_run": args.dry_run,
+                        "changed": changed, "diff": diff(before, after, name) or None})
+        elif before == after:
             print(f"{name} already has <allocation mode='immediate' threads='{threads}'/>; nothing to change")
-            return 0
-        print(diff(before, after, name))
-        if args.dry_run:
-            print(f"dry run: {name} was not changed")
-            return 0
-        connection.define(conn, after)
-        print(f"{name}: persistent definition updated; it takes effect at the next start")
+        else:
+            print(diff(before, after, name))
+            print(f"dry run: {name} was not changed" if args.dry_run
+                  else f"{name}: persistent definition updated; it takes effect at the next start")
     finally:
         connection.close(conn)
     return 0
