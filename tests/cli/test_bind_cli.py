@@ -116,3 +116,15 @@ def test_bind_names_the_holders_and_force_kills_none_of_them(tmp_path: Path, sta
     assert result.returncode == 0, result.stderr
     assert ["0000:01:00.0", "2", "amdgpu", "vfio-pci", "changed"] in rows(result.stdout)
     assert "nothing is killed" in result.stderr
+
+
+def test_bind_json_shows_the_plan(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("sibling", tmp_path)
+    before = snapshot(root.parent)
+    result = run_cli("bind", "0000:01:00.0", "--sysfs-root", str(root), "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)["plan"]
+    assert set(plan) == {"threads", "chunk_size", "chunks", "limited_by", "cpus_usable"}
+    assert plan["threads"] >= 1 and plan["chunks"] >= 1
+    assert run_cli("unbind", "0000:01:00.0", "--sysfs-root", str(root)).returncode == 0
+    assert snapshot(root.parent) == before

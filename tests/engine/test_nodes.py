@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vfiotask.engine import CpuFacts, Engine, Part, SlotPool, Task
-from vfiotask.engine.policy import helper_cap
+from vfiotask.engine.plan import helper_cap
 from vfiotask.engine.slots import SlotLease
 
 from .conftest import FixedFacts, wait_until

@@ -132,7 +132,7 @@ def test_a_single_thread_task_creates_no_thread() -> None:
 @pytest.mark.parametrize("kind", [HelperKind.THREAD, HelperKind.PROCESS])
 def test_helper_nice_is_a_policy_setting(kind: HelperKind) -> None:
     """CpuPolicy(helper_nice=N): helpers start at N instead of 19 (threads and processes)."""
-    from vfiotask.engine.policy import CpuPolicy
+    from vfiotask.engine import CpuPolicy
 
     if os.getpriority(os.PRIO_PROCESS, 0) > 10:
         pytest.skip("the test process runs above nice 10: a helper cannot be set to 10 without CAP_SYS_NICE")

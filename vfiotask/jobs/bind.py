@@ -26,8 +26,8 @@ from vfiotask.devices.driverctl import DriverControl, driver_control
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT
 from vfiotask.engine import Task, TaskReport
 from vfiotask.errors import DeviceError, UsageError, describe_exception
+from vfiotask.host.cpus import host_engine
 from vfiotask.host.holders import holders_of
-from vfiotask.jobs._engine import default_engine
 from vfiotask.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class BindResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"groups": self.groups, "bound": [asdict(r) for r in self.bound], "already": self.already,
-                "driver": self.driver}
+                "driver": self.driver, "plan": self.report.plan.to_dict() if self.report else None}
 
 
 def bindings_journal(directory: Path | None = None) -> Journal:
@@ -264,7 +264,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
 
     report = None
     if records:
-        report = default_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+        report = host_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
     return BindResult(groups, records, already, report, driver)
 
 
@@ -305,6 +305,6 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
         for record in reversed(records[start:end]):
             take_again(record)
 
-    report = default_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+    report = host_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
     released_from = ",".join(sorted({record.bound_to for record in records}))  # what the devices left
     return BindResult(groups, records, [], report, released_from)

@@ -62,7 +62,8 @@ def to_json(result: BindResult, action: str, dry_run: bool = False) -> dict[str,
         devices.append({"address": record.address, "group": record.group, "driver_before": before,
                         "driver_after": after})
     return {"action": action, "dry_run": dry_run, "groups": result.groups, "devices": devices,
-            "already": result.already, "changed": bool(devices) and not dry_run}
+            "already": result.already, "changed": bool(devices) and not dry_run,
+            "plan": result.report.plan.to_dict() if result.report else None}
 
 
 def _print(result: BindResult, action: str, as_json: bool, dry_run: bool = False) -> None:
