@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, UsageError
 from vfiotask.host.cpus import host_engine
+from vfiotask.integrations.cli.output import note, print_json
 from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
 from vfiotask.memory.accountant import LockedMemoryAccountant
@@ -42,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "With no arguments: 1 GiB memfd, pinned when the memlock limit allows.",
     )
     add_arguments(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, defaults={a.dest: a.default for a in parser._actions})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,6 +115,32 @@ def parse_int(text: str, what: str) -> int:
         raise UsageError(f"{what} {text!r} is not a number", hint="give a decimal or 0x-prefixed number") from None
 
 
+DEVICE_OPTIONS = ("group", "device")
+REGION_OPTIONS = ("size", "backing", "page_size", "node", "pin", "group", "device", "min_chunk", "hold", "force",
+                  "helpers", "helper_nice", "iova")
+
+
+def refuse_ignored(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
+    """An option that does not apply to the mode asked for is refused, not silently ignored: a user
+    who wrote --group 2 believes the region goes through that group's IOMMU."""
+    def given(name: str) -> bool:
+        return getattr(args, name, None) != parser_defaults.get(name)
+
+    if args.domain:
+        extra = [f"--{n.replace('_', '-')}" for n in REGION_OPTIONS if given(n)]
+        if extra:
+            raise UsageError(f"{', '.join(extra)} do not apply to prepin --domain (the guest's XML says what to "
+                             "prepare)", hint="drop them, or prepare a region without --domain")
+        return
+    if args.pin not in ("vfio", "mock"):
+        extra = [f"--{n}" for n in (*DEVICE_OPTIONS, "iova") if given(n)]
+        if extra:
+            raise UsageError(f"{', '.join(extra)} only apply to --pin vfio or --pin mock (now --pin {args.pin})",
+                             hint="add --pin vfio (or mock), or drop them")
+    elif args.group is not None and args.device is not None:
+        raise UsageError("--group and --device both name the IOMMU group", hint="give one of them")
+
+
 def options(args: argparse.Namespace) -> Options:
     size = parse_size(args.size, what="--size")
     page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
@@ -166,9 +191,9 @@ def result(region: Region, report: PrefaultReport, pinning: Pinning | None, note
     pin_seconds = pinning.report.seconds if pinning else 0.0
     seconds = report.seconds + pin_seconds
     return {
-        "bytes": region.size,
+        "size_bytes": region.size,
         "backing": region.kind if region.path is None else str(region.path),
-        "page_size": region.page_size,
+        "page_size_bytes": region.page_size,
         "threads": report.threads,
         "chunks": report.chunks,
         "helpers": report.helpers,
@@ -179,7 +204,7 @@ def result(region: Region, report: PrefaultReport, pinning: Pinning | None, note
         "pin_chunks": pinning.report.chunks if pinning else 0,
         "pin_seconds": round(pin_seconds, 6),
         "seconds": round(seconds, 6),
-        "gib_per_s": round(region.size / (1 << 30) / seconds, 3) if seconds > 0 else 0.0,
+        "gib_per_second": round(region.size / (1 << 30) / seconds, 3) if seconds > 0 else 0.0,
         "locked_bytes": pinning.locked_bytes if pinning else 0,
         "note": note,
         "plan": report.plan.to_dict(),
@@ -190,13 +215,13 @@ def result(region: Region, report: PrefaultReport, pinning: Pinning | None, note
 def render_table(data: dict[str, Any]) -> str:
     headers = ["size", "page size", "threads", "chunks", "prefault s", "pin s", "GiB/s", "locked"]
     row = [
-        format_size(data["bytes"]),
-        format_size(data["page_size"]),
+        format_size(data["size_bytes"]),
+        format_size(data["page_size_bytes"]),
         f"{data['threads']} {data['helpers']}{'s' if data['threads'] != 1 else ''}",
         str(data["chunks"]),
         f"{data['prefault_seconds']:.3f}",
         f"{data['pin_seconds']:.3f}" if data["pin"] != "none" else "-",
-        f"{data['gib_per_s']:.2f}",
+        f"{data['gib_per_second']:.2f}",
         format_size(data["locked_bytes"]) + (f" ({data['pin']})" if data["pin"] != "none" else ""),
     ]
     widths = [max(len(h), len(c)) for h, c in zip(headers, row, strict=True)]
@@ -219,6 +244,8 @@ def _hold() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if hasattr(args, "defaults"):
+        refuse_ignored(args, args.defaults)
     if args.domain:
         ahead = importlib.import_module("vfiotask.integrations.libvirt.ahead")
         return int(ahead.run_prepin_domain(args))
@@ -227,9 +254,9 @@ def run(args: argparse.Namespace) -> int:
         region = open_region(opts.spec)
         stack.push(region.__exit__)  # on an error or signal the created file goes too
         accountant = LockedMemoryAccountant()
-        do_pin, note = _decide_pin(opts.pin, region.size, accountant)
-        if note:
-            print(f"vfiotask: {note}", file=sys.stderr, flush=True)
+        do_pin, why_not = _decide_pin(opts.pin, region.size, accountant)
+        if why_not:
+            note(why_not)
         backend: PinBackend | None = stack.enter_context(_open_backend(args)) if do_pin else None
         report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
                           min_chunk=opts.min_chunk)
@@ -238,10 +265,21 @@ def run(args: argparse.Namespace) -> int:
             pinning = pin(region, backend, accountant, engine=opts.engine, max_threads=opts.max_threads,
                           min_chunk=opts.min_chunk)
             stack.callback(pinning.release)
-        data = result(region, report, pinning, note, backend.name if backend else "none")
+        data = result(region, report, pinning, why_not, backend.name if backend else "none")
+        data["kept_files"] = ([{"path": str(region.path), "size_bytes": region.size}]
+                              if region.created and region.path is not None else [])
         # With --hold, a signal from the moment the report is out is the expected end: release, exit 0.
         with contextlib.suppress(KeyboardInterrupt) if args.hold else contextlib.nullcontext():
-            print(json.dumps(data, sort_keys=True) if args.json else render_table(data), flush=True)
+            if args.json:
+                print_json(data)
+            else:
+                print(render_table(data), flush=True)
+            if data["kept_files"]:
+                note(f"kept {region.path} ({format_size(region.size)}): the memory stays used until it is removed "
+                     f"(rm {region.path})")
             if args.hold:
+                held = f"{format_size(data['locked_bytes'])} pinned ({data['pin']})" if pinning else \
+                    f"{format_size(region.size)} prefaulted"
+                note(f"holding {held} in pid {os.getpid()}; release with Ctrl-C or kill {os.getpid()}")
                 _hold()
     return 0
