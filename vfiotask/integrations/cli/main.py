@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "hook",
     "tune",
     "check",
+    "config",
 )
 
 

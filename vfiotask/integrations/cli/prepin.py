@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
 from vfiotask.memory.accountant import LockedMemoryAccountant
 from vfiotask.memory.region import Region, RegionSpec, open_region
 from vfiotask.units import format_size, parse_size
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = "1G"
 DEFAULT_BACKING = "memfd"
@@ -52,14 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--page-size", metavar="SIZE", help="hugetlb page size for a memfd (2M, 1G)")
     parser.add_argument("--node", type=int, metavar="N", help="bind the region to NUMA node N")
-    parser.add_argument("--threads", default="auto", metavar="auto|N", help="most workers to use (default auto)")
+    parser.add_argument("--threads", metavar="auto|N",
+                        help="most workers to use (default: max_threads in the config file, else auto)")
     parser.add_argument(
         "--helpers", default="auto", choices=("auto", "thread", "process"),
         help="helper threads or processes for the prefault (default: threads)",
     )
     parser.add_argument(
-        "--helper-nice", type=int, default=LOWEST, metavar="N",
-        help="priority helpers start at (default 19, the lowest: yield to the host's other work)",
+        "--helper-nice", type=int, metavar="N",
+        help="priority helpers start at (default: helper_nice in the config file, else 19, the lowest: yield to "
+        "the host's other work)",
     )
     parser.add_argument("--min-chunk", metavar="SIZE", help=f"smallest chunk (default {format_size(MIN_CHUNK)})")
     parser.add_argument(
@@ -141,18 +146,31 @@ def refuse_ignored(args: argparse.Namespace, parser_defaults: dict[str, Any]) ->
         raise UsageError("--group and --device both name the IOMMU group", hint="give one of them")
 
 
+def effective_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file's defaults with this command's flags over them."""
+    from vfiotask.config import effective
+
+    threads = None if args.threads is None else parse_threads(args.threads)
+    values = effective({"max_threads": threads, "helper_nice": args.helper_nice})
+    for value in values.values():
+        log.info("%s = %s (%s)", value.key, value.value, value.source)
+    return values
+
+
 def options(args: argparse.Namespace) -> Options:
     size = parse_size(args.size, what="--size")
     page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
     if args.node is not None and args.node < 0:
         raise UsageError(f"--node {args.node} does not exist", hint="give an online NUMA node number")
     helpers = None if args.helpers == "auto" else HelperKind(args.helpers)
-    if not -20 <= args.helper_nice <= LOWEST:
-        raise UsageError(f"--helper-nice {args.helper_nice} is not a nice value", hint="give -20 to 19")
+    settings = effective_settings(args)
+    nice, threads = settings["helper_nice"].value, settings["max_threads"].value
+    if not -20 <= nice <= LOWEST:
+        raise UsageError(f"--helper-nice {nice} is not a nice value", hint="give -20 to 19")
     return Options(
         spec=RegionSpec(size=size, backing=args.backing, page_size=page_size, node=args.node, force=args.force),
-        max_threads=parse_threads(args.threads),
-        engine=host_engine(policy=CpuPolicy(helper_nice=args.helper_nice)),
+        max_threads=threads,
+        engine=host_engine(policy=CpuPolicy(helper_nice=nice)),
         helpers=helpers,
         min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk else MIN_CHUNK,
         pin=args.pin,

@@ -96,9 +96,13 @@ def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecor
 
 
 def run_prepin_domain(args: argparse.Namespace) -> int:
+    from vfiotask.config import config_path, get
     from vfiotask.integrations.libvirt import connection
 
     name = validate_name(args.domain)
+    if get("staging") == "off":
+        raise UsageError(f"staging is off in {config_path()}: prepin --domain prepares nothing ahead of a start",
+                         hint="set staging = \"on\" there, or let the hook prepare the guest at its start")
     conn = connection.open_connection(getattr(args, "uri", None) or connection.URI, readonly=True)
     try:
         dom = connection.lookup(conn, name)
@@ -108,7 +112,7 @@ def run_prepin_domain(args: argparse.Namespace) -> int:
         domain = parse_domain(connection.inactive_xml(dom))
     finally:
         connection.close(conn)
-    files, new = stage(domain, threads=parse_threads(getattr(args, "threads", None)))
+    files, new = stage(domain, threads=parse_threads(getattr(args, "threads", None)) or get("max_threads"))
     result: dict[str, Any] = {
         "domain": name,
         "staged": new,

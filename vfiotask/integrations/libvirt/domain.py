@@ -264,9 +264,11 @@ def _numatune(root: ET.Element) -> Numatune:
 
 
 def _config(root: ET.Element) -> Config:
+    from vfiotask.config import get
+
     node = root.find(f"./metadata/{CONFIG_TAG}")
     if node is None:
-        return Config()
+        return Config(device_numa=bool(get("numa_from_device")))
 
     def flag(key: str, default: bool) -> bool:
         value = node.get(key)
@@ -287,7 +289,7 @@ def _config(root: ET.Element) -> Config:
         threads=count,
         prefault=flag("prefault", True),
         hugepages=flag("hugepages", True),
-        device_numa=flag("device-numa", True),
+        device_numa=flag("device-numa", bool(get("numa_from_device"))),
         fail=node.get("fail", ""),
     )
 
