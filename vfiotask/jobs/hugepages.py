@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine import Engine, Part, Task
+from vfiotask.engine import Engine, Part, ProgressFn, Task
 from vfiotask.errors import (
     HostStateError,
     HugepageShortageError,
@@ -107,10 +107,12 @@ class HugepageReserver:
         pools: HugepagePools | None = None,
         journal: Journal | None = None,
         engine: Engine | None = None,
+        progress: ProgressFn | None = None,
     ) -> None:
         self.pools = pools or HugepagePools()
         self.journal = journal or Journal(JOURNAL_NAME)
         self.engine = engine
+        self.progress = progress  # (bytes of the pools grown so far, bytes asked for), per node done
 
     # -- choosing ------------------------------------------------------------------------------
 
@@ -254,6 +256,8 @@ class HugepageReserver:
                     )
                 with lock:
                     added[index] = got
+                    if self.progress is not None:
+                        self.progress(sum(added.values()) * page_size, sum(wanted.values()) * page_size)
 
         def shrink(start: int, end: int) -> None:
             for index in range(start, end):

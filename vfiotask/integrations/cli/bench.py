@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 from typing import Any
+
+from vfiotask.integrations.cli.output import print_json
 
 SUITES = {
     "prefault": "prefault",
@@ -48,7 +49,22 @@ def _repeat(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vfiotask.integrations.bench.common import reporting
+    from vfiotask.integrations.progress import TerminalLine
+    from vfiotask.units import parse_size
+
     module = importlib.import_module(f"vfiotask.integrations.bench.{SUITES[args.suite]}")
-    result: dict[str, Any] = module.run(args.repeat) if args.suite == "engine" else module.run(args)
-    print(json.dumps(result, sort_keys=True) if args.json else module.render(result), flush=True)
+    line = TerminalLine(enabled=not args.quiet)
+    meter = line.meter(f"bench {args.suite}")
+    per_run = parse_size(args.size, what="--size") if args.size else 4 << 30
+    runs = (lambda done, total: meter(done * per_run, total * per_run)) if meter else None
+    try:
+        with reporting(runs):
+            result: dict[str, Any] = module.run(args.repeat) if args.suite == "engine" else module.run(args)
+    finally:
+        line.clear()
+    if args.json:
+        print_json(result)
+    else:
+        print(module.render(result), flush=True)
     return 0

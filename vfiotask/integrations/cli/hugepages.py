@@ -9,6 +9,7 @@ from typing import Any
 
 from vfiotask.errors import HostStateError, NeedsRoot
 from vfiotask.integrations.cli.output import EXIT_NOTHING, note, print_json, table
+from vfiotask.integrations.progress import TerminalLine
 from vfiotask.units import format_size, parse_size
 
 MOST_OF_RAM = 0.5
@@ -87,7 +88,12 @@ def run_reserve(args: argparse.Namespace) -> int:
     page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
     _require_root("reserve")
     _warn_most_of_ram(size)
-    reservation = HugepageReserver().reserve(args.owner, {args.node: size}, page_size, mount=args.mount)
+    line = TerminalLine(enabled=not args.quiet)
+    try:
+        reservation = HugepageReserver(progress=line.meter(f"hugepages for {args.owner}")).reserve(
+            args.owner, {args.node: size}, page_size, mount=args.mount)
+    finally:
+        line.clear()
     if args.json:
         print_json({**reservation_json(reservation), "changed": not reservation.already_held,
                     "mount": str(args.mount) if args.mount else None})

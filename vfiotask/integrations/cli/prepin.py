@@ -22,6 +22,7 @@ from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, UsageError
 from vfiotask.host.cpus import host_engine
 from vfiotask.integrations.cli.output import note, print_json
+from vfiotask.integrations.progress import TerminalLine
 from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
 from vfiotask.memory.accountant import LockedMemoryAccountant
@@ -276,13 +277,16 @@ def run(args: argparse.Namespace) -> int:
         if why_not:
             note(why_not)
         backend: PinBackend | None = stack.enter_context(_open_backend(args)) if do_pin else None
+        line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+        stack.callback(line.clear)
         report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
-                          min_chunk=opts.min_chunk)
+                          min_chunk=opts.min_chunk, progress=line.meter("prefault"))
         pinning = None
         if backend is not None:
             pinning = pin(region, backend, accountant, engine=opts.engine, max_threads=opts.max_threads,
-                          min_chunk=opts.min_chunk)
+                          min_chunk=opts.min_chunk, progress=line.meter(f"pin ({backend.name})"))
             stack.callback(pinning.release)
+        line.clear()
         data = result(region, report, pinning, why_not, backend.name if backend else "none")
         data["kept_files"] = ([{"path": str(region.path), "size_bytes": region.size}]
                               if region.created and region.path is not None else [])

@@ -12,9 +12,11 @@ import argparse
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vfiotask.engine import ProgressFn
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name, whole_number
@@ -35,7 +37,8 @@ def parse_threads(text: str | int | None) -> int:
 
 
 def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
-          journal: GuestJournal | None = None) -> tuple[list[FileRecord], bool]:
+          journal: GuestJournal | None = None, progress: Callable[[str], ProgressFn | None] | None = None,
+          ) -> tuple[list[FileRecord], bool]:
     """Populate `domain`'s RAM files in its staging directory; returns them and whether they were new."""
     from vfiotask.host.mounts import is_ram_filesystem
 
@@ -71,7 +74,8 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
     done: list[FileRecord] = []
     try:
         for ram in wanted:
-            done.append(populate_file(directory / ram.name, ram.size, ram.node, threads=threads))
+            meter = progress(f"{domain.name}: {ram.name}") if progress else None
+            done.append(populate_file(directory / ram.name, ram.size, ram.node, threads=threads, progress=meter))
     except BaseException:
         for record in done:
             record.remove()
@@ -112,7 +116,14 @@ def run_prepin_domain(args: argparse.Namespace) -> int:
         domain = parse_domain(connection.inactive_xml(dom))
     finally:
         connection.close(conn)
-    files, new = stage(domain, threads=parse_threads(getattr(args, "threads", None)) or get("max_threads"))
+    from vfiotask.integrations.progress import TerminalLine
+
+    line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+    try:
+        files, new = stage(domain, threads=parse_threads(getattr(args, "threads", None)) or get("max_threads"),
+                           progress=line.meter)
+    finally:
+        line.clear()
     result: dict[str, Any] = {
         "domain": name,
         "staged": new,

@@ -219,7 +219,10 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
             undo.append(partial(os.rename, done.path, ahead.path))
             ctx.log(f"{domain.name}: moved staged {ram.name} into place")
         else:
-            done = populate_file(target, ram.size, ram.node, threads=domain.config.threads)
+            from vfiotask.integrations.progress import hook_meter
+
+            done = populate_file(target, ram.size, ram.node, threads=domain.config.threads,
+                                 progress=hook_meter(f"{domain.name}: populating {ram.name}", ram.size, ctx.log))
             undo.append(done.remove)
             ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
                     f"in {done.seconds:.2f} s with {done.threads} thread(s)")
