@@ -10,7 +10,7 @@ from typing import Any
 from vfiotask.errors import HostStateError, NeedsRoot
 from vfiotask.integrations.cli.output import EXIT_NOTHING, note, print_json, table
 from vfiotask.integrations.progress import TerminalLine
-from vfiotask.units import format_size, parse_size
+from vfiotask.units import format_size, parse_node, parse_size
 
 MOST_OF_RAM = 0.5
 """A reservation above this share of the host's RAM is warned about: hugepages are taken from
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reserve = actions.add_parser("reserve", help="add hugepages to the pools for an owner")
     reserve.add_argument("--size", required=True, help="bytes wanted, e.g. 4G (rounded up to whole pages)")
     reserve.add_argument("--page-size", help="2M or 1G (default: the kernel's default hugepage size)")
-    reserve.add_argument("--node", type=int, help="NUMA node whose pool grows (default: the global pool)")
+    reserve.add_argument("--node", metavar="N", help="NUMA node whose pool grows (default: the global pool)")
     reserve.add_argument("--owner", required=True, help="who holds the pages, e.g. the guest's name")
     reserve.add_argument("--mount", type=Path, metavar="DIR",
                          help="also mount a hugetlbfs of the page size on DIR (made if missing); release unmounts it")
@@ -85,13 +85,14 @@ def run_reserve(args: argparse.Namespace) -> int:
     from vfiotask.jobs.hugepages import HugepageReserver
 
     size = parse_size(args.size, what="--size")
-    page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
+    page_size = parse_size(args.page_size, what="--page-size") if args.page_size is not None else None
+    node = parse_node(args.node, "--node") if args.node is not None else None
     _require_root("reserve")
     _warn_most_of_ram(size)
     line = TerminalLine(enabled=not args.quiet)
     try:
         reservation = HugepageReserver(progress=line.meter(f"hugepages for {args.owner}")).reserve(
-            args.owner, {args.node: size}, page_size, mount=args.mount)
+            args.owner, {node: size}, page_size, mount=args.mount)
     finally:
         line.clear()
     if args.json:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vfiotask.devices.discovery import SYSFS_ROOT_ENV
 from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, UsageError
@@ -27,14 +28,13 @@ from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
 from vfiotask.memory.accountant import LockedMemoryAccountant
 from vfiotask.memory.region import Region, RegionSpec, open_region
-from vfiotask.units import format_size, parse_size
+from vfiotask.units import MAX_THREADS, format_size, parse_address, parse_count, parse_node, parse_size
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = "1G"
 DEFAULT_BACKING = "memfd"
 PIN_MODES = ("auto", "none", "mlock", "vfio", "mock")
-SYSFS_ROOT_ENV = "VFIOTASK_SYSFS_ROOT"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,13 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", default=DEFAULT_SIZE, help="region size, e.g. 4G (K, M, G, T; default 1G)")
+    parser.add_argument("--size", default=DEFAULT_SIZE,
+                        help="region size, e.g. 4G (binary K, M, G, T; default 1G; see docs/cli.md)")
     parser.add_argument(
         "--backing", default=DEFAULT_BACKING, metavar="anon|memfd|PATH",
         help="anonymous memory, a memfd (default), or a file on tmpfs or hugetlbfs",
     )
     parser.add_argument("--page-size", metavar="SIZE", help="hugetlb page size for a memfd (2M, 1G)")
-    parser.add_argument("--node", type=int, metavar="N", help="bind the region to NUMA node N")
+    parser.add_argument("--node", metavar="N", help="bind the region to NUMA node N")
     parser.add_argument("--threads", metavar="auto|N",
                         help="most workers to use (default: max_threads in the config file, else auto)")
     parser.add_argument(
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="helper threads or processes for the prefault (default: threads)",
     )
     parser.add_argument(
-        "--helper-nice", type=int, metavar="N",
+        "--helper-nice", metavar="N",
         help="priority helpers start at (default: helper_nice in the config file, else 19, the lowest: yield to "
         "the host's other work)",
     )
@@ -72,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pin", default="auto", choices=PIN_MODES,
         help="auto: mlock when the memlock budget allows; none; mlock; vfio or mock: DMA-map through a container",
     )
-    parser.add_argument("--group", type=int, metavar="N", help="IOMMU group for --pin vfio/mock")
+    parser.add_argument("--group", metavar="N", help="IOMMU group for --pin vfio/mock")
     parser.add_argument("--device", metavar="ADDR", help="PCI device for --pin vfio/mock (its group is used)")
     parser.add_argument(
         "--iova",
@@ -100,25 +101,13 @@ class Options:
     helpers: HelperKind | None
     min_chunk: int
     pin: str
+    group: int | None
+    iova: int
 
 
 def parse_threads(text: str) -> int:
     """`auto` -> 0 (the engine decides), else a positive count."""
-    if text == "auto":
-        return 0
-    if not text.strip().lstrip("-").isdigit():
-        raise UsageError(f"--threads {text!r} is not a number", hint="give auto or a count of 1 or more")
-    count = int(text)
-    if count < 1:
-        raise UsageError(f"--threads {count}: at least one thread is needed", hint="give auto or a count of 1 or more")
-    return count
-
-
-def parse_int(text: str, what: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise UsageError(f"{what} {text!r} is not a number", hint="give a decimal or 0x-prefixed number") from None
+    return 0 if text == "auto" else parse_count(text, "--threads", maximum=MAX_THREADS)
 
 
 DEVICE_OPTIONS = ("group", "device")
@@ -152,7 +141,9 @@ def effective_settings(args: argparse.Namespace) -> dict[str, Any]:
     from vfiotask.config import effective
 
     threads = None if args.threads is None else parse_threads(args.threads)
-    values = effective({"max_threads": threads, "helper_nice": args.helper_nice})
+    nice = None if args.helper_nice is None else parse_count(args.helper_nice, "--helper-nice", minimum=-20,
+                                                              maximum=LOWEST)
+    values = effective({"max_threads": threads, "helper_nice": nice})
     for value in values.values():
         log.info("%s = %s (%s)", value.key, value.value, value.source)
     return values
@@ -160,32 +151,30 @@ def effective_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def options(args: argparse.Namespace) -> Options:
     size = parse_size(args.size, what="--size")
-    page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
-    if args.node is not None and args.node < 0:
-        raise UsageError(f"--node {args.node} does not exist", hint="give an online NUMA node number")
+    page_size = parse_size(args.page_size, what="--page-size") if args.page_size is not None else None
+    node = parse_node(args.node, "--node") if args.node is not None else None
     helpers = None if args.helpers == "auto" else HelperKind(args.helpers)
     settings = effective_settings(args)
-    nice, threads = settings["helper_nice"].value, settings["max_threads"].value
-    if not -20 <= nice <= LOWEST:
-        raise UsageError(f"--helper-nice {nice} is not a nice value", hint="give -20 to 19")
     return Options(
-        spec=RegionSpec(size=size, backing=args.backing, page_size=page_size, node=args.node, force=args.force),
-        max_threads=threads,
-        engine=host_engine(policy=CpuPolicy(helper_nice=nice)),
+        spec=RegionSpec(size=size, backing=args.backing, page_size=page_size, node=node, force=args.force),
+        max_threads=settings["max_threads"].value,
+        engine=host_engine(policy=CpuPolicy(helper_nice=settings["helper_nice"].value)),
         helpers=helpers,
-        min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk else MIN_CHUNK,
+        min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk is not None else MIN_CHUNK,
         pin=args.pin,
+        group=parse_count(args.group, "--group", minimum=0) if args.group is not None else None,
+        iova=parse_address(args.iova, "--iova"),
     )
 
 
-def _open_backend(args: argparse.Namespace) -> contextlib.AbstractContextManager[PinBackend]:
-    if args.pin in ("vfio", "mock"):
+def _open_backend(args: argparse.Namespace, opts: Options) -> contextlib.AbstractContextManager[PinBackend]:
+    if opts.pin in ("vfio", "mock"):
         module = importlib.import_module("vfiotask.jobs.vfio_pin")
         manager: contextlib.AbstractContextManager[PinBackend] = module.open_backend(
-            args.pin,
-            group=args.group,
+            opts.pin,
+            group=opts.group,
             device=args.device,
-            iova=parse_int(args.iova, "--iova"),
+            iova=opts.iova,
             sysfs_root=args.sysfs_root,
         )
         return manager
@@ -262,12 +251,40 @@ def _hold() -> None:
         time.sleep(HOLD_POLL_S)
 
 
+def run_domain(args: argparse.Namespace) -> int:
+    """`prepin --domain NAME`: stage a stopped guest's RAM files for its next start."""
+    from vfiotask.integrations.libvirt.ahead import stage_defined
+
+    line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+    try:
+        files, new = stage_defined(args.domain, threads=0 if args.threads is None else parse_threads(args.threads),
+                                   progress=line.meter)
+    finally:
+        line.clear()
+    name = args.domain
+    data: dict[str, Any] = {
+        "domain": name,
+        "staged": new,
+        "changed": new,
+        "files": [{"path": f.path, "size_bytes": f.size, "node": f.node, "seconds": round(f.seconds, 6),
+                   "threads": f.threads} for f in files],
+    }
+    if args.json:
+        print_json(data)
+        return 0
+    verb = "populated" if new else "already staged"
+    for f in files:
+        took = f" in {f.seconds:.2f} s with {f.threads} thread(s)" if new else ""
+        print(f"{name}: {verb} {f.path} ({format_size(f.size)}){took}")
+    print(f"{name}: its next start moves {'it' if len(files) == 1 else 'them'} into place")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if hasattr(args, "defaults"):
         refuse_ignored(args, args.defaults)
     if args.domain:
-        ahead = importlib.import_module("vfiotask.integrations.libvirt.ahead")
-        return int(ahead.run_prepin_domain(args))
+        return run_domain(args)
     opts = options(args)
     with contextlib.ExitStack() as stack:
         region = open_region(opts.spec)
@@ -276,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         do_pin, why_not = _decide_pin(opts.pin, region.size, accountant)
         if why_not:
             note(why_not)
-        backend: PinBackend | None = stack.enter_context(_open_backend(args)) if do_pin else None
+        backend: PinBackend | None = stack.enter_context(_open_backend(args, opts)) if do_pin else None
         line = TerminalLine(enabled=not getattr(args, "quiet", 0))
         stack.callback(line.clear)
         report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
