@@ -185,18 +185,38 @@ def backing_findings(probe: Probe) -> list[Finding]:
 
 
 def hook_findings(probe: Probe) -> list[Finding]:
-    from vfiotask.host.procfs import pids_named, process_start_time
-    from vfiotask.integrations.libvirt.hookinstall import hook_path, hook_text
+    from vfiotask.integrations.libvirt.hookinstall import hook_path, shim_paths
 
     path = hook_path(probe.hooks)
     if not path.exists():
         return [warn("hook", f"{path} is not installed: guests start unprepared",
                      "vfiotask hook install, then restart libvirtd")]
     text = path.read_text(errors="replace")
-    interpreter = text.partition("\n")[0].removeprefix("#!").strip().split(" ")[0]
-    if not probe.fixture and interpreter and not os.access(interpreter, os.X_OK):
-        return [fail("hook", f"{path} runs {interpreter}, which is gone: every guest start fails",
-                     "vfiotask hook install (from an installed vfiotask), or vfiotask hook uninstall")]
+    shim = shim_paths(text)
+    if shim is None:  # an older hook: a python script whose first line names its interpreter
+        interpreter = text.partition("\n")[0].removeprefix("#!").strip().split(" ")[0]
+        if not probe.fixture and interpreter and not os.access(interpreter, os.X_OK):
+            return [fail("hook", f"{path} runs {interpreter}, which is gone: every guest start fails",
+                         "vfiotask hook install (from an installed vfiotask), or vfiotask hook uninstall")]
+    else:
+        interpreter, script = shim
+        gone = [p for p in shim if not probe.fixture and not os.path.exists(p)]
+        if gone:
+            return [fail("hook", f"{path} runs {' and '.join(gone)}, which {'is' if len(gone) == 1 else 'are'} gone: "
+                         "guests with <vfiotask:config> fail to start, others start unprepared",
+                         "reinstall vfiotask (make install) and run vfiotask hook install, or vfiotask hook uninstall")]
+        if "/.venv/" in interpreter or not script.startswith(("/opt/", "/usr/")):
+            found_checkout = warn("hook", f"{path} runs vfiotask from a checkout ({interpreter}): removing the "
+                                  "checkout or 'make clean' breaks it", "make install, then vfiotask hook install "
+                                  "with /usr/local/bin/vfiotask")
+            return [found_checkout, *_hook_current(probe, path, text, interpreter)]
+    return _hook_current(probe, path, text, interpreter)
+
+
+def _hook_current(probe: Probe, path: Path, text: str, interpreter: str) -> list[Finding]:
+    from vfiotask.host.procfs import pids_named, process_start_time
+    from vfiotask.integrations.libvirt.hookinstall import hook_text
+
     found = []
     if text != hook_text():
         found.append(warn("hook", f"{path} differs from what this vfiotask installs ({interpreter})",

@@ -1,9 +1,10 @@
 """Putting the qemu hook where libvirtd runs it, and taking it away again.
 
-What is installed is `hooks/qemu` itself, with its first line rewritten to the interpreter that
+What is installed is a small /bin/sh shim that runs `hooks/qemu` with the interpreter that
 installs it: libvirtd runs hooks with a bare environment (LC_ALL, PATH, HOOK only), so a plain
 `python3` might not find the vfiotask package, while the installing interpreter (a venv's
-python too) knows its own site-packages.  The script is found beside the package in a checkout
+python too) knows its own site-packages.  The shim fails open for other guests when that
+interpreter is gone (see `hook_text`).  The script is found beside the package in a checkout
 or an editable install, and under `<prefix>/share/vfiotask/hooks/` in a wheel install.
 """
 
@@ -31,10 +32,56 @@ def hook_script() -> Path:
                          hint=f"reinstall vfiotask (it ships {_SHARED_SCRIPT}) or install from a checkout")
 
 
+SHIM = """#!/bin/sh
+# libvirt qemu hook of vfiotask: runs {hook} with {python}.
+# Written by `vfiotask hook install`; `vfiotask hook uninstall` removes it.
+# When that python or script is gone (vfiotask removed, its venv deleted), guests that are not
+# vfiotask's start as before (a syslog line says the hook is stale); a guest whose XML carries
+# vfiotask's metadata fails its start, since what it asks for cannot be done.
+PYTHON='{python}'
+HOOK='{hook}'
+if [ -x "$PYTHON" ] && [ -f "$HOOK" ]; then
+    exec "$PYTHON" "$HOOK" "$@"
+fi
+case "$2 $3" in
+    "prepare begin"|"start begin") ;;
+    *) exit 0 ;;
+esac
+if grep -q '{namespace}'; then
+    echo "vfiotask: guest $1 asks for vfiotask, but $PYTHON or $HOOK is gone; reinstall vfiotask (make install)" \\
+        "and run 'vfiotask hook install', or remove <vfiotask:config> from the guest" >&2
+    logger -t vfiotask-hook -p daemon.err "guest $1: $PYTHON or $HOOK is gone; start refused" 2>/dev/null
+    exit 1
+fi
+logger -t vfiotask-hook -p daemon.warning "guest $1 is not vfiotask's and starts as before, but $PYTHON or" \\
+    "$HOOK is gone: reinstall vfiotask, or remove $0 (vfiotask hook uninstall)" 2>/dev/null
+exit 0
+"""
+
+
+def shim_paths(text: str) -> tuple[str, str] | None:
+    """(python, script) an installed shim runs; None for a file that is not one."""
+    values = dict(line.split("=", 1) for line in text.splitlines() if line.startswith(("PYTHON=", "HOOK=")))
+    if "PYTHON" not in values or "HOOK" not in values:
+        return None
+    return values["PYTHON"].strip("'"), values["HOOK"].strip("'")
+
+
 def hook_text(interpreter: str | None = None) -> str:
-    """hooks/qemu with its shebang naming `interpreter` (default: this one)."""
-    body = hook_script().read_text().split("\n", 1)[1]
-    return f"#!{interpreter or sys.executable}\n{body}"
+    """The file libvirtd runs: a /bin/sh shim that runs hooks/qemu with `interpreter` (default: this
+    one), and fails open for other guests when either is gone.
+
+    A python shebang cannot fail open: with its interpreter gone the kernel refuses to run the file
+    and libvirtd fails every guest's start with 127.  The shim knows a guest is vfiotask's without
+    vfiotask, from the metadata namespace in the XML libvirtd writes to its stdin.
+    """
+    from vfiotask.integrations.libvirt.domain import NAMESPACE
+
+    python, script = interpreter or sys.executable, str(hook_script())
+    for value in (python, script):
+        if "'" in value or "\n" in value:
+            raise UsageError(f"cannot write a hook naming {value!r}", hint="install vfiotask under a plainer path")
+    return SHIM.format(python=python, hook=script, namespace=NAMESPACE)
 
 
 def hook_path(hooks_dir: Path) -> Path:
@@ -42,8 +89,15 @@ def hook_path(hooks_dir: Path) -> Path:
 
 
 def install(hooks_dir: Path, interpreter: str | None = None) -> tuple[Path, str]:
-    """Write the hook (atomically, mode 0755); returns its path and "new", "updated" or "unchanged"."""
-    if hooks_dir.is_symlink() or (hooks_dir.exists() and not hooks_dir.is_dir()):
+    """Write the hook (atomically, mode 0755); returns its path and "new", "updated" or "unchanged".
+
+    The hooks directory must exist: libvirt's packages make it, and a mistyped --hooks-dir made
+    here would hold a hook no libvirtd ever runs."""
+    if not hooks_dir.exists():
+        raise UsageError(f"{hooks_dir} does not exist",
+                         hint="install libvirt (it makes /etc/libvirt/hooks) or give its hooks directory with "
+                         "--hooks-dir")
+    if hooks_dir.is_symlink() or not hooks_dir.is_dir():
         raise UsageError(f"{hooks_dir} is not a directory", hint="give libvirt's hooks directory with --hooks-dir")
     target = hook_path(hooks_dir)
     text = hook_text(interpreter)
