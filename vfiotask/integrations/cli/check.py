@@ -9,7 +9,6 @@ reads: the host part needs neither root nor libvirtd (root sees more: other user
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from vfiotask.devices import SYSFS_ROOT_ENV, sysfs_root_from_env
@@ -17,6 +16,7 @@ from vfiotask.errors import UsageError, describe_exception
 from vfiotask.integrations.check.findings import Finding, exit_status
 from vfiotask.integrations.check.guest import guest_findings
 from vfiotask.integrations.check.host import Probe, host_findings
+from vfiotask.integrations.cli.output import print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     findings = collect(args)
     status = exit_status(findings)
     if args.json:
-        print(json.dumps({"findings": [f.to_dict() for f in findings], "exit_status": status}, indent=1))
+        print_json({"findings": [f.to_dict() for f in findings], "exit_status": status})
     else:
         for finding in findings:
             print(finding.line())
