@@ -57,4 +57,15 @@ def test_json_is_one_line_with_unit_suffixes() -> None:
     assert result.stdout.count("\n") == 1
     data = json.loads(result.stdout)
     assert {"size_bytes", "page_size_bytes", "prefault_seconds", "locked_bytes"} <= set(data)
-    assert not any(key in data for key in ("bytes", "page_size", "gib_per_s"))
+    assert not any(key in data for key in ("bytes", "page_size"))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["bench", "engine", "--size", "1G"], "--size do not apply to bench engine"),
+     (["bench", "libvirt", "--backing", "memfd"], "--backing do not apply to bench libvirt"),
+     (["check", "--uri", "qemu:///session"], "--uri only applies with --domain")],
+)
+def test_options_a_mode_ignores_are_refused(args: list[str], needle: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2 and needle in result.stderr and result.stdout == ""

@@ -74,7 +74,7 @@ def test_json_fields() -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     for key in ("size_bytes", "page_size_bytes", "threads", "chunks", "prefault_seconds", "pin_seconds", "seconds",
-                "gib_per_second", "locked_bytes"):
+                "gib_per_s", "locked_bytes"):
         assert key in data
     assert (data["size_bytes"], data["page_size_bytes"], data["locked_bytes"], data["pin"]) == (
         32 * MiB, 4096, 32 * MiB, "mlock")

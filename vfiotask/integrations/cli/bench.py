@@ -43,9 +43,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+APPLIES = {
+    "prefault": {"size", "backing", "threads", "repeat", "no_qemu"},
+    "engine": {"repeat"},
+    "vfio": {"size", "threads", "repeat"},
+    "libvirt": {"size", "repeat"},
+}
+"""The options each suite reads; one it does not read is refused rather than silently ignored."""
+
+
 def options(args: argparse.Namespace) -> BenchOptions:
     """The options every suite takes, checked here once for all of them."""
+    from vfiotask.errors import UsageError
     from vfiotask.integrations.bench.common import DEFAULT_REPEAT, BenchOptions
+
+    given = [name for name in ("size", "backing", "threads", "repeat", "no_qemu") if getattr(args, name)]
+    ignored = [f"--{name.replace('_', '-')}" for name in given if name not in APPLIES[args.suite]]
+    if ignored:
+        raise UsageError(f"{', '.join(ignored)} do not apply to bench {args.suite}",
+                         hint=f"it takes {', '.join('--' + n.replace('_', '-') for n in sorted(APPLIES[args.suite]))}")
 
     threads = None
     if args.threads is not None:

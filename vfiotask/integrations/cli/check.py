@@ -18,6 +18,8 @@ from vfiotask.integrations.check.guest import guest_findings
 from vfiotask.integrations.check.host import Probe, host_findings
 from vfiotask.integrations.cli.output import print_json
 
+DEFAULT_URI = "qemu:///system"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--domain", metavar="NAME", help="also check this libvirt guest (read-only connection)")
     which.add_argument("--xml", type=Path, metavar="FILE", help="also check the guest defined in this domain XML")
-    parser.add_argument("--uri", default="qemu:///system", help="libvirt connection URI (default qemu:///system)")
+    parser.add_argument("--uri", default=DEFAULT_URI, help="libvirt connection URI (default qemu:///system)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--sysfs-root", type=Path, metavar="DIR",
                         help=f"check a fixture host: DIR is laid out like /sys, its parent holds proc/, dev/ and etc/ "
@@ -54,6 +56,8 @@ def _domain_xml(args: argparse.Namespace) -> str | None:
 
 
 def collect(args: argparse.Namespace) -> list[Finding]:
+    if args.uri != DEFAULT_URI and args.domain is None:
+        raise UsageError("--uri only applies with --domain", hint="add --domain NAME, or drop --uri")
     sysfs = sysfs_root_from_env(args.sysfs_root)
     probe = Probe(root=sysfs.absolute().parent) if sysfs is not None else Probe()
     findings = host_findings(probe)

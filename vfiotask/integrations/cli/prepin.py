@@ -212,7 +212,7 @@ def result(region: Region, report: PrefaultReport, pinning: Pinning | None, note
         "pin_chunks": pinning.report.chunks if pinning else 0,
         "pin_seconds": round(pin_seconds, 6),
         "seconds": round(seconds, 6),
-        "gib_per_second": round(region.size / (1 << 30) / seconds, 3) if seconds > 0 else 0.0,
+        "gib_per_s": round(region.size / (1 << 30) / seconds, 3) if seconds > 0 else 0.0,
         "locked_bytes": pinning.locked_bytes if pinning else 0,
         "note": note,
         "plan": report.plan.to_dict(),
@@ -229,7 +229,7 @@ def render_table(data: dict[str, Any]) -> str:
         str(data["chunks"]),
         f"{data['prefault_seconds']:.3f}",
         f"{data['pin_seconds']:.3f}" if data["pin"] != "none" else "-",
-        f"{data['gib_per_second']:.2f}",
+        f"{data['gib_per_s']:.2f}",
         format_size(data["locked_bytes"]) + (f" ({data['pin']})" if data["pin"] != "none" else ""),
     ]
     widths = [max(len(h), len(c)) for h, c in zip(headers, row, strict=True)]
