@@ -16,6 +16,7 @@ SUITES = {
     "engine": "engine",
     "vfio": "vfio",
     "libvirt": "libvirt_start",
+    "hugepages": "fragmentation",
 }
 
 
