@@ -114,3 +114,14 @@ def test_on_this_host_it_runs_without_traceback() -> None:
     assert lines and all(text.split()[0] in ("ok", "warn", "fail") for text in lines)
     failed = [text for text in lines if text.startswith("fail")]
     assert result.returncode in (0, 1, 4) and (result.returncode == 0) == (not failed)
+
+
+def test_a_state_dir_others_may_write_fails(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    state.chmod(0o777)
+    _, lines, _ = check(state=state)
+    assert "mode 0777: others could change what vfiotask undoes" in line(lines, "fail  state dir:")
+    state.chmod(0o700)
+    _, lines, _ = check(state=state)
+    assert line(lines, "ok    state dir:").endswith("mode 0700")
