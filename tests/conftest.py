@@ -12,11 +12,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 HUGEPAGES_SYSFS = Path("/sys/kernel/mm/hugepages")
 HOST_LOCK = Path("/run/vfiotask-tests.lock")
+
+
+PROFILE_ENV = "VFIOTASK_TEST_PROFILE"
+
+# The default profile makes a run repeatable: the same examples every time (derandomized, no
+# example database carried between runs), no per-example deadline (two shared vCPUs are slow at
+# random moments), and a number of examples the slowest property tests finish in on such a VM.
+# `VFIOTASK_TEST_PROFILE=explore` searches with fresh random examples, many more of them; a
+# failure it finds is printed with the @example to pin it by.
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, max_examples=50,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("explore", deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get(PROFILE_ENV, "ci"))
 
 
 def is_root() -> bool:

@@ -18,8 +18,7 @@ from vfiotask.units import format_size, parse_size
 
 if TYPE_CHECKING:
     from vfiotask.devices import DmaContainer, check_devices_usable, discover, group_viability, open_container
-    from vfiotask.engine import Engine, HelperKind, Part, Task, TaskReport, run_task
-    from vfiotask.engine.policy import CpuPolicy
+    from vfiotask.engine import CpuPolicy, Engine, HelperKind, Part, Task, TaskReport
     from vfiotask.host.cpus import host_engine
     from vfiotask.jobs.bind import bind, unbind
     from vfiotask.jobs.hugepages import HugepageReserver, Reservation
@@ -38,8 +37,7 @@ _LAZY = {
     "Part": "vfiotask.engine",
     "Task": "vfiotask.engine",
     "TaskReport": "vfiotask.engine",
-    "run_task": "vfiotask.engine",
-    "CpuPolicy": "vfiotask.engine.policy",
+    "CpuPolicy": "vfiotask.engine",
     "host_engine": "vfiotask.host.cpus",
     "LockedMemoryAccountant": "vfiotask.memory",
     "Region": "vfiotask.memory",
@@ -107,6 +105,5 @@ __all__ = [
     "parse_size",
     "pin",
     "prefault",
-    "run_task",
     "unbind",
 ]

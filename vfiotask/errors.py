@@ -7,6 +7,8 @@ because the people who read them are administrators looking at a failed guest st
 
 from __future__ import annotations
 
+from errno import ENOMEM
+
 # Documented exit statuses (README.md, docs/cli.md).
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -116,8 +118,8 @@ class TaskFailed(VfiotaskError):
     def exit_status(self) -> int:  # type: ignore[override]
         if isinstance(self.cause, VfiotaskError):
             return self.cause.exit_status
-        if isinstance(self.cause, MemoryError):
-            return EXIT_RESOURCES
+        if isinstance(self.cause, MemoryError) or (isinstance(self.cause, OSError) and self.cause.errno == ENOMEM):
+            return EXIT_RESOURCES  # the kernel had no memory for it: a resource, like a memlock limit
         return EXIT_FAILURE
 
 

@@ -77,6 +77,18 @@ def test_binding_a_viable_group_again_changes_nothing(tmp_path: Path, state_dir:
     assert snapshot(root.parent) == before
 
 
+def test_bind_json_shows_the_plan(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("sibling", tmp_path)
+    before = snapshot(root.parent)
+    result = run_cli("bind", "0000:01:00.0", "--sysfs-root", str(root), "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)["plan"]
+    assert set(plan) == {"threads", "chunk_size", "chunks", "limited_by", "cpus_usable"}
+    assert plan["threads"] >= 1 and plan["chunks"] >= 1
+    assert run_cli("unbind", "0000:01:00.0", "--sysfs-root", str(root)).returncode == 0
+    assert snapshot(root.parent) == before
+
+
 def test_bind_names_the_holders_and_force_kills_none_of_them(tmp_path: Path, state_dir: Path) -> None:
     root = copy_tree("doctor", tmp_path)
     (root / "devices/pci0000:00/0000:00:01.0/0000:01:00.0/boot_vga").write_text("0\n")

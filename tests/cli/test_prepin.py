@@ -79,6 +79,16 @@ def test_json_fields() -> None:
     assert (data["bytes"], data["page_size"], data["locked_bytes"], data["pin"]) == (32 * MiB, 4096, 32 * MiB, "mlock")
     assert data["chunks"] >= 2 and data["threads"] >= 1
     assert data["seconds"] == pytest.approx(data["prefault_seconds"] + data["pin_seconds"], abs=1e-5)
+    for plan in (data["plan"], data["pin_plan"]):
+        assert set(plan) == {"threads", "chunk_size", "chunks", "limited_by", "cpus_usable"}
+    assert (data["plan"]["chunks"], data["plan"]["threads"]) == (data["chunks"], data["threads"])
+    assert data["plan"]["chunk_size"] >= 4 * MiB
+
+
+def test_verbose_names_the_plan() -> None:
+    result = run_cli("-v", "prepin", *SMALL, "--backing", "anon", "--pin", "none")
+    assert result.returncode == 0, result.stderr
+    assert "prefault:" in result.stderr and "limited by" in result.stderr, result.stderr
 
 
 def test_pin_none_locks_nothing() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,18 @@ class FixedFacts:
     def read(self) -> CpuFacts:
         self.reads += 1
         return self.facts
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll until `condition` holds.  A caller that must leave chunks to a helper waits for the
+    helper to have run one, not for a guessed time: a thread or process may start late on a
+    loaded host.  The bound only keeps a broken engine from hanging the suite."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def facts_with(cpus: int = 4, **kwargs: object) -> CpuFacts:

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vfiotask.engine import CpuFacts, Engine, HelperKind, Part, SlotPool, Task
-from vfiotask.engine.chunks import count_chunks
+from vfiotask.engine.plan import count_chunks
 
-from .conftest import FixedFacts
+from .conftest import FixedFacts, wait_until
 
 parts_strategy = st.lists(
     st.tuples(st.integers(0, 64), st.integers(0, 700), st.sampled_from([None, 0, 1])), min_size=1, max_size=4
@@ -70,13 +70,13 @@ def test_threads_cover_every_unit_once(
     task = Task("cover", chunk, parts, min_chunk=min_chunk, align=align, max_threads=max_threads)
     report = two_node_engine(cpus).run(task)
     check_exactly_once(cells, parts, end + 1)
-    assert report.chunks == len(starts) == count_chunks(parts, report.chunk_size)
-    assert report.chunk_size % align == 0 and report.chunk_size >= min_chunk
+    assert report.chunks == len(starts) == count_chunks(parts, report.plan.chunk_size)
+    assert report.plan.chunk_size % align == 0 and report.plan.chunk_size >= min_chunk
     assert 1 <= report.threads <= min(cpus, max_threads or cpus)
     for start, stop in starts:
         part = next(p for p in parts if p.start <= start < p.end)
-        assert (start - part.start) % report.chunk_size == 0
-        assert stop - start <= report.chunk_size
+        assert (start - part.start) % report.plan.chunk_size == 0
+        assert stop - start <= report.plan.chunk_size
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -98,7 +98,7 @@ def test_processes_cover_every_unit_once(
     )
     report = two_node_engine(cpus).run(task)
     check_exactly_once(cells, parts, end + 1)
-    assert report.chunks == count_chunks(parts, report.chunk_size)
+    assert report.chunks == count_chunks(parts, report.plan.chunk_size)
     assert sum(report.chunks_per_worker.values()) == report.chunks
     cells.close()
 
@@ -114,16 +114,17 @@ def test_helper_processes_do_share_the_work() -> None:
         def chunk(start: int, stop: int) -> None:
             for index in range(start, stop):
                 cells[index] = 2 if os.getpid() != parent else 1
+            wait_until(lambda: 1 in cells[:64])  # leave chunks for the caller too
         return chunk
 
     def caller_chunk(start: int, stop: int) -> None:
         for index in range(start, stop):
             cells[index] = 1
-        threading.Event().wait(0.02)  # leave the helper time to claim its share
+        wait_until(lambda: 2 in cells[:64])  # leave chunks for the helper, however late it starts
 
     task = Task.over_range("share", 0, 64, caller_chunk, helpers=HelperKind.PROCESS,
                            process_chunk_factory=factory, min_chunk=4)
     report = two_node_engine(2).run(task)
     assert report.threads == 2
     assert set(cells[:64]) == {1, 2}
-    assert report.chunks_per_worker.get("helper-1", 0) == cells[:64].count(2) // report.chunk_size
+    assert report.chunks_per_worker.get("helper-1", 0) == cells[:64].count(2) // report.plan.chunk_size

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from vfiotask.engine import CpuFacts, Engine, Part, SlotPool, Task
-from vfiotask.engine.policy import helper_cap
+from vfiotask.engine.plan import helper_cap
 from vfiotask.engine.slots import SlotLease
 
-from .conftest import FixedFacts
+from .conftest import FixedFacts, wait_until
 
 CALLER_CPUS = frozenset(os.sched_getaffinity(0))
 needs_two_cpus = pytest.mark.skipif(not {0, 1} <= CALLER_CPUS, reason="needs CPUs 0 and 1 in this process's affinity")
@@ -30,7 +30,8 @@ def record_affinity() -> tuple[dict[str, set[frozenset[int]]], object]:
         who = "caller" if threading.current_thread() is threading.main_thread() else "helper"
         with lock:
             seen.setdefault(who, set()).add(frozenset(os.sched_getaffinity(0)))
-        threading.Event().wait(0.002)
+        other = "helper" if who == "caller" else "caller"
+        wait_until(lambda: other in seen)  # each leaves chunks to the other, however late it starts
 
     return seen, chunk
 

@@ -10,24 +10,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
 from vfiotask.engine import HelperKind, Task
 
-from .conftest import REPO_ROOT, private_engine, process_nice_from_proc, thread_nice_from_proc
+from .conftest import REPO_ROOT, private_engine, process_nice_from_proc, thread_nice_from_proc, wait_until
 
 has_sys_nice = os.geteuid() == 0
-
-
-def _wait_until(condition: object, seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.002)
-    return False
 
 
 @pytest.mark.skipif(not has_sys_nice, reason="lifting a nice-19 thread back needs CAP_SYS_NICE (root)")
@@ -45,7 +35,7 @@ def test_helper_threads_run_at_nice_19_and_are_lifted_at_the_end() -> None:
         tid = threading.get_native_id()
         seen.setdefault("first", thread_nice_from_proc(tid))
         helper_started.set()
-        _wait_until(lambda: thread_nice_from_proc(tid) != 19)
+        wait_until(lambda: thread_nice_from_proc(tid) != 19)
         seen["after"] = thread_nice_from_proc(tid)
 
     report = private_engine(cpus=2).run(Task.over_range("nice", 0, 64, chunk, min_chunk=1))
@@ -56,16 +46,16 @@ def test_helper_threads_run_at_nice_19_and_are_lifted_at_the_end() -> None:
 
 
 def test_helper_processes_run_at_nice_19() -> None:
-    cells = mmap.mmap(-1, 8)
-    started = threading.Event()
+    cells = mmap.mmap(-1, 8)  # [0]: the nice a helper saw, [1]: set once it has run a chunk
 
     def factory() -> object:
         def chunk(start: int, end: int) -> None:
-            cells[0] = process_nice_from_proc(os.getpid())
+            if cells[1] == 0:  # the first chunk's priority: the caller may lift the helper after it
+                cells[0], cells[1] = process_nice_from_proc(os.getpid()), 1
         return chunk
 
     def caller_chunk(start: int, end: int) -> None:
-        started.wait(0.05)
+        wait_until(lambda: cells[1] == 1)  # leave chunks for the helper, however slow its start
 
     task = Task.over_range("nice", 0, 64, caller_chunk, min_chunk=1,
                            helpers=HelperKind.PROCESS, process_chunk_factory=factory)
@@ -142,16 +132,15 @@ def test_a_single_thread_task_creates_no_thread() -> None:
 @pytest.mark.parametrize("kind", [HelperKind.THREAD, HelperKind.PROCESS])
 def test_helper_nice_is_a_policy_setting(kind: HelperKind) -> None:
     """CpuPolicy(helper_nice=N): helpers start at N instead of 19 (threads and processes)."""
-    from vfiotask.engine.policy import CpuPolicy
+    from vfiotask.engine import CpuPolicy
 
     if os.getpriority(os.PRIO_PROCESS, 0) > 10:
         pytest.skip("the test process runs above nice 10: a helper cannot be set to 10 without CAP_SYS_NICE")
     cells = mmap.mmap(-1, 8)
-    started = threading.Event()
 
     def helper_chunk(start: int, end: int) -> None:
         if threading.current_thread() is threading.main_thread() and kind is HelperKind.THREAD:
-            started.wait(0.05)
+            wait_until(lambda: cells[1] == 1)  # leave chunks for the helper, however late it starts
             return
         if cells[1] == 0:  # the first chunk's priority: later ones may already be lifted
             cells[0], cells[1] = thread_nice_from_proc(threading.get_native_id()), 1
@@ -159,7 +148,7 @@ def test_helper_nice_is_a_policy_setting(kind: HelperKind) -> None:
     task = Task.over_range("nice", 0, 64, helper_chunk, min_chunk=1, helpers=kind,
                            process_chunk_factory=(lambda: helper_chunk) if kind is HelperKind.PROCESS else None)
     if kind is HelperKind.PROCESS:
-        task.chunk = lambda start, end: started.wait(0.05) and None
+        task.chunk = lambda start, end: wait_until(lambda: cells[1] == 1) and None
     report = private_engine(cpus=2, policy=CpuPolicy(helper_nice=10)).run(task)
     assert report.chunks_per_worker.get("helper-1", 0) >= 1
     assert cells[0] == 10

@@ -77,7 +77,8 @@ def test_with_every_slot_taken_the_caller_still_runs(holder: Holder) -> None:
     engine = Engine(FixedFacts(facts_with(8)))
     done: list[int] = []
     report = engine.run(Task.over_range("alone", 0, 64, lambda s, e: done.append(e - s), min_chunk=1))
-    assert report.threads == 1 and report.limited_by == "helper slots"
+    assert report.threads == 1 and report.plan.limited_by == "helper slots"
+    assert report.plan.chunk_size == 16 and report.chunks == 4  # planned again for one thread: four chunks
     assert sum(done) == 64
 
 

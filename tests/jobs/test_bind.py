@@ -6,10 +6,13 @@ write, and checks that the refusal comes first.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from tests.devices.helpers import copy_tree, snapshot
 from vfiotask.devices import discover, group_viability, uses_of
@@ -215,6 +218,81 @@ def test_unbind_reports_the_driver_the_devices_left(tmp_path: Path, state_dir: P
     result = unbind(["0000:00:14.0"], sysfs_root=root)
     assert result.to_dict()["driver"] == "snd_hda_intel"
     assert snapshot(root.parent) == before
+
+
+WIDE = ["0000:06:00.0", "0000:06:00.1", "0000:06:00.2", "0000:06:00.3",
+        "0000:06:01.0", "0000:06:01.1", "0000:06:01.2", "0000:06:01.3"]
+
+
+def drivers(root: Path) -> dict[str, str | None]:
+    host = discover(root)
+    return {address: host.device(address).driver for address in WIDE}
+
+
+def busy_unbind(victim: str) -> object:
+    """The kernel's answer when a driver will not let go of a device: the write to its unbind fails."""
+    real = FakeSysfsKernel.unbind
+
+    def unbind(self: FakeSysfsKernel, address: str, driver: str) -> None:
+        if address == victim and driver != "vfio-pci":
+            path = self.paths.sys / "bus" / "pci" / "drivers" / driver / "unbind"
+            raise DeviceError(f"writing {address!r} to {path} failed: {os.strerror(errno.EBUSY)}",
+                              hint="check dmesg for the driver's reason")
+        real(self, address, driver)
+
+    return unbind
+
+
+@pytest.mark.parametrize("victim", WIDE[1:])
+def test_a_device_failing_inside_a_chunk_of_several_gives_back_the_whole_chunk(
+    victim: str, tmp_path: Path, state_dir: Path, mocker: MockerFixture
+) -> None:
+    """Eight devices are bound in chunks of two or more; whichever device the kernel refuses, every
+    device of the group is on exactly the driver it had, and no record is left."""
+    root = copy_tree("wide", tmp_path)
+    before, tree = drivers(root), snapshot(root.parent)
+    mocker.patch.object(FakeSysfsKernel, "unbind", autospec=True, side_effect=busy_unbind(victim))
+    with pytest.raises(TaskFailed) as caught:
+        bind(["0000:06:00.0"], sysfs_root=root)
+    assert "Device or resource busy" in caught.value.one_line() and victim in caught.value.one_line()
+    assert caught.value.exit_status == 4
+    assert drivers(root) == before
+    assert snapshot(root.parent) == tree
+    assert bindings_journal().read() == {}
+
+
+def test_the_wide_group_binds_in_chunks_of_several_devices(tmp_path: Path, state_dir: Path) -> None:
+    root = copy_tree("wide", tmp_path)
+    before = snapshot(root.parent)
+    result = bind(["0000:06:01.3"], sysfs_root=root)
+    assert [r.address for r in result.bound] == WIDE
+    assert result.report is not None and result.report.chunks < len(WIDE)  # a chunk holds several devices
+    assert set(drivers(root).values()) == {"vfio-pci"}
+    unbind(["0000:06:01.3"], sysfs_root=root)
+    assert snapshot(root.parent) == before
+
+
+@pytest.mark.parametrize("victim", WIDE[1:])
+def test_a_device_failing_inside_an_unbind_chunk_takes_the_whole_chunk_again(
+    victim: str, tmp_path: Path, state_dir: Path
+) -> None:
+    """A driver that will not take its device back stops the unbind; the group is left bound as it
+    was, with every record, so that the unbind can be run again."""
+    root = copy_tree("wide", tmp_path)
+    bind(["0000:06:00.0"], sysfs_root=root)
+    bound, tree = drivers(root), snapshot(root.parent)
+
+    class RefusingDriver(FakeSysfsKernel):
+        def probe(self, address: str) -> None:
+            if address == victim and self.override_of(address) != "vfio-pci":
+                return  # its driver does not take it back
+            super().probe(address)
+
+    with pytest.raises(TaskFailed, match=f"{victim} did not go back"):
+        unbind(["0000:06:00.0"], sysfs_root=root, control=RefusingDriver(HostPaths.for_root(root)))
+    assert drivers(root) == bound
+    assert snapshot(root.parent) == tree
+    assert sorted(bindings_journal().read()[str(root)]) == WIDE
 
 
 def _held_gpu(tmp_path: Path) -> Path:

@@ -16,6 +16,9 @@ from vfiotask.memory.region import Region, RegionSpec, open_region
 MiB = 1 << 20
 SIZE = 32 * MiB
 MIN_CHUNK = 4 * MiB
+# 4 minimum chunks: 4 chunks however many CPUs are idle (see tests/jobs/test_prefault.py).
+STEADY_CHUNK = SIZE // 4
+STEADY_CHUNKS = 4
 
 
 @pytest.fixture
@@ -41,13 +44,13 @@ def test_vmlck_equals_the_size_while_held(region: Region) -> None:
 def test_failure_at_each_chunk_leaves_nothing_locked(region: Region, monkeypatch: pytest.MonkeyPatch) -> None:
     start = status_field("VmLck")
     acct = LockedMemoryAccountant.for_budget(None)
-    chunks = pin(region, MlockBackend(), acct, min_chunk=MIN_CHUNK)
-    count = chunks.report.chunks
-    chunks.release()
-    for index in range(1, count + 1):
+    for threads in (1, 2):
+        with pin(region, MlockBackend(), acct, min_chunk=STEADY_CHUNK, max_threads=threads) as pinning:
+            assert pinning.report.chunks == STEADY_CHUNKS
+    for index in range(1, STEADY_CHUNKS + 1):
         monkeypatch.setenv("VFIOTASK_FAIL", f"pin:{index}")
         with pytest.raises(TaskFailed) as caught:
-            pin(region, MlockBackend(), acct, min_chunk=MIN_CHUNK)
+            pin(region, MlockBackend(), acct, min_chunk=STEADY_CHUNK)
         assert "EIO" in str(caught.value)
         assert status_field("VmLck") == start, f"chunk {index}: memory left locked"
         assert acct.charged == 0, f"chunk {index}: charge left behind"

@@ -23,6 +23,11 @@ from vfiotask.memory.region import Region, RegionSpec, open_region
 MiB = 1 << 20
 SIZE = 32 * MiB
 MIN_CHUNK = 4 * MiB
+# Failures are injected at every chunk, so the count must not depend on how many CPUs are idle:
+# a chunk is about a quarter of a thread's share but never below the minimum, so a size of
+# 4 minimum chunks is 4 chunks whether 1, 2 or more threads run.
+STEADY_CHUNK = SIZE // 4
+STEADY_CHUNKS = 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
@@ -40,9 +45,11 @@ def populated(region: Region) -> int:
     return region.allocated_bytes() if region.shared else resident(region)
 
 
-def chunk_count(backing: str) -> int:
-    with open_region(RegionSpec(size=SIZE, backing=backing)) as region:
-        return prefault(region, min_chunk=MIN_CHUNK).chunks
+def test_a_steady_size_is_the_same_chunks_on_any_number_of_threads() -> None:
+    for threads in (1, 2, 4):
+        with open_region(RegionSpec(size=SIZE, backing="memfd")) as region:
+            report = prefault(region, min_chunk=STEADY_CHUNK, max_threads=threads)
+            assert report.chunks == STEADY_CHUNKS
 
 
 @pytest.mark.parametrize("backing", ["anon", "memfd", "file"])
@@ -61,13 +68,12 @@ def test_failure_at_each_chunk_leaves_nothing_populated_or_created(
     backing: str, shm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = shm_dir / "guest.ram"
-    chunks = chunk_count("memfd")
-    for index in range(1, chunks + 1):
+    for index in range(1, STEADY_CHUNKS + 1):
         monkeypatch.setenv("VFIOTASK_FAIL", f"prefault:{index}")
         spec = RegionSpec(size=SIZE, backing=str(path) if backing == "file" else backing)
         with pytest.raises(TaskFailed) as caught, open_region(spec) as region:
             try:
-                prefault(region, min_chunk=MIN_CHUNK)
+                prefault(region, min_chunk=STEADY_CHUNK)
             finally:
                 assert populated(region) == 0, f"chunk {index}: pages left populated"
         assert caught.value.exit_status == 1
@@ -84,11 +90,10 @@ def test_failed_prefault_keeps_existing_file_data(shm_dir: Path, monkeypatch: py
             handle.write(os.urandom(length))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     blocks = path.stat().st_blocks
-    chunks = chunk_count("memfd")
-    for index in range(1, chunks + 1):
+    for index in range(1, STEADY_CHUNKS + 1):
         monkeypatch.setenv("VFIOTASK_FAIL", f"prefault:{index}")
         with open_region(RegionSpec(size=SIZE, backing=str(path))) as region, pytest.raises(TaskFailed):
-            prefault(region, min_chunk=MIN_CHUNK)
+            prefault(region, min_chunk=STEADY_CHUNK)
         assert path.stat().st_blocks == blocks, f"chunk {index}: allocation changed"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"chunk {index}: data changed"
     monkeypatch.delenv("VFIOTASK_FAIL")

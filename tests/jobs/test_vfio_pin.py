@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from tests.conftest import status_field
+from tests.devices.fake_kernel import FakeGroup, FakeVfioKernel
 from tests.devices.helpers import sysfs
+from vfiotask.devices import uapi
 from vfiotask.devices.container import DmaFailedError, DmaMemlockError
+from vfiotask.devices.real import Type1Container
+from vfiotask.devices.syscalls import IoctlArg
 from vfiotask.errors import DeviceError, TaskFailed, UsageError
 from vfiotask.jobs.pin import pin
 from vfiotask.jobs.prefault import prefault
-from vfiotask.jobs.vfio_pin import open_backend, resolve_group
+from vfiotask.jobs.vfio_pin import ContainerBackend, open_backend, resolve_group
 from vfiotask.memory.accountant import LockedMemoryAccountant
 from vfiotask.memory.region import Region, RegionSpec, open_region
 from vfiotask.units import MiB
@@ -128,3 +134,38 @@ def test_vfio_on_a_host_without_vfio_is_an_error_not_the_mock(state_dir: Path) -
     with pytest.raises(DeviceError, match="amd_iommu=on"), \
             open_backend("vfio", group=2, device=None, iova=BASE, sysfs_root=VIABLE):
         pass
+
+
+@pytest.mark.parametrize(("err", "status", "words"), [
+    (errno.ENOMEM, 3, "RLIMIT_MEMLOCK"),
+    (errno.EFAULT, 1, "not mapped in this process"),
+    (errno.EINTR, 1, "EINTR"),
+    (errno.EAGAIN, 1, "EAGAIN"),
+], ids=["ENOMEM", "EFAULT", "EINTR", "EAGAIN"])
+def test_a_map_ioctl_failing_mid_task_leaves_the_iommu_empty(
+    err: int, status: int, words: str, region: Region, mocker: MockerFixture
+) -> None:
+    """The real type1 container over a fake kernel; pytest-mock makes the kernel's third
+    VFIO_IOMMU_MAP_DMA fail.  The user gets the errno's meaning and exit status, and the kernel
+    holds no pin and no mapping afterwards."""
+    fake = FakeVfioKernel(groups={5: FakeGroup()})
+    real_ioctl = fake.ioctl
+    maps = 0
+
+    def ioctl(fd: int, request: int, arg: IoctlArg = 0) -> int:
+        nonlocal maps
+        if request == uapi.VFIO_IOMMU_MAP_DMA:
+            maps += 1
+            if maps == 3:
+                raise OSError(err, os.strerror(err))
+        return real_ioctl(fd, request, arg)
+
+    mocker.patch.object(fake, "ioctl", side_effect=ioctl)
+    acct = LockedMemoryAccountant.for_budget(None)
+    with Type1Container([5], syscalls=fake) as container:
+        with pytest.raises(TaskFailed) as caught:
+            pin(region, ContainerBackend(container, BASE), acct, min_chunk=CHUNK)
+        assert caught.value.exit_status == status
+        assert words in caught.value.one_line()
+        assert fake.pinned == [] and container.mappings() == []
+        assert acct.charged == 0

@@ -13,14 +13,13 @@ Example::
     def chunk(start: int, end: int) -> None:
         seen[start:end] = bytes([1]) * (end - start)
     report = Engine().run(Task.over_range("fill", 0, len(seen), chunk, min_chunk=64 << 10))
-    print(report.threads, report.chunks)   # e.g. 2 8
+    print(report.threads, report.chunks, report.plan.limited_by)   # e.g. 2 8 cpus
 """
 
-from vfiotask.engine.chunks import chunk_size_for
-from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource, format_cpu_list, parse_cpu_list
-from vfiotask.engine.faults import FAIL_ENV, injected_failure
-from vfiotask.engine.policy import CpuBudget, CpuPolicy, cpu_budget, wanted_threads
-from vfiotask.engine.runner import Engine, run_task
+from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
+from vfiotask.engine.faults import FAIL_ENV
+from vfiotask.engine.plan import CpuBudget, CpuPolicy, Plan, chunk_size_for, cpu_budget, plan
+from vfiotask.engine.runner import Engine
 from vfiotask.engine.slots import SlotPool
 from vfiotask.engine.task import (
     ChunkFn,
@@ -45,6 +44,7 @@ __all__ = [
     "HelperKind",
     "HelperProcessDied",
     "Part",
+    "Plan",
     "ProgressFn",
     "SlotPool",
     "Task",
@@ -52,9 +52,5 @@ __all__ = [
     "UndoFn",
     "chunk_size_for",
     "cpu_budget",
-    "format_cpu_list",
-    "injected_failure",
-    "parse_cpu_list",
-    "run_task",
-    "wanted_threads",
+    "plan",
 ]

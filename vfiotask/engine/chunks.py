@@ -1,42 +1,17 @@
-"""Cutting a task into chunks and handing them out.
+"""Handing a task's chunks out, in the chunk size its plan chose (`engine/plan.py`).
 
-About four chunks per thread: few enough that claiming costs nothing next to the work, enough
-that a thread slowed by a neighbour does not hold up the end.  Workers claim the next chunk
-under one lock; a NUMA part's chunks go first to helpers of its node, and to anyone once those
-are busy, so no CPU idles while work is left.
+Workers claim the next chunk under one lock; a NUMA part's chunks go first to helpers of its
+node, and to anyone once those are busy, so no CPU idles while work is left.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vfiotask.engine.task import Part, Task
-
-
-def chunk_size_for(size: int, threads: int, min_chunk: int, align: int) -> int:
-    """About four chunks per thread (load balancing), a multiple of align, never below min_chunk."""
-    target = size // (threads * 4) if threads > 0 else size
-    step = max(align, 1)
-    chunk = max(target - target % step, min_chunk)
-    chunk = -(-chunk // step) * step
-    return max(chunk, step)
-
-
-def split(task: Task, chunk: int) -> Iterator[tuple[int, int, int | None]]:
-    """Every chunk of `task` in order: `(start, end, node)`, boundaries `chunk` apart from each part's start."""
-    for part in task.parts:
-        position = part.start
-        while position < part.end:
-            end = min(position + chunk, part.end)
-            yield position, end, part.node
-            position = end
-
-
-def count_chunks(parts: Sequence[Part], chunk: int) -> int:
-    return sum(-(-part.size // chunk) for part in parts if part.size > 0)
+from vfiotask.engine.task import Part
 
 
 @dataclass(frozen=True)
@@ -58,7 +33,6 @@ class ChunkQueue:
 
     def __init__(self, parts: Sequence[Part], chunk: int) -> None:
         self.chunk = chunk
-        self.total_chunks = count_chunks(parts, chunk)
         self._lanes: dict[int | None, deque[list[int]]] = {}
         self._left: dict[int | None, int] = {}
         for part in parts:
@@ -69,14 +43,6 @@ class ChunkQueue:
         self._claimed = 0
         self._stopped = False
         self._lock = threading.Lock()
-
-    @property
-    def claimed(self) -> int:
-        return self._claimed
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
 
     def stop(self) -> None:
         """No chunk is handed out after this (a failure or an interrupt)."""

@@ -1,4 +1,4 @@
-"""Running a task: choose the threads, start the helpers, work as one of them, undo on failure.
+"""Running a task: plan it, take helper slots, start the helpers, work as one of them, undo on failure.
 
 The caller is always a worker and never needs a slot, so a task makes progress even on a host
 whose helper slots are all taken.  Undo runs in the caller, single-threaded, newest chunk first:
@@ -19,19 +19,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
-from vfiotask.engine.chunks import ChunkQueue, chunk_size_for, count_chunks, split
+from vfiotask.engine.chunks import ChunkQueue
 from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
-from vfiotask.engine.faults import FAIL_ENV, injected_failure
-from vfiotask.engine.policy import CpuBudget, CpuPolicy, cpu_budget, distribute, helper_cap, wanted_threads
+from vfiotask.engine.faults import injected_failure
+from vfiotask.engine.plan import CpuPolicy, Plan, distribute, helper_cap, plan
 from vfiotask.engine.priority import thread_nice
 from vfiotask.engine.slots import SlotLease, SlotPool
 from vfiotask.engine.task import HelperKind, Task, TaskReport
 from vfiotask.engine.workers import Helper, ProcessHelper, RunState, ThreadHelper
-from vfiotask.errors import Interrupted, TaskFailed, UsageError, describe_exception
+from vfiotask.errors import TaskFailed, UsageError, describe_exception
 
-__all__ = ["FAIL_ENV", "Engine", "chunk_size_for", "injected_failure", "run_task", "split"]
+__all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +71,22 @@ class Engine:
         _validate(task)
         began = time.monotonic()
         facts = self.facts.read()
-        budget = cpu_budget(facts, self.policy)
-        wanted, limited_by = wanted_threads(
-            task.size, task.min_chunk, task.max_threads, budget, self.default_max_threads
-        )
-        chunks = count_chunks(task.parts, chunk_size_for(task.size, wanted, task.min_chunk, task.align))
-        if chunks < wanted:
-            wanted, limited_by = chunks, "chunks"
+        slots = helper_cap(facts.online_count, self.policy.helper_fraction)
+        chosen = plan(task, facts, self.policy, default_cap=self.default_max_threads, helper_slots=slots)
         lease = SlotLease()
         state: RunState | None = None
         try:
-            helper_nodes = self._grant(task, facts, budget, wanted - 1, lease)
-            threads = 1 + len(helper_nodes)
-            if threads < wanted:
-                limited_by = "helper slots"
-            chunk = chunk_size_for(task.size, threads, task.min_chunk, task.align)
-            queue = ChunkQueue(task.parts, chunk)
-            state = RunState(task, queue, injected_failure(task.name), self.policy.helper_nice)
+            granted = self.slots.take("cpu", slots, chosen.threads - 1, lease)
+            if granted < chosen.threads - 1:  # other tasks hold the rest: plan again with what we got
+                chosen = plan(task, facts, self.policy, default_cap=self.default_max_threads, helper_slots=granted)
+            log.info("%s: %d thread(s), chunks of %d, %d chunk(s), limited by %s", task.name, chosen.threads,
+                     chosen.chunk_size, chosen.chunks, chosen.limited_by)
+            helper_nodes = self._place(task, facts, chosen, lease)
+            state = RunState(task, ChunkQueue(task.parts, chosen.chunk_size), injected_failure(task.name),
+                             self.policy.helper_nice)
             with self._signals_deferred(state):
                 try:
-                    raises, running = self._work(task, state, helper_nodes, facts, budget)
+                    raises, running = self._work(task, state, helper_nodes, facts, chosen)
                 except BaseException as exc:  # not from a chunk: an interrupt the engine did not hold back
                     for start, end, error in self._undo(task, state):
                         exc.add_note(f"{task.name}: undo of [{start:#x}, {end:#x}) failed: {describe_exception(error)}")
@@ -106,36 +102,30 @@ class Engine:
             size=task.size,
             threads=1 + running,
             chunks=len(state.done),
-            chunk_size=chunk,
             seconds=time.monotonic() - began,
+            plan=chosen,
             helpers=task.helpers,
             chunks_per_worker=dict(state.per_worker),
             priority_raises=raises,
-            limited_by=limited_by,
             helper_nodes=tuple(helper_nodes),
-            cpus_usable=budget.count,
         )
 
-    # -- choosing helpers -------------------------------------------------------------------
+    # -- placing helpers --------------------------------------------------------------------
 
-    def _grant(
-        self, task: Task, facts: CpuFacts, budget: CpuBudget, helpers: int, lease: SlotLease
-    ) -> list[int | None]:
-        """Take host-wide slots, then share them among the task's nodes; one entry per helper."""
+    def _place(self, task: Task, facts: CpuFacts, chosen: Plan, lease: SlotLease) -> list[int | None]:
+        """Share the plan's helpers among the task's nodes, within each node's slots; one entry per helper."""
+        helpers = chosen.threads - 1
         if helpers <= 0:
             return []
-        fraction = self.policy.helper_fraction
-        got = self.slots.take("cpu", helper_cap(facts.online_count, fraction), helpers, lease)
         weights: dict[int | None, int] = {}
         for part in task.parts:
             key = part.node if part.node in facts.nodes else None
             weights[key] = weights.get(key, 0) + part.size
-        capacity = {
-            node: len(facts.nodes[node] & budget.cpus) for node in weights if node is not None
-        }
-        shares = distribute(got, weights, capacity)
+        capacity = {node: len(facts.nodes[node] & chosen.cpus) for node in weights if node is not None}
+        shares = distribute(helpers, weights, capacity)
         nodes: list[int | None] = []
         spare = shares.pop(None, 0)
+        fraction = self.policy.helper_fraction
         for node, count in sorted(shares.items(), key=lambda item: item[0] or 0):
             assert node is not None
             taken = self.slots.take(f"node{node}", helper_cap(len(facts.nodes[node]), fraction), count, lease)
@@ -153,13 +143,13 @@ class Engine:
         state: RunState,
         helper_nodes: list[int | None],
         facts: CpuFacts,
-        budget: CpuBudget,
+        chosen: Plan,
     ) -> tuple[int, int]:
         """Start the helpers, work as the caller, lift and join the helpers.
 
         Returns the priority lifts and how many helpers ran.
         """
-        helpers = self._helpers(task, state, helper_nodes, facts, budget)
+        helpers = self._helpers(task, state, helper_nodes, facts, chosen)
         try:
             helpers = _started(helpers)
             while (chunk := state.claim(None)) is not None:
@@ -176,14 +166,14 @@ class Engine:
         state: RunState,
         helper_nodes: list[int | None],
         facts: CpuFacts,
-        budget: CpuBudget,
+        chosen: Plan,
     ) -> list[Helper]:
         helpers: list[Helper] = []
         processes: list[ProcessHelper] = []
         for number, node in enumerate(helper_nodes, start=1):
             cpus = facts.allowed or None  # never a CPU the facts withheld (isolated, another guest's)
             if node is not None:
-                cpus = (facts.nodes[node] & budget.cpus) or (facts.nodes[node] & facts.allowed) or None
+                cpus = (facts.nodes[node] & chosen.cpus) or (facts.nodes[node] & facts.allowed) or None
             name = f"helper-{number}"
             if task.helpers is HelperKind.PROCESS:
                 assert task.process_chunk_factory is not None
@@ -235,8 +225,6 @@ class Engine:
         try:
             if state.signum is not None:
                 _redeliver(state.signum)
-                raise Interrupted(f"{task.name} stopped by signal {state.signum}; everything done was undone",
-                                  signum=state.signum)
             assert failure is not None
             if not isinstance(failure[1], Exception):
                 raise failure[1]  # a KeyboardInterrupt from a chunk: undone, re-raised as it came
@@ -275,7 +263,7 @@ class Engine:
                 signal.signal(number, handler)
 
 
-def _redeliver(signum: int) -> None:
+def _redeliver(signum: int) -> NoReturn:
     """Run the handler that was in place when the signal arrived (it raises, or ends the process)."""
     handler = signal.getsignal(signum)
     if callable(handler):
@@ -339,9 +327,3 @@ def _validate(task: Task) -> None:
     if task.helpers is HelperKind.PROCESS and task.process_chunk_factory is None:
         raise UsageError(f"task {task.name!r} asks for helper processes but has no process_chunk_factory",
                          hint="give a factory that maps the task's object in the helper, or use threads")
-
-
-def run_task(task: Task, engine: Engine | None = None) -> TaskReport:
-    """Run `task` with `engine` (default: an engine over the caller's affinity)."""
-    return (engine or Engine()).run(task)
-

@@ -6,6 +6,8 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from vfiotask.engine.plan import Plan
+
 ChunkFn = Callable[[int, int], None]
 """Does the work for `[start, end)`; returns, or raises after undoing its own partial work."""
 
@@ -71,21 +73,20 @@ class Task:
 
 @dataclass(frozen=True)
 class TaskReport:
-    """What a completed task did: enough for a user to see whether parallelism helped."""
+    """What a completed task did: enough for a user to see whether parallelism helped.
+
+    `threads` and `chunks` are what ran (a helper the host refused to fork is missing); `plan`
+    is what the engine chose and why.
+    """
 
     name: str
     size: int
     threads: int
     chunks: int
-    chunk_size: int
     seconds: float
+    plan: Plan
     helpers: HelperKind = HelperKind.THREAD
     chunks_per_worker: dict[str, int] = field(default_factory=dict)
     priority_raises: int = 0
-    limited_by: str = ""
-    """What set the thread count: size, cpus, busy cpus, cgroup cpu quota, cpufreq governor ...,
-    max_threads, chunks or helper slots."""
     helper_nodes: tuple[int | None, ...] = ()
     """The node each helper ran on (None: anywhere)."""
-    cpus_usable: int = 0
-    """The CPUs the policy found usable for this task."""

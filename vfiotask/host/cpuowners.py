@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vfiotask.engine import parse_cpu_list
 from vfiotask.host.cgroups import cgroup_mounts
+from vfiotask.host.cpulist import parse_cpu_list
 from vfiotask.host.numa import online_ids
 
 CPU_ROOT = "sys/devices/system/cpu"

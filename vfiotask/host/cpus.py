@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine import CpuFacts, Engine, parse_cpu_list
+from vfiotask.engine import CpuFacts, Engine
 from vfiotask.host.cgroups import cpu_quota
+from vfiotask.host.cpulist import parse_cpu_list
 from vfiotask.host.cpuowners import cpu_owners
 from vfiotask.host.numa import node_cpus, online_ids
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vfiotask.engine.facts import parse_cpu_list
+from vfiotask.host.cpulist import parse_cpu_list
 
 NODE_ROOT = "sys/devices/system/node"
 

@@ -8,15 +8,16 @@ up, the console) is refused, since taking it could crash or cut off the host.
 Each device is one chunk of an engine task (named `bind`, or `unbind`, so VFIOTASK_FAIL drives
 the undo): its original driver and driver_override are written to the journal *before* it is
 touched, so `vfiotask unbind`, in another process or after a crash, restores exactly those.
-A chunk that fails halfway restores its own device; completed chunks are undone by the engine.
+A chunk may hold several devices; one that fails halfway gives back every device it took,
+including the one that failed, and completed chunks are undone by the engine.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from vfiotask.devices import Host, PciDevice, discover, normalize_address, uses_
 from vfiotask.devices.driverctl import DriverControl, driver_control
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT
 from vfiotask.engine import Task, TaskReport
-from vfiotask.errors import DeviceError, UsageError
+from vfiotask.errors import DeviceError, UsageError, describe_exception
+from vfiotask.host.cpus import host_engine
 from vfiotask.host.holders import holders_of
-from vfiotask.jobs._engine import default_engine
 from vfiotask.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class BindResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"groups": self.groups, "bound": [asdict(r) for r in self.bound], "already": self.already,
-                "driver": self.driver}
+                "driver": self.driver, "plan": self.report.plan.to_dict() if self.report else None}
 
 
 def bindings_journal(directory: Path | None = None) -> Journal:
@@ -184,6 +185,35 @@ def _refuse_held(host: Host, devices: list[PciDevice], force: bool) -> None:
     )
 
 
+def _all_or_none(records: list[BindRecord], do: Callable[[BindRecord], None],
+                 undo: Callable[[BindRecord], None]) -> None:
+    """One chunk of bind or unbind: every device of it, or none.
+
+    The engine undoes only chunks that completed, and a chunk may hold several devices; so a
+    chunk whose k-th device fails gives back the k-1 before it (newest first) before it raises.
+    A give-back that fails is named in the error: the user must see which device is left over.
+    """
+    done: list[BindRecord] = []
+    try:
+        for record in records:
+            do(record)
+            done.append(record)
+    except BaseException as exc:
+        left: list[tuple[BindRecord, Exception]] = []
+        for record in reversed(done):
+            try:
+                undo(record)
+            except Exception as error:
+                left.append((record, error))
+        if left and isinstance(exc, Exception):
+            raise DeviceError(
+                f"{describe_exception(exc)}; {' '.join(r.address for r, _ in left)} could not be put back: "
+                f"{describe_exception(left[0][1])}",
+                hint="'vfiotask devices' shows their drivers now; 'vfiotask unbind' restores what it has a record of",
+            ) from exc
+        raise
+
+
 def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path | None = None,
          journal: Journal | None = None, control: DriverControl | None = None, force: bool = False) -> BindResult:
     """Bind the whole IOMMU group of each address to `driver`, recording what it had."""
@@ -209,23 +239,28 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     already = [d.address for d in members if d.driver == driver]
     key = _root_key(host)
 
+    def take(record: BindRecord) -> None:
+        _note(journal, key, record)
+        try:
+            _take(control, record)
+        except BaseException:
+            _forget(journal, key, record)
+            raise
+
+    def give_back(record: BindRecord) -> None:
+        restore(control, record)
+        _forget(journal, key, record)
+
     def chunk(start: int, end: int) -> None:
-        for record in records[start:end]:
-            _note(journal, key, record)
-            try:
-                _take(control, record)
-            except BaseException:
-                _forget(journal, key, record)
-                raise
+        _all_or_none(records[start:end], take, give_back)
 
     def undo(start: int, end: int) -> None:
         for record in reversed(records[start:end]):
-            restore(control, record)
-            _forget(journal, key, record)
+            give_back(record)
 
     report = None
     if records:
-        report = default_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+        report = host_engine().run(Task.over_range(BIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
     return BindResult(groups, records, already, report, driver)
 
 
@@ -248,16 +283,27 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
         )
     control = control or driver_control(host.paths)
 
-    def chunk(start: int, end: int) -> None:
-        for record in records[start:end]:
+    def give_back(record: BindRecord) -> None:
+        try:
             restore(control, record)
-            _forget(journal, key, record)
+        except BaseException:
+            now = control.driver_of(record.address)  # where the failed restore left it
+            if now != record.bound_to:  # a device its driver did not take back stays bound, as recorded
+                _take(control, replace(record, driver=now))
+            raise
+        _forget(journal, key, record)
+
+    def take_again(record: BindRecord) -> None:
+        _note(journal, key, record)
+        _take(control, record)
+
+    def chunk(start: int, end: int) -> None:
+        _all_or_none(records[start:end], give_back, take_again)
 
     def undo(start: int, end: int) -> None:
         for record in reversed(records[start:end]):
-            _note(journal, key, record)
-            _take(control, record)
+            take_again(record)
 
-    report = default_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
+    report = host_engine().run(Task.over_range(UNBIND_TASK, 0, len(records), chunk, undo=undo, max_threads=1))
     released_from = ",".join(sorted({record.bound_to for record in records}))  # what the devices left
     return BindResult(groups, records, [], report, released_from)

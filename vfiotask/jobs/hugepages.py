@@ -27,10 +27,10 @@ from vfiotask.errors import (
     VfiotaskError,
     describe_exception,
 )
+from vfiotask.host.cpus import host_engine
 from vfiotask.host.freemem import free_memory
 from vfiotask.host.hugepages import HugepagePools, PoolState
 from vfiotask.host.meminfo import meminfo
-from vfiotask.jobs._engine import default_engine
 from vfiotask.journal import Journal
 from vfiotask.units import format_size
 
@@ -201,7 +201,7 @@ class HugepageReserver:
         parts = [Part(index, 1, node) for index, node in enumerate(order)]
         task = Task(name=TASK_NAME, chunk=grow, parts=parts, undo=shrink, min_chunk=1, align=1)
         try:
-            (self.engine or default_engine()).run(task)
+            (self.engine or host_engine()).run(task)
         except TaskFailed as exc:
             if exc.undo_errors:
                 raise HostStateError(

@@ -17,7 +17,7 @@ from typing import Protocol
 from vfiotask.engine import Engine, ProgressFn, Task, TaskReport
 from vfiotask.errors import ResourceError
 from vfiotask.host import libc
-from vfiotask.jobs._engine import default_engine
+from vfiotask.host.cpus import host_engine
 from vfiotask.memory.accountant import FIX_HINT, LockedMemoryAccountant
 from vfiotask.memory.region import Region
 from vfiotask.units import MiB, format_size
@@ -164,7 +164,7 @@ def pin(
         max_threads=1 if backend.serializes else max_threads,
         progress=progress,
     )
-    report = (engine or default_engine()).run(task)
+    report = (engine or host_engine()).run(task)
     return Pinning(
         region=region,
         backend=backend,

@@ -16,12 +16,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vfiotask.engine import Engine, HelperKind, Part, ProgressFn, Task
+from vfiotask.engine import Engine, HelperKind, Part, Plan, ProgressFn, Task
 from vfiotask.engine.task import ChunkFn
 from vfiotask.errors import HugepageShortageError, UsageError
 from vfiotask.host import libc
+from vfiotask.host.cpus import host_engine
 from vfiotask.host.hugepages import HugepagePools
-from vfiotask.jobs._engine import default_engine
 from vfiotask.memory.region import Region
 from vfiotask.units import MiB, format_size
 
@@ -61,6 +61,7 @@ class PrefaultReport:
     seconds: float
     helpers: str
     method: str
+    plan: Plan
 
     @property
     def gib_per_s(self) -> float:
@@ -78,7 +79,7 @@ class _Populator:
     def __call__(self, addr: int, length: int) -> None:
         if not self.touched:
             try:
-                libc.madvise(addr, length, libc.MADV_POPULATE_WRITE)
+                _populate(addr, length)
                 return
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
@@ -86,6 +87,25 @@ class _Populator:
                 with self._lock:
                     self.touched = True
         libc.touch_pages(addr, length, self.page_size)
+
+
+POPULATE_TRIES = 8
+"""How often one range is asked for again after EINTR or EAGAIN before that counts as failure."""
+
+
+def _populate(addr: int, length: int) -> None:
+    """MADV_POPULATE_WRITE, asked again when the kernel says it was interrupted or to try again.
+
+    Populating a page twice changes nothing, so a call the kernel broke off is simply repeated
+    (pages it already populated are skipped fast) instead of undoing the whole task for it.
+    """
+    for tries_left in range(POPULATE_TRIES - 1, -1, -1):
+        try:
+            libc.madvise(addr, length, libc.MADV_POPULATE_WRITE)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINTR, errno.EAGAIN) or not tries_left:
+                raise
 
 
 class _Releaser:
@@ -159,8 +179,8 @@ def prefault(
     """Populate every page of `region` in parallel; on failure give back what was populated.
 
     `parts` are `(offset, size, node)` pieces whose chunks should run on that node's CPUs
-    (default: the whole region, on the region's node).  `helpers` defaults to the faster kind
-    for the backing (`default_helpers`).  Raises TaskFailed (its exit status is the cause's),
+    (default: the whole region, on the region's node).  `helpers` defaults to
+    `default_helpers` (threads).  Raises TaskFailed (its exit status is the cause's),
     HugepageShortageError before anything is faulted, or KeyboardInterrupt after undoing.
 
     Example:
@@ -210,7 +230,7 @@ def prefault(
         helpers=kind,
         process_chunk_factory=factory,
     )
-    report = (engine or default_engine()).run(task)
+    report = (engine or host_engine()).run(task)
     return PrefaultReport(
         bytes=task.size,
         page_size=region.page_size,
@@ -219,4 +239,5 @@ def prefault(
         seconds=report.seconds,
         helpers=report.helpers.value,
         method=METHOD_TOUCH if populate.touched else METHOD_POPULATE,
+        plan=report.plan,
     )

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine import Engine, HelperKind
-from vfiotask.engine.policy import CpuPolicy
+from vfiotask.engine import CpuPolicy, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import HugepageShortageError, UsageError
 from vfiotask.host.cpus import host_engine
@@ -38,15 +37,6 @@ DEFAULT_BACKINGS = "memfd,hugetlbfs"
 DEFAULT_THREADS = "1,2"
 DEFAULT_REPEAT = 5
 HUGE_2M = 2 * MiB
-
-
-def bench_engine(helper_nice: int = LOWEST) -> Engine:
-    """The host engine, but counting busy CPUs too: a variant asking for N workers gets N.
-
-    (The jobs' default leaves out CPUs other work keeps busy; a benchmark measures what N
-    workers do, and its own previous variant must not make the next one look busy.)
-    """
-    return host_engine(policy=CpuPolicy(busy_threshold=1.0, helper_nice=helper_nice))
 
 
 @dataclass
@@ -137,7 +127,9 @@ class _Ours:
         self.backing, self.size, self.threads, self.helpers = backing, size, threads, helpers
         self.region: Region | None = None
         self.used: list[int] = []
-        self.engine = bench_engine(helper_nice)
+        # Busy CPUs count as usable: a variant asking for N workers gets N, and the previous
+        # variant's own load must not make this one look busy.
+        self.engine = host_engine(policy=CpuPolicy(busy_threshold=1.0, helper_nice=helper_nice))
 
     def prepare(self) -> None:
         self.region = open_region(self.backing.spec(self.size, "ours"))

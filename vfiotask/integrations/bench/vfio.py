@@ -38,8 +38,8 @@ from vfiotask.devices.syscalls import LibcSyscalls
 from vfiotask.engine import Task
 from vfiotask.errors import UsageError
 from vfiotask.host import libc
+from vfiotask.host.cpus import host_engine
 from vfiotask.integrations.bench import common
-from vfiotask.jobs._engine import default_engine
 from vfiotask.jobs.prefault import prefault
 from vfiotask.memory.region import Region, RegionSpec, open_region
 from vfiotask.units import MiB, format_size, parse_size
@@ -115,7 +115,7 @@ class _Run:
             container.map_dma(region.addr + start, IOVA_BASE + start, end - start)
 
         began = time.monotonic()
-        default_engine().run(Task.over_range("vfio-bench", 0, self.size, work, min_chunk=chunk, align=chunk,
+        host_engine().run(Task.over_range("vfio-bench", 0, self.size, work, min_chunk=chunk, align=chunk,
                                              max_threads=threads))
         return time.monotonic() - began
 

@@ -12,7 +12,7 @@ import os
 
 from vfiotask.devices import Host, discover, group_viability, uses_of
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT, not_viable_error
-from vfiotask.engine import format_cpu_list
+from vfiotask.host.cpulist import format_cpu_list
 from vfiotask.host.freemem import free_memory
 from vfiotask.host.holders import holders_of
 from vfiotask.host.hugepages import HugepagePools

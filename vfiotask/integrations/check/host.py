@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT
-from vfiotask.engine import format_cpu_list
 from vfiotask.errors import VfiotaskError, describe_exception
+from vfiotask.host.cpulist import format_cpu_list
 from vfiotask.host.freemem import free_memory
 from vfiotask.host.hugepages import HugepagePools
 from vfiotask.host.iommu import iommu_facts

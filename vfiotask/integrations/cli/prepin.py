@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine import Engine, HelperKind
-from vfiotask.engine.policy import CpuPolicy
+from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, UsageError
 from vfiotask.host.cpus import host_engine
@@ -57,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default="auto", metavar="auto|N", help="most workers to use (default auto)")
     parser.add_argument(
         "--helpers", default="auto", choices=("auto", "thread", "process"),
-        help="helper threads or processes for the prefault (default: the faster for the backing)",
+        help="helper threads or processes for the prefault (default: threads)",
     )
     parser.add_argument(
         "--helper-nice", type=int, default=LOWEST, metavar="N",
@@ -183,6 +182,8 @@ def result(region: Region, report: PrefaultReport, pinning: Pinning | None, note
         "gib_per_s": round(region.size / (1 << 30) / seconds, 3) if seconds > 0 else 0.0,
         "locked_bytes": pinning.locked_bytes if pinning else 0,
         "note": note,
+        "plan": report.plan.to_dict(),
+        "pin_plan": pinning.report.plan.to_dict() if pinning else None,
     }
 
 

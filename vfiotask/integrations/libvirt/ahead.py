@@ -102,12 +102,12 @@ def run_prepin_domain(args: argparse.Namespace) -> int:
     conn = connection.open_connection(getattr(args, "uri", None) or connection.URI, readonly=True)
     try:
         dom = connection.lookup(conn, name)
-        if dom.isActive():
+        if connection.is_active(dom):
             raise UsageError(f"guest {name} is running; prepin --domain prepares a guest before its start",
                              hint="shut it down first, or just start it: the hook prepares it at start")
         domain = parse_domain(connection.inactive_xml(dom))
     finally:
-        conn.close()
+        connection.close(conn)
     files, new = stage(domain, threads=parse_threads(getattr(args, "threads", None)))
     result: dict[str, Any] = {
         "domain": name,

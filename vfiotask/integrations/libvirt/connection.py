@@ -6,6 +6,7 @@ because libvirtd is blocked waiting for the hook and a call back into it would d
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from vfiotask.errors import HostStateError, UsageError
@@ -42,15 +43,39 @@ def lookup(conn: Any, name: str) -> Any:
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             raise UsageError(f"no libvirt domain named {name!r}", hint="see 'virsh list --all'") from exc
-        raise HostStateError(f"cannot look up domain {name!r}: {exc.get_error_message()}",
-                             hint="check libvirtd") from exc
+        raise _failed(f"looking up domain {name!r}", exc) from exc
+
+
+def _failed(what: str, exc: Any) -> HostStateError:
+    """libvirtd went away or refused a read mid-command (a dropped socket, a restart): one line."""
+    return HostStateError(f"{what} failed: {exc.get_error_message() or exc}",
+                          hint="check libvirtd (systemctl status libvirtd) and run the command again")
 
 
 def inactive_xml(domain: Any) -> str:
     """The persistent definition, as the next start will use it."""
     libvirt = _libvirt()
-    xml: str = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    try:
+        xml: str = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    except libvirt.libvirtError as exc:
+        raise _failed(f"reading the definition of {domain.name()!r}", exc) from exc
     return xml
+
+
+def is_active(domain: Any) -> bool:
+    libvirt = _libvirt()
+    try:
+        return bool(domain.isActive())
+    except libvirt.libvirtError as exc:
+        raise _failed(f"asking libvirt whether {domain.name()!r} runs", exc) from exc
+
+
+def close(conn: Any) -> None:
+    """Close a connection that may have dropped: a dead socket fails to close, and that must not
+    hide the error that ended the command (nothing is left open either way)."""
+    libvirt = _libvirt()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
 
 
 def define(conn: Any, xml: str) -> None:

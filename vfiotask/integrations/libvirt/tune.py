@@ -23,7 +23,7 @@ QEMU_MAX_PREALLOC_THREADS = 16
 
 def policy_threads(domain: Domain) -> int:
     """Threads for QEMU's preallocation: the usable CPUs of the guest's host nodes, 1 to 16."""
-    from vfiotask.engine.policy import CpuPolicy, cpu_budget
+    from vfiotask.engine import CpuPolicy, cpu_budget
     from vfiotask.host.cpus import HostCpuFacts
 
     facts = HostCpuFacts().read()
@@ -101,5 +101,5 @@ def run_tune(args: argparse.Namespace) -> int:
         connection.define(conn, after)
         print(f"{name}: persistent definition updated; it takes effect at the next start")
     finally:
-        conn.close()
+        connection.close(conn)
     return 0
