@@ -171,3 +171,11 @@ def test_hook_other_than_this_vfiotask_installs_is_a_warning(tmp_path: Path) -> 
     root = _with_hook(tmp_path, "#!/opt/old/bin/python3\nold body\n")
     _, lines, _ = check(root=root, state=tmp_path / "state")
     assert "differs from what this vfiotask installs (/opt/old/bin/python3)" in line(lines, "warn  hook:")
+
+
+def test_an_affinity_of_only_owned_cpus_is_a_warning(tmp_path: Path) -> None:
+    root = tmp_path / "doctor"
+    shutil.copytree(DOCTOR, root, symlinks=True)
+    (root / "proc/self/status").write_text("Name:\tvfiotask\nCpus_allowed_list:\t6-7\n")
+    _, lines, _ = check(root=root, state=tmp_path / "state")
+    assert "every CPU a prepare may use (6-7) is owned by others (not 6-7: isolated)" in line(lines, "warn  cpus:")

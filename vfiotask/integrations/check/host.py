@@ -238,23 +238,23 @@ def state_dir_findings(probe: Probe) -> list[Finding]:
 
 def cpu_findings(probe: Probe) -> list[Finding]:
     from vfiotask.host.cpuowners import cpu_owners
-    from vfiotask.host.cpus import caller_affinity, online_cpus
+    from vfiotask.host.cpus import caller_affinity, online_cpus, withhold_owned
 
     online = online_cpus(probe.root)
     allowed = caller_affinity(probe.root) & online if online else caller_affinity(probe.root)
     owners = cpu_owners(probe.root)
-    usable = allowed - owners.taken or allowed
+    usable = withhold_owned(allowed, probe.root)
     why: dict[str, set[int]] = {}
     for cpu, reason in owners.reasons().items():
         if cpu in allowed:
             why.setdefault(reason, set()).add(cpu)
     kept = "; ".join(f"not {format_cpu_list(cpus)}: {reason}" for reason, cpus in sorted(why.items()))
-    seen = f"a prepare would run helpers on CPUs {format_cpu_list(usable)}" + (f" ({kept})" if kept else
-                                                                               " (its affinity; none withheld)")
-    if not allowed - owners.taken:
-        return [warn("cpus", seen + ": every allowed CPU is owned by others, so it uses them anyway",
+    if usable == allowed and why:
+        return [warn("cpus", f"every CPU a prepare may use ({format_cpu_list(allowed)}) is owned by others "
+                     f"({kept}), so its helpers run there anyway",
                      "run vfiotask with an affinity that includes housekeeping CPUs (taskset)")]
-    return [ok("cpus", seen)]
+    return [ok("cpus", f"a prepare would run helpers on CPUs {format_cpu_list(usable)}"
+               + (f" ({kept})" if kept else " (its affinity; none withheld)"))]
 
 
 def guarded(topic: str, section: Callable[[Probe], list[Finding]], probe: Probe) -> list[Finding]:
