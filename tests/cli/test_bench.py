@@ -72,7 +72,7 @@ def test_hugetlbfs_backing_restores_pool_and_mount(hugepage_pools: None) -> None
         (["--repeat", "0"], "--repeat"),
         (["engine", "--repeat", "0"], "--repeat"),
         (["vfio", "--repeat", "-1"], "--repeat"),
-        (["--size", ""], "is not a size"),
+        (["--size", ""], "--size is empty"),
         (["--threads", "99999999999999", "--backing", "anon", "--no-qemu"], "--threads"),
         (["--backing", "/nonexistent-dir"], "not a directory"),
         (["nosuchsuite"], "invalid choice"),

@@ -128,7 +128,7 @@ def test_a_state_dir_others_may_write_fails(tmp_path: Path) -> None:
 
 
 def _with_hook(tmp_path: Path, text: str | None = None) -> Path:
-    from vfiotask.integrations.cli.hook import hook_text
+    from vfiotask.integrations.libvirt.hookinstall import hook_text
 
     root = tmp_path / "doctor"
     shutil.copytree(DOCTOR, root, symlinks=True)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from tests.conftest import REPO, run_cli, vfiotask_command
 from tests.libvirt.xmls import guest_xml
-from vfiotask.integrations.cli.hook import HOOK_BODY
 
 
 def test_install_is_idempotent_and_uninstall_removes(tmp_path: Path) -> None:
@@ -42,10 +41,33 @@ def test_installed_hook_runs_with_libvirtds_bare_environment(tmp_path: Path) -> 
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
 
 
-def test_the_repository_hook_is_the_installed_body() -> None:
-    text = (REPO / "hooks" / "qemu").read_text()
-    assert text.split("\n", 1)[1] == HOOK_BODY
+def test_the_installed_hook_is_the_repository_script_with_this_interpreter(tmp_path: Path) -> None:
+    assert run_cli("hook", "install", "--hooks-dir", str(tmp_path)).returncode == 0
+    installed = (tmp_path / "qemu.d" / "50-vfiotask").read_text()
+    script = (REPO / "hooks" / "qemu").read_text()
+    assert installed == f"#!{sys.executable}\n" + script.split("\n", 1)[1]
     assert os.access(REPO / "hooks" / "qemu", os.X_OK)
+
+
+def test_the_checkout_hook_runs_with_a_python_that_lacks_vfiotask(tmp_path: Path) -> None:
+    """The system python3 without vfiotask installed: the script finds the checkout it lives in."""
+    result = subprocess.run(
+        [sys.base_prefix + "/bin/python3", "-I", str(REPO / "hooks" / "qemu"), "plain", "prepare", "begin", "-"],
+        input=guest_xml("plain", 64, id=1).encode(), capture_output=True, cwd=tmp_path,
+        env={"LC_ALL": "C", "PATH": "/usr/bin:/bin", "HOME": "/root"}, timeout=60,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def test_a_hook_copy_that_cannot_import_vfiotask_says_so_in_one_line(tmp_path: Path) -> None:
+    copy = tmp_path / "libvirt" / "hooks" / "qemu"
+    copy.parent.mkdir(parents=True)
+    copy.write_text((REPO / "hooks" / "qemu").read_text())
+    result = subprocess.run([sys.base_prefix + "/bin/python3", "-I", str(copy), "g", "prepare", "begin", "-"],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+                            env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "cannot import vfiotask" in result.stderr
 
 
 def test_a_foreign_file_is_not_removed(tmp_path: Path) -> None:

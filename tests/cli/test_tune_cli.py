@@ -36,9 +36,9 @@ def test_policy_threads_stay_within_the_cpus_we_may_use() -> None:
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--domain", "x", "--threads", "0"], "not a count"),
-    (["--domain", "x", "--threads", "99"], "not a count"),
-    (["--domain", "x", "--threads", "\u00b2"], "not a count"),
+    (["--domain", "x", "--threads", "0"], "--threads"),
+    (["--domain", "x", "--threads", "99"], "--threads"),
+    (["--domain", "x", "--threads", "\u00b2"], "--threads"),
     (["--domain", "a/b"], "not usable"),
     ([], "--domain"),
 ])

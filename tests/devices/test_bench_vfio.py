@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import status_field
-from vfiotask.errors import UsageError
+from tests.conftest import run_cli, status_field
 from vfiotask.integrations.bench import vfio
+from vfiotask.integrations.bench.common import BenchOptions
 
 
 def test_vfio_suite_small(state_dir: Path) -> None:
     start = status_field("VmLck")
-    result = vfio.run(argparse.Namespace(size="32M", threads="2", repeat=1))
+    result = vfio.run(BenchOptions(size=32 << 20, threads=(2,), repeat=1))
     assert set(result["variants"]) == {"1 thread: fault+map", "prefault 2, then map",
                                        "2 threads: prefault+map per chunk"}
     assert result["fastest"] in result["variants"]
@@ -29,10 +28,10 @@ def test_vfio_suite_small(state_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("threads", "size", "message"), [
-    ("abc", "32M", "is not a list of counts"), (",", "32M", "every count must be 1 or more"),
-    ("0", "32M", "every count must be 1 or more"), ("-1", "32M", "every count must be 1 or more"),
-    ("2", "", "--size"),
+    ("abc", "32M", "--threads 'abc' is not a whole number"), (",", "32M", "--threads is empty"),
+    ("0", "32M", "--threads '0' is out of range"), ("-1", "32M", "--threads '-1' is not a whole number"),
+    ("2", "", "--size is empty"),
 ])
 def test_bad_threads_or_size_are_usage_errors_before_any_run(threads: str, size: str, message: str) -> None:
-    with pytest.raises(UsageError, match=message):
-        vfio.run(argparse.Namespace(size=size, threads=threads, repeat=1))
+    result = run_cli("bench", "vfio", "--size", size, "--threads", threads, "--repeat", "1")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

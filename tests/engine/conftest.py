@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import mmap
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,11 +94,6 @@ def ledger() -> Iterator[Ledger]:
     book.cells.close()
 
 
-@pytest.fixture
-def no_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VFIOTASK_FAIL", raising=False)
-
-
 def thread_nice_from_proc(tid: int) -> int:
     """A thread's nice value as the kernel reports it (field 19 of /proc/self/task/TID/stat)."""
     text = Path(f"/proc/self/task/{tid}/stat").read_text()
@@ -109,7 +103,3 @@ def thread_nice_from_proc(tid: int) -> int:
 def process_nice_from_proc(pid: int) -> int:
     text = Path(f"/proc/{pid}/stat").read_text()
     return int(text[text.rindex(")") + 2 :].split()[16])
-
-
-def own_pid() -> int:
-    return os.getpid()

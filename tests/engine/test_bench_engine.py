@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vfiotask.integrations.bench.common import BenchOptions
 from vfiotask.integrations.bench.engine import CHUNKS, render, run
 
 
 def test_the_overhead_benchmark_runs_1000_chunks_per_variant(state_dir: Path) -> None:
-    result = run(repeat=1)
+    result = run(BenchOptions(repeat=1))
     assert set(result["variants"]) == {"thread", "process"}
     for variant in result["variants"].values():
         assert variant["chunks"] == CHUNKS

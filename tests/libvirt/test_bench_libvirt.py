@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import is_root, run_cli
+from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path
 
 pytestmark = pytest.mark.libvirt
 
 
 def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None:
-    from vfiotask.integrations.libvirt.daemon import _running, missing_tools
+    from vfiotask.integrations.bench.libvirtd import _running, missing_tools
 
     if not is_root() or missing_tools() or not Path("/dev/kvm").exists():
         pytest.skip("needs root, /dev/kvm, libvirtd and QEMU")
@@ -30,7 +31,7 @@ def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None
         assert config["hook_populate"]["threads"] and config["hook_not_ours_ms"] > 0
         assert not Path(config["memory_backing_dir"]).exists()
     assert Path("/etc/libvirt/qemu.conf").read_text() == conf_before
-    assert not Path("/etc/libvirt/hooks/qemu.d/50-vfiotask").exists()
+    assert not hook_path(HOOKS_DIR).exists()
     assert not _running("libvirtd")
     assert "vfiotask-bench" not in Path("/proc/mounts").read_text()
 

@@ -143,9 +143,9 @@ def test_qemu_memlock_limit_follows_libvirts_rule() -> None:
     [
         ("<cpu><numa><cell id='x' memory='1'/></numa></cpu>", "NUMA cell id"),
         ("<cpu><numa><cell id='\u00b2' memory='1'/></numa></cpu>", "NUMA cell id"),
-        ("<metadata><v:config xmlns:v='https://vfiotask.org/xmlns/1' threads='\u00b2'/></metadata>", "not a count"),
-        ("<numatune><memory nodeset='0-99999999999'/></numatune>", "not a node set"),
-        ("<memoryBacking><hugepages><page size='2048' nodeset='4096'/></hugepages></memoryBacking>", "not a node set"),
+        ("<metadata><v:config xmlns:v='https://vfiotask.org/xmlns/1' threads='\u00b2'/></metadata>", "whole number"),
+        ("<numatune><memory nodeset='0-99999999999'/></numatune>", "node '99999999999' is out of range"),
+        ("<memoryBacking><hugepages><page size='2048' nodeset='4096'/></hugepages></memoryBacking>", "out of range"),
     ],
 )
 def test_odd_numbers_are_refused_not_a_traceback(extra: str, needle: str) -> None:
@@ -153,18 +153,19 @@ def test_odd_numbers_are_refused_not_a_traceback(extra: str, needle: str) -> Non
         parse_domain(f"<domain id='1'><name>x</name><memory>1</memory>{extra}</domain>")
 
 
-def test_superscript_digits_are_not_counts() -> None:
-    xml = ("<domain id='\u00b2'><name>x</name><memory>1</memory><memoryBacking>"
-           "<allocation mode='immediate' threads='\u00b2'/></memoryBacking>"
-           "<numatune><memnode cellid='\u00b2' nodeset='0'/></numatune></domain>")
-    domain = parse_domain(xml)
-    assert (domain.id, domain.backing.allocation_threads, domain.numatune.memnodes) == (None, None, {})
-
-
-def test_staging_threads_are_plain_counts() -> None:
-    from vfiotask.integrations.libvirt.ahead import parse_threads
-
-    assert (parse_threads("auto"), parse_threads("3")) == (0, 3)
-    for text in ("0", "-1", "\u00b2", "x"):
-        with pytest.raises(UsageError, match="not a count"):
-            parse_threads(text)
+@pytest.mark.parametrize(
+    "xml",
+    [
+        "<domain id='\u00b2'><name>x</name><memory>1</memory></domain>",
+        "<domain><name>x</name><memory>1</memory><memoryBacking>"
+        "<allocation mode='immediate' threads='\u00b2'/></memoryBacking></domain>",
+        "<domain><name>x</name><memory>1</memory><numatune><memnode cellid='\u00b2' nodeset='0'/></numatune></domain>",
+        "<domain><name>x</name><memory unit='KiB'>\uff11\uff16\uff13\uff18\uff14</memory></domain>",
+        "<domain><name>x</name><memory>1</memory><memoryBacking><hugepages><page size='0'/></hugepages>"
+        "</memoryBacking></domain>",
+        "<domain><name>x</name><memory>1" + "0" * 400 + "</memory></domain>",
+    ],
+)
+def test_numbers_that_are_not_ascii_whole_numbers_in_range_are_refused(xml: str) -> None:
+    with pytest.raises(UsageError):
+        parse_domain(xml)

@@ -93,7 +93,7 @@ def test_stale_file_is_never_reused(hook_host: HookHost) -> None:
         ("caf\u00e9", "prepare", guest_xml("caf\u00e9", 64, id=1, config=OURS), "not usable"),
         ("y", "prepare", guest_xml("x", 64, id=1, config=OURS), "is for 'x'"),
         ("x", "prepare", guest_xml("x", 64, config=OURS), "no id"),
-        ("x", "prepare", guest_xml("x", 64, id=1, config={"threads": "many"}), "not a count"),
+        ("x", "prepare", guest_xml("x", 64, id=1, config={"threads": "many"}), "threads 'many' is not a whole number"),
     ],
 )
 def test_bad_input_fails_prepare_with_one_line(hook_host: HookHost, name: str, phase: str,

@@ -35,7 +35,7 @@ def lab() -> Iterator[object]:
     if not Path("/dev/kvm").exists():
         pytest.skip("no /dev/kvm")
     from vfiotask.errors import HostStateError
-    from vfiotask.integrations.libvirt.daemon import PrivateLibvirt, missing_tools
+    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt, missing_tools
 
     if missing_tools():
         pytest.skip(f"not installed: {', '.join(missing_tools())}")
@@ -85,14 +85,14 @@ def mapped_inodes(pid: int, needle: str) -> set[int]:
 
 
 def run_guest(lab, name: str, xml: str):  # type: ignore[no-untyped-def]
-    from vfiotask.integrations.libvirt.daemon import virsh
+    from vfiotask.integrations.bench.libvirtd import virsh
 
     lab.define(xml)
     return virsh("start", name, check=False)
 
 
 def stop_guest(name: str) -> None:
-    from vfiotask.integrations.libvirt.daemon import virsh
+    from vfiotask.integrations.bench.libvirtd import virsh
 
     virsh("destroy", name, check=False)
     virsh("undefine", name, check=False)
@@ -178,7 +178,7 @@ def test_prepin_domain_stages_and_the_start_moves_the_file_in(lab) -> None:  # t
         assert staged.returncode == 0, staged.stderr
         (file,) = json.loads(staged.stdout)["files"]
         assert Path(file["path"]).stat().st_blocks * 512 == 512 * MiB
-        from vfiotask.integrations.libvirt.daemon import virsh
+        from vfiotask.integrations.bench.libvirtd import virsh
 
         started = virsh("start", name, check=False)
         assert started.returncode == 0, started.stderr
@@ -197,7 +197,7 @@ def test_prepin_domain_stages_and_the_start_moves_the_file_in(lab) -> None:  # t
 
 def test_tune_shows_the_diff_then_changes_the_persistent_definition(lab) -> None:  # type: ignore[no-untyped-def]
     from tests.conftest import run_cli
-    from vfiotask.integrations.libvirt.daemon import virsh
+    from vfiotask.integrations.bench.libvirtd import virsh
     from vfiotask.integrations.libvirt.domain import parse_domain
 
     name = PREFIX + "tune"

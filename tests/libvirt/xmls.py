@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from xml.sax.saxutils import quoteattr
 
-NS = "https://vfiotask.org/xmlns/1"
+from vfiotask.integrations.libvirt.domain import NAMESPACE as NS
 
 
 def guest_xml(

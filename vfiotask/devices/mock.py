@@ -18,7 +18,6 @@ number) after pinning half of its range, which it then undoes, as a failing kern
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as errno_module
 import fcntl
 import os
@@ -40,12 +39,12 @@ from vfiotask.devices.viability import ENABLE_IOMMU_HINT, group_viability, not_v
 from vfiotask.errors import DeviceError, UsageError
 from vfiotask.host import libc
 from vfiotask.statedir import state_dir
+from vfiotask.units import parse_count
 
 MOCK_FAIL_ENV = "VFIOTASK_MOCK_FAIL"
 MOCK_ENTRY_LIMIT_ENV = "VFIOTASK_MOCK_DMA_ENTRY_LIMIT"
+MAX_ERRNO = 4095  # the kernel's MAX_ERRNO: an error return is -1 .. -4095
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -54,13 +53,20 @@ def parse_fail_spec(text: str) -> dict[int, int]:
     failures: dict[int, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         index, _, name = item.partition(":")
-        err = int(name) if name.isdigit() else getattr(errno_module, name.upper(), None)
-        if not index.isdigit() or int(index) < 1 or not isinstance(err, int) or err <= 0:
+        shown = item[:64]
+        name = name.strip()
+        if name[:1] in "0123456789":
+            err: int | None = parse_count(name, f"{MOCK_FAIL_ENV} errno in {shown!r}", maximum=MAX_ERRNO)
+        else:
+            symbolic = name.isascii() and name.upper().startswith("E")
+            found = getattr(errno_module, name.upper(), None) if symbolic else None
+            err = found if isinstance(found, int) and found > 0 else None
+        if err is None:
             raise UsageError(
-                f"{MOCK_FAIL_ENV} item {item!r} is not K:ERRNO",
+                f"{MOCK_FAIL_ENV} item {shown!r} is not K:ERRNO",
                 hint="write e.g. 3:ENOMEM (the 3rd map fails with ENOMEM); K counts from 1",
             )
-        failures[int(index)] = err
+        failures[parse_count(index, f"{MOCK_FAIL_ENV} map number in {shown!r}")] = err
     return failures
 
 
@@ -72,7 +78,9 @@ def is_mapped(addr: int, length: int) -> bool:
     end = addr + length
     while position < end:
         step = min(end - position, len(vec) * PAGE_SIZE)
-        if _libc.mincore(position, step, vec) != 0:
+        try:
+            libc.mincore(position, step, vec)
+        except OSError:
             return False
         position += step
     return True
@@ -127,7 +135,7 @@ class MockContainer:
         limit = dma_entry_limit
         if limit is None:
             env = os.environ.get(MOCK_ENTRY_LIMIT_ENV)
-            limit = int(env) if env and env.isdigit() else DEFAULT_DMA_ENTRY_LIMIT
+            limit = parse_count(env, MOCK_ENTRY_LIMIT_ENV) if env else DEFAULT_DMA_ENTRY_LIMIT
         self.fail = fail if fail is not None else parse_fail_spec(os.environ.get(MOCK_FAIL_ENV, ""))
         self.maps_seen = 0
         self.iommu = Type1Iommu(pin=self._pin, unpin=self._unpin, pgsizes=pgsizes, dma_entry_limit=limit)

@@ -8,9 +8,10 @@ Failures are raised as OSError carrying the errno, like the os module does.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Any, Protocol
+
+from vfiotask.host.libc import LIBC
 
 IoctlArg = int | ctypes.Structure | ctypes.Array[Any] | ctypes.c_int
 
@@ -25,10 +26,6 @@ class Syscalls(Protocol):
         ...
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.ioctl.restype = ctypes.c_int
-
-
 class LibcSyscalls:
     """The kernel, through libc.  ctypes drops the GIL around each call."""
 
@@ -40,9 +37,9 @@ class LibcSyscalls:
 
     def ioctl(self, fd: int, request: int, arg: IoctlArg = 0) -> int:
         if isinstance(arg, int):
-            result = _libc.ioctl(fd, ctypes.c_ulong(request), ctypes.c_ulong(arg))
+            result = LIBC.ioctl(fd, ctypes.c_ulong(request), ctypes.c_ulong(arg))
         else:
-            result = _libc.ioctl(fd, ctypes.c_ulong(request), ctypes.byref(arg))
+            result = LIBC.ioctl(fd, ctypes.c_ulong(request), ctypes.byref(arg))
         if result < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))

@@ -11,6 +11,7 @@ import errno
 import os
 
 from vfiotask.errors import UsageError
+from vfiotask.units import parse_count
 
 FAIL_ENV = "VFIOTASK_FAIL"
 
@@ -24,12 +25,15 @@ def injected_failure(task_name: str) -> int | None:
     spec = os.environ.get(FAIL_ENV, "")
     for item in filter(None, (s.strip() for s in spec.split(","))):
         job, _, index = item.partition(":")
-        index = index.strip()
-        if not job.strip() or not (index.isascii() and index.isdigit()) or int(index) < 1:
-            raise UsageError(f"{FAIL_ENV} item {item!r} is not JOB:K",
-                             hint="write the task name and a chunk number from 1, e.g. prefault:2")
+        try:
+            count = parse_count(index, "its chunk number")
+            if not job.strip():
+                raise UsageError("it names no task")
+        except UsageError as exc:
+            raise UsageError(f"{FAIL_ENV} item {item[:64]!r} is not JOB:K ({exc.message})",
+                             hint="write the task name and a chunk number from 1, e.g. prefault:2") from None
         if job.strip() == task_name:
-            return int(index)
+            return count
     return None
 
 

@@ -1,8 +1,10 @@
-"""The memory syscalls, through ctypes.
+"""The one handle on libc, and the memory syscalls through it.
 
 ctypes releases the GIL around a foreign call, which is the whole point: CPython 3.11's
 `mmap.madvise` holds the GIL for the duration of the call, so threads calling it populate one
-after another.  Calls here raise OSError with the errno, like the os module does.
+after another.  Calls here raise OSError with the errno, like the os module does.  Every module
+that calls libc (the device layer's ioctl and mincore too) goes through `LIBC`, so the library is
+loaded and its prototypes declared in one place.
 """
 
 from __future__ import annotations
@@ -16,15 +18,12 @@ PROT_WRITE = 0x2
 MAP_SHARED = 0x01
 MAP_PRIVATE = 0x02
 MAP_ANONYMOUS = 0x20
-MAP_NORESERVE = 0x4000
 MAP_HUGETLB = 0x40000
 MAP_HUGE_SHIFT = 26
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 MADV_DONTNEED = 4
-MADV_REMOVE = 9
 MADV_HUGEPAGE = 14
-MADV_POPULATE_READ = 22
 MADV_POPULATE_WRITE = 23
 
 MFD_CLOEXEC = 0x0001
@@ -34,13 +33,11 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
 MPOL_BIND = 2
-MPOL_PREFERRED = 1
-MPOL_MF_STRICT = 1 << 0
-MPOL_MF_MOVE = 1 << 1
 
 SYS_mbind = 237  # x86_64
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = LIBC
 
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -50,6 +47,8 @@ _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.munlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _libc.syscall.restype = ctypes.c_long
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_libc.ioctl.restype = ctypes.c_int
 
 
 def _check(result: int, what: str) -> int:
@@ -74,6 +73,11 @@ def munmap(addr: int, length: int) -> None:
 
 def madvise(addr: int, length: int, advice: int) -> None:
     _check(_libc.madvise(addr, length, advice), "madvise")
+
+
+def mincore(addr: int, length: int, vec: ctypes.Array[ctypes.c_char]) -> None:
+    """Residency of each page in `vec`; ENOMEM when part of the range is not mapped."""
+    _check(_libc.mincore(addr, length, vec), "mincore")
 
 
 def mlock(addr: int, length: int) -> None:

@@ -34,12 +34,10 @@ METHOD_TOUCH = "touch"
 
 
 def default_helpers(region: Region) -> HelperKind:
-    """The faster helper kind, as measured with `vfiotask bench` (docs/bench.md): threads.
+    """Threads, for every backing: they measured faster than helper processes on memfd and
+    hugetlbfs (docs/bench.md, "Prefault"; `vfiotask bench` reports the faster kind per host).
 
-    On this project's 2-vCPU VMs (kernel 6.18), in two quiet 4 GiB runs, two threads populated a
-    2 MiB hugetlbfs file in 0.262 s and 0.276 s against 0.291 s and 0.346 s for two processes
-    mapping the same file, and a 4 KiB memfd in 1.93 s against 2.80 s.  (An earlier kernel on the
-    same VMs showed the opposite on hugetlbfs, which is why processes remain available.)
+    Processes remain available because an earlier kernel showed the opposite on hugetlbfs.
     Anonymous private memory can only be populated from inside its own address space anyway.
     """
     return HelperKind.THREAD
@@ -130,12 +128,11 @@ class _Releaser:
         return pieces
 
     def __call__(self, start: int, end: int) -> None:
-        region = self.region
-        if region.fd is None:
-            libc.madvise(region.addr + start, end - start, libc.MADV_DONTNEED)
+        if self.region.fd is None:  # anonymous memory held no data before this job
+            self.region.release_pages(start, end - start)
             return
         for hstart, hend in self.holes(start, end):
-            libc.punch_hole(region.fd, hstart, hend - hstart)
+            self.region.release_pages(hstart, hend - hstart)
 
 
 def _check_hugepages(region: Region) -> None:

@@ -1,6 +1,8 @@
-"""Benchmarks behind `vfiotask bench`: one module per suite with `run(...) -> dict` and `render(dict) -> str`.
+"""Benchmarks behind `vfiotask bench`: one module per suite with `run(BenchOptions) -> dict` and
+`render(dict) -> str`.
 
-Shared measuring rules (docs/bench.md, following the project's measurement notes) live in
-`common`: warm the host's memory before each measured run, interleave the variants, report
-medians of at least five runs and ratios taken within one run.
+Shared measuring rules (docs/bench.md) and the options every suite takes live in `common`: warm
+the host's memory before each measured run, interleave the variants, report medians of at least
+five runs and ratios taken within one run.  `libvirtd` is the private libvirtd the libvirt suite
+and the integration tests start and put back: test and benchmark support, not library API.
 """

@@ -1,7 +1,7 @@
 """How every vfiotask benchmark measures, so that numbers from different suites mean the same.
 
 These VMs get their RAM from the host lazily and hand freed RAM back, so a run on cold memory
-is up to 10x slower than the same run on warm memory, and run order alone changes results.
+is much slower than the same run on warm memory (docs/bench.md), and run order alone changes results.
 Therefore: warm the memory right before each measured run, interleave the variants (rotating
 the order every round), take medians, and compare against the machine's own parallel bound
 measured in the same run - N separate processes, each populating its share at once.
@@ -19,8 +19,24 @@ from pathlib import Path
 
 from vfiotask.errors import VfiotaskError
 from vfiotask.host import libc
+from vfiotask.units import align_down
 
 GiB = 1 << 30
+DEFAULT_REPEAT = 5
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `vfiotask bench` was asked, already checked: every suite takes this one type and
+    leaves out what does not apply to it (None: the suite's own default)."""
+
+    size: int | None = None
+    backing: str | None = None
+    threads: tuple[int, ...] | None = None
+    repeat: int = DEFAULT_REPEAT
+    qemu: bool = True
+
+
 WARM_EXTRA = 1.1
 """Warm a tenth more than is measured: the kernel does not hand back exactly the same pages."""
 
@@ -31,7 +47,7 @@ def warm_host_memory(nbytes: int) -> float:
     Afterwards the guest's free memory is backed by the host again, so the next run measures
     the kernel's work, not the host's.
     """
-    length = int(nbytes * WARM_EXTRA) // 4096 * 4096 or 4096
+    length = align_down(int(nbytes * WARM_EXTRA), 4096) or 4096
     began = time.monotonic()
     addr = libc.mmap(length, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS)
     try:

@@ -1,6 +1,6 @@
 """Engine overhead: what the engine itself costs around 1000 chunks that do nothing.
 
-A chunk of real work takes milliseconds (128 MiB populated at 2-10 GiB/s), so the engine's own
+A chunk of real work takes milliseconds (docs/bench.md has the populate rates), so the engine's own
 cost - reading CPU facts, taking slots, starting and lifting helpers, claiming chunks, joining -
 must stay far below that; the budget is 50 ms for a 1000-chunk task.  Each variant is timed
 around `Engine.run` and compared with a plain loop making the same 1000 calls; the first run of
@@ -15,6 +15,7 @@ from typing import Any
 
 from vfiotask.engine import CpuPolicy, Engine, HelperKind, Part, Task
 from vfiotask.host.cpus import host_engine
+from vfiotask.integrations.bench.common import BenchOptions
 
 CHUNKS = 1000
 BUDGET_SECONDS = 0.050
@@ -45,12 +46,13 @@ def _plain_loop() -> float:
     return time.perf_counter() - began
 
 
-def run(repeat: int = 5) -> dict[str, Any]:
-    """Time a 1000-chunk no-op task `repeat` times per helper kind; medians in seconds.
+def run(options: BenchOptions) -> dict[str, Any]:
+    """Time a 1000-chunk no-op task `options.repeat` times per helper kind; medians in seconds.
 
-    The task is 1000 one-unit parts, so it has exactly 1000 chunks whatever the thread count.
+    The task is 1000 one-unit parts, so it has exactly 1000 chunks whatever the thread count;
+    size, backing and threads do not apply.
     """
-    repeat = max(1, repeat)
+    repeat = max(1, options.repeat)
     # Busy CPUs still get sampled (that cost is part of the overhead) but not left out, so the
     # parallel path - helpers, slots, lifting - is what gets measured even on a loaded host.
     engine = host_engine(policy=CpuPolicy(busy_threshold=1.0))

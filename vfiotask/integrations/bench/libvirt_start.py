@@ -14,7 +14,6 @@ A private libvirtd is started with the hook installed and put back afterwards.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -25,15 +24,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vfiotask.units import GiB, format_size, parse_size
+from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.integrations.libvirt.domain import NAMESPACE
+from vfiotask.units import GiB, format_size
 
 PREFIX = "vfiotask-bench-"
-NS = "https://vfiotask.org/xmlns/1"
 VARIANTS = ("nohook", "hook", "warm")
 
 
 def guest_xml(name: str, size: int, ours: bool) -> str:
-    metadata = f"<metadata><vfiotask:config xmlns:vfiotask='{NS}'/></metadata>" if ours else ""
+    metadata = f"<metadata><vfiotask:config xmlns:vfiotask='{NAMESPACE}'/></metadata>" if ours else ""
     return f"""<domain type='kvm'>
   <name>{name}</name>
   <memory unit='KiB'>{size // 1024}</memory>
@@ -48,13 +48,12 @@ def guest_xml(name: str, size: int, ours: bool) -> str:
 """
 
 
-def _size(args: argparse.Namespace) -> int:
+def _size(options: BenchOptions) -> int:
     """The guest size, refused before libvirtd starts when the host cannot hold one such guest."""
     from vfiotask.errors import ResourceError
     from vfiotask.host.meminfo import mem_available
 
-    value = getattr(args, "size", None)
-    size = 4 * GiB if value is None else value if isinstance(value, int) else parse_size(str(value), what="--size")
+    size = options.size or 4 * GiB
     available = mem_available()
     if size > available:
         raise ResourceError(
@@ -106,12 +105,12 @@ def backing_dir(config: str, size: int) -> Iterator[Path | None]:
 def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
     """Interleaved starts of the three variants with memory_backing_dir in `config`."""
     from vfiotask.integrations.bench.common import Variant, interleave, summary, warm_host_memory
-    from vfiotask.integrations.cli.hook import hook_path
+    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
     from vfiotask.integrations.libvirt import connection
     from vfiotask.integrations.libvirt.ahead import stage, unstage
-    from vfiotask.integrations.libvirt.daemon import HOOKS_DIR, PrivateLibvirt
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+    from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path
 
     names = {variant: f"{PREFIX}{variant}" for variant in VARIANTS}
     with backing_dir(config, size) as directory, \
@@ -169,9 +168,10 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    size = _size(args)
-    repeat = max(int(getattr(args, "repeat", 5) or 5), 1)
+def run(options: BenchOptions) -> dict[str, Any]:
+    """Threads, backing and QEMU do not apply: the guest has one vCPU and QEMU is what starts."""
+    size = _size(options)
+    repeat = max(options.repeat, 1)
     return {
         "suite": "libvirt",
         "size": size,

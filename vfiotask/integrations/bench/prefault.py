@@ -10,7 +10,6 @@ plus `qemu no prealloc`, QEMU's start-up alone.  Ratios are taken between median
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import subprocess
@@ -28,14 +27,14 @@ from vfiotask.host.cpus import host_engine
 from vfiotask.host.hugepages import HugepagePools
 from vfiotask.host.mounts import mount_of
 from vfiotask.integrations.bench import common, qemu
+from vfiotask.integrations.bench.common import BenchOptions
 from vfiotask.jobs.prefault import default_helpers, prefault
 from vfiotask.memory.region import Region, RegionSpec, open_region
-from vfiotask.units import MiB, format_size, parse_size
+from vfiotask.units import MiB, align_down, format_size
 
-DEFAULT_SIZE = "4G"
+DEFAULT_SIZE = 4 << 30
 DEFAULT_BACKINGS = "memfd,hugetlbfs"
-DEFAULT_THREADS = "1,2"
-DEFAULT_REPEAT = 5
+DEFAULT_THREADS = (1, 2)
 HUGE_2M = 2 * MiB
 
 
@@ -58,17 +57,7 @@ class Backing:
         return None if self.directory is None else self.directory / f"vfiotask-bench-{tag}.ram"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of this suite (shared with the others where the names agree)."""
-
-
-def _thread_counts(text: str) -> list[int]:
-    try:
-        counts = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise UsageError(f"--threads {text!r} is not a list of counts", hint="write e.g. 1,2,4") from None
-    if not counts or min(counts) < 1:
-        raise UsageError(f"--threads {text!r}: every count must be 1 or more", hint="write e.g. 1,2,4")
+def _thread_counts(counts: tuple[int, ...]) -> list[int]:
     cpus = os.cpu_count() or 1
     if max(counts) > cpus:  # the bound variant forks one process per count
         raise UsageError(f"--threads {max(counts)} is more than the {cpus} CPUs of this host",
@@ -149,7 +138,7 @@ class _Ours:
 
 
 def _bound(backing: Backing, size: int, count: int) -> Callable[[], float]:
-    share = size // count // backing.page_size * backing.page_size
+    share = align_down(size // count, backing.page_size)
     regions: dict[int, Region] = {}
 
     def open_share(index: int) -> tuple[int, int]:
@@ -255,15 +244,13 @@ def _measure_backing(backing: Backing, size: int, counts: list[int], repeat: int
     return result
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure every backing named in `args.backing` (comma separated); see the module docstring."""
-    size = parse_size(DEFAULT_SIZE if args.size is None else args.size, what="--size")
-    counts = _thread_counts(DEFAULT_THREADS if args.threads is None else args.threads)
-    repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
-    if repeat < 1:
-        raise UsageError(f"--repeat {repeat} must be 1 or more", hint="medians need 5 or more runs")
-    names = [n.strip() for n in (args.backing or DEFAULT_BACKINGS).split(",") if n.strip()]
-    use_qemu = qemu.qemu_binary() is not None and not getattr(args, "no_qemu", False)
+def run(options: BenchOptions) -> dict[str, Any]:
+    """Measure every backing named in `options.backing` (comma separated); see the module docstring."""
+    size = options.size or DEFAULT_SIZE
+    counts = _thread_counts(options.threads or DEFAULT_THREADS)
+    repeat = options.repeat
+    names = [n.strip() for n in (options.backing or DEFAULT_BACKINGS).split(",") if n.strip()]
+    use_qemu = qemu.qemu_binary() is not None and options.qemu
     result: dict[str, Any] = {"suite": "prefault", "size": size, "repeat": repeat, "threads": counts,
                               "qemu": qemu.qemu_binary(), "warm": True, "backings": []}
     for name in names:

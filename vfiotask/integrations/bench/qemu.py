@@ -2,8 +2,8 @@
 
 `-machine none -daemonize` returns once QEMU has created its objects, and a memory backend with
 `prealloc=on` is populated during that, so the time until the command returns is QEMU's
-preallocation plus its start-up (about 0.06 s here, measured with `prealloc=off` in the same
-run and reported beside it).
+preallocation plus its start-up (measured with `prealloc=off` in the same run and reported
+beside it).
 """
 
 from __future__ import annotations

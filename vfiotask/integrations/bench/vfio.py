@@ -21,7 +21,6 @@ as not measurable here.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import os
@@ -36,16 +35,16 @@ from vfiotask.devices.mock import MockContainer
 from vfiotask.devices.model import Host, HostPaths, IommuGroup, PciDevice
 from vfiotask.devices.syscalls import LibcSyscalls
 from vfiotask.engine import Task
-from vfiotask.errors import UsageError
 from vfiotask.host import libc
 from vfiotask.host.cpus import host_engine
 from vfiotask.integrations.bench import common
+from vfiotask.integrations.bench.common import BenchOptions
 from vfiotask.jobs.prefault import prefault
 from vfiotask.memory.region import Region, RegionSpec, open_region
-from vfiotask.units import MiB, format_size, parse_size
+from vfiotask.units import MiB, align_down, format_size, parse_count
 
-DEFAULT_SIZE = "4G"
-DEFAULT_THREADS = "2"
+DEFAULT_SIZE = 4 << 30
+DEFAULT_THREADS = 2
 IOVA_BASE = 1 << 32
 MAP_CHUNK = 128 * MiB  # the chunk ktask's VFIO user settled on
 OVERHEAD_PAGES = 2048
@@ -61,7 +60,7 @@ def _bench_host(directory: Path) -> Host:
 
 
 def _chunks(size: int) -> list[tuple[int, int]]:
-    chunk = max(min(MAP_CHUNK, size // 8) // (2 * MiB) * (2 * MiB), 2 * MiB)
+    chunk = max(align_down(min(MAP_CHUNK, size // 8), 2 * MiB), 2 * MiB)
     return [(start, min(chunk, size - start)) for start in range(0, size, chunk)]
 
 
@@ -169,32 +168,20 @@ def _real_kernel_overhead(repeat: int) -> dict[str, Any]:
     group = os.environ.get(GROUP_ENV)
     if not Path("/dev/vfio/vfio").exists():
         return {"measured": False, "why": "not measurable here: no /dev/vfio (no IOMMU on this host)"}
-    if not group or not group.isdigit():
+    if not group:
         return {"measured": False, "why": f"/dev/vfio exists; set {GROUP_ENV}=N (a viable group) to measure"}
     from vfiotask.devices.real import open_real_container
 
-    with open_real_container([int(group)]) as container:
+    with open_real_container([parse_count(group, GROUP_ENV, minimum=0)]) as container:
         measured = _per_map_overhead(container, repeat)
     return {"measured": True, "real_map_us": measured["mock_map_us"], "bare_mlock_us": measured["bare_mlock_us"]}
 
 
-def _threads(text: str) -> int:
-    """The largest of the comma-separated counts: the split and pipelined variants use one."""
-    try:
-        counts = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise UsageError(f"--threads {text!r} is not a list of counts", hint="write e.g. 2 or 1,2,4") from None
-    if not counts or min(counts) < 1:
-        raise UsageError(f"--threads {text!r}: every count must be 1 or more", hint="write e.g. 2 or 1,2,4")
-    return max(counts)
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    size_text = getattr(args, "size", None)
-    size = parse_size(DEFAULT_SIZE if size_text is None else size_text, what="--size")
-    threads_text = getattr(args, "threads", None)
-    threads = _threads(DEFAULT_THREADS if threads_text is None else str(threads_text))
-    repeat = max(int(getattr(args, "repeat", 5) or 5), 1)
+def run(options: BenchOptions) -> dict[str, Any]:
+    """The three variants at `options.size`; of several thread counts the largest is used."""
+    size = options.size or DEFAULT_SIZE
+    threads = max(options.threads or (DEFAULT_THREADS,))
+    repeat = max(options.repeat, 1)
     with tempfile.TemporaryDirectory(prefix="vfiotask-bench-vfio-") as scratch:
         host = _bench_host(Path(scratch))
         claims = Path(scratch) / "claims"

@@ -55,9 +55,9 @@ class Probe:
 
     @property
     def hooks(self) -> Path:
-        from vfiotask.integrations.cli.hook import DEFAULT_HOOKS_DIR
+        from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR
 
-        return self.hooks_dir or self.root / str(DEFAULT_HOOKS_DIR).lstrip("/")
+        return self.hooks_dir or self.root / str(HOOKS_DIR).lstrip("/")
 
 
 # -- VFIO ------------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def backing_findings(probe: Probe) -> list[Finding]:
 
 def hook_findings(probe: Probe) -> list[Finding]:
     from vfiotask.host.procfs import pids_named, process_start_time
-    from vfiotask.integrations.cli.hook import hook_path, hook_text
+    from vfiotask.integrations.libvirt.hookinstall import hook_path, hook_text
 
     path = hook_path(probe.hooks)
     if not path.exists():

@@ -1,7 +1,7 @@
 """`vfiotask bench [SUITE]`: run a benchmark suite and print its table or JSON.
 
-Suites are modules of `vfiotask.integrations.bench` with `run(...) -> dict` and
-`render(dict) -> str`; the measuring rules they share are in `bench.common`.
+Suites are modules of `vfiotask.integrations.bench` with `run(BenchOptions) -> dict` and
+`render(dict) -> str`; the options and the measuring rules they share are in `bench.common`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from vfiotask.units import MAX_THREADS, parse_count, parse_size
+
+if TYPE_CHECKING:
+    from vfiotask.integrations.bench.common import BenchOptions
+
+MAX_THREAD_COUNTS = 64  # a list longer than this is no benchmark anyone runs
 
 SUITES = {
     "prefault": "prefault",
@@ -31,25 +38,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backing", help="comma-separated: anon, memfd, hugetlbfs, or a tmpfs/hugetlbfs directory "
                         "(default memfd,hugetlbfs)")
     parser.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
-    parser.add_argument("--repeat", type=_repeat, default=5, help="runs per variant (default 5)")
+    parser.add_argument("--repeat", help="runs per variant (default 5; medians need 5 or more)")
     parser.add_argument("--no-qemu", action="store_true", help="leave QEMU's preallocation out")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run)
 
 
-def _repeat(text: str) -> int:
-    """Checked here, once for every suite: a suite given 0 runs has no median to report."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count; give 5 or more for a median") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"{count} must be 1 or more; medians need 5 or more runs")
-    return count
+def options(args: argparse.Namespace) -> BenchOptions:
+    """The options every suite takes, checked here once for all of them."""
+    from vfiotask.integrations.bench.common import DEFAULT_REPEAT, BenchOptions
+
+    threads = None
+    if args.threads is not None:
+        items = args.threads.split(",", MAX_THREAD_COUNTS)
+        threads = tuple(parse_count(item, "--threads", maximum=MAX_THREADS) for item in items)
+    return BenchOptions(
+        size=parse_size(args.size, what="--size") if args.size is not None else None,
+        backing=args.backing,
+        threads=threads,
+        repeat=parse_count(args.repeat, "--repeat") if args.repeat is not None else DEFAULT_REPEAT,
+        qemu=not args.no_qemu,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    checked = options(args)
     module = importlib.import_module(f"vfiotask.integrations.bench.{SUITES[args.suite]}")
-    result: dict[str, Any] = module.run(args.repeat) if args.suite == "engine" else module.run(args)
+    result: dict[str, Any] = module.run(checked)
     print(json.dumps(result, sort_keys=True) if args.json else module.render(result), flush=True)
     return 0

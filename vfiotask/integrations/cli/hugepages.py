@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vfiotask.units import format_size, parse_size
+from vfiotask.units import format_size, parse_node, parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reserve = actions.add_parser("reserve", help="add hugepages to the pools for an owner")
     reserve.add_argument("--size", required=True, help="bytes wanted, e.g. 4G (rounded up to whole pages)")
     reserve.add_argument("--page-size", help="2M or 1G (default: the kernel's default hugepage size)")
-    reserve.add_argument("--node", type=int, help="NUMA node whose pool grows (default: the global pool)")
+    reserve.add_argument("--node", metavar="N", help="NUMA node whose pool grows (default: the global pool)")
     reserve.add_argument("--owner", required=True, help="who holds the pages, e.g. the guest's name")
     reserve.add_argument("--json", action="store_true", help="print the reservation as JSON")
     reserve.set_defaults(handler=run_reserve)
@@ -44,8 +44,9 @@ def run_reserve(args: argparse.Namespace) -> int:
     from vfiotask.jobs.hugepages import HugepageReserver
 
     size = parse_size(args.size, what="--size")
-    page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
-    reservation = HugepageReserver().reserve(args.owner, {args.node: size}, page_size)
+    page_size = parse_size(args.page_size, what="--page-size") if args.page_size is not None else None
+    node = parse_node(args.node, "--node") if args.node is not None else None
+    reservation = HugepageReserver().reserve(args.owner, {node: size}, page_size)
     if args.json:
         print(json.dumps(reservation.to_json(), indent=1))
         return 0

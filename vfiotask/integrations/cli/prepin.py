@@ -18,20 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vfiotask.devices.discovery import SYSFS_ROOT_ENV
 from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
-from vfiotask.errors import MemlockLimitError, UsageError
+from vfiotask.errors import MemlockLimitError
 from vfiotask.host.cpus import host_engine
 from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
 from vfiotask.memory.accountant import LockedMemoryAccountant
 from vfiotask.memory.region import Region, RegionSpec, open_region
-from vfiotask.units import format_size, parse_size
+from vfiotask.units import MAX_THREADS, format_size, parse_address, parse_count, parse_node, parse_size
 
 DEFAULT_SIZE = "1G"
 DEFAULT_BACKING = "memfd"
 PIN_MODES = ("auto", "none", "mlock", "vfio", "mock")
-SYSFS_ROOT_ENV = "VFIOTASK_SYSFS_ROOT"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,20 +46,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", default=DEFAULT_SIZE, help="region size, e.g. 4G (K, M, G, T; default 1G)")
+    parser.add_argument("--size", default=DEFAULT_SIZE,
+                        help="region size, e.g. 4G (binary K, M, G, T; default 1G; see docs/cli.md)")
     parser.add_argument(
         "--backing", default=DEFAULT_BACKING, metavar="anon|memfd|PATH",
         help="anonymous memory, a memfd (default), or a file on tmpfs or hugetlbfs",
     )
     parser.add_argument("--page-size", metavar="SIZE", help="hugetlb page size for a memfd (2M, 1G)")
-    parser.add_argument("--node", type=int, metavar="N", help="bind the region to NUMA node N")
+    parser.add_argument("--node", metavar="N", help="bind the region to NUMA node N")
     parser.add_argument("--threads", default="auto", metavar="auto|N", help="most workers to use (default auto)")
     parser.add_argument(
         "--helpers", default="auto", choices=("auto", "thread", "process"),
         help="helper threads or processes for the prefault (default: threads)",
     )
     parser.add_argument(
-        "--helper-nice", type=int, default=LOWEST, metavar="N",
+        "--helper-nice", default=str(LOWEST), metavar="N",
         help="priority helpers start at (default 19, the lowest: yield to the host's other work)",
     )
     parser.add_argument("--min-chunk", metavar="SIZE", help=f"smallest chunk (default {format_size(MIN_CHUNK)})")
@@ -67,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pin", default="auto", choices=PIN_MODES,
         help="auto: mlock when the memlock budget allows; none; mlock; vfio or mock: DMA-map through a container",
     )
-    parser.add_argument("--group", type=int, metavar="N", help="IOMMU group for --pin vfio/mock")
+    parser.add_argument("--group", metavar="N", help="IOMMU group for --pin vfio/mock")
     parser.add_argument("--device", metavar="ADDR", help="PCI device for --pin vfio/mock (its group is used)")
     parser.add_argument(
         "--iova",
@@ -95,53 +96,41 @@ class Options:
     helpers: HelperKind | None
     min_chunk: int
     pin: str
+    group: int | None
+    iova: int
 
 
 def parse_threads(text: str) -> int:
     """`auto` -> 0 (the engine decides), else a positive count."""
-    if text == "auto":
-        return 0
-    if not text.strip().lstrip("-").isdigit():
-        raise UsageError(f"--threads {text!r} is not a number", hint="give auto or a count of 1 or more")
-    count = int(text)
-    if count < 1:
-        raise UsageError(f"--threads {count}: at least one thread is needed", hint="give auto or a count of 1 or more")
-    return count
-
-
-def parse_int(text: str, what: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise UsageError(f"{what} {text!r} is not a number", hint="give a decimal or 0x-prefixed number") from None
+    return 0 if text == "auto" else parse_count(text, "--threads", maximum=MAX_THREADS)
 
 
 def options(args: argparse.Namespace) -> Options:
     size = parse_size(args.size, what="--size")
-    page_size = parse_size(args.page_size, what="--page-size") if args.page_size else None
-    if args.node is not None and args.node < 0:
-        raise UsageError(f"--node {args.node} does not exist", hint="give an online NUMA node number")
+    page_size = parse_size(args.page_size, what="--page-size") if args.page_size is not None else None
+    node = parse_node(args.node, "--node") if args.node is not None else None
     helpers = None if args.helpers == "auto" else HelperKind(args.helpers)
-    if not -20 <= args.helper_nice <= LOWEST:
-        raise UsageError(f"--helper-nice {args.helper_nice} is not a nice value", hint="give -20 to 19")
+    helper_nice = parse_count(args.helper_nice, "--helper-nice", minimum=-20, maximum=LOWEST)
     return Options(
-        spec=RegionSpec(size=size, backing=args.backing, page_size=page_size, node=args.node, force=args.force),
+        spec=RegionSpec(size=size, backing=args.backing, page_size=page_size, node=node, force=args.force),
         max_threads=parse_threads(args.threads),
-        engine=host_engine(policy=CpuPolicy(helper_nice=args.helper_nice)),
+        engine=host_engine(policy=CpuPolicy(helper_nice=helper_nice)),
         helpers=helpers,
-        min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk else MIN_CHUNK,
+        min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk is not None else MIN_CHUNK,
         pin=args.pin,
+        group=parse_count(args.group, "--group", minimum=0) if args.group is not None else None,
+        iova=parse_address(args.iova, "--iova"),
     )
 
 
-def _open_backend(args: argparse.Namespace) -> contextlib.AbstractContextManager[PinBackend]:
-    if args.pin in ("vfio", "mock"):
+def _open_backend(args: argparse.Namespace, opts: Options) -> contextlib.AbstractContextManager[PinBackend]:
+    if opts.pin in ("vfio", "mock"):
         module = importlib.import_module("vfiotask.jobs.vfio_pin")
         manager: contextlib.AbstractContextManager[PinBackend] = module.open_backend(
-            args.pin,
-            group=args.group,
+            opts.pin,
+            group=opts.group,
             device=args.device,
-            iova=parse_int(args.iova, "--iova"),
+            iova=opts.iova,
             sysfs_root=args.sysfs_root,
         )
         return manager
@@ -218,10 +207,32 @@ def _hold() -> None:
         time.sleep(HOLD_POLL_S)
 
 
+def run_domain(args: argparse.Namespace) -> int:
+    """`prepin --domain NAME`: stage a stopped guest's RAM files for its next start."""
+    from vfiotask.integrations.libvirt.ahead import stage_defined
+
+    files, new = stage_defined(args.domain, threads=parse_threads(args.threads))
+    name = args.domain
+    data: dict[str, Any] = {
+        "domain": name,
+        "staged": new,
+        "files": [{"path": f.path, "size": f.size, "node": f.node, "seconds": round(f.seconds, 6),
+                   "threads": f.threads} for f in files],
+    }
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+        return 0
+    verb = "populated" if new else "already staged"
+    for f in files:
+        took = f" in {f.seconds:.2f} s with {f.threads} thread(s)" if new else ""
+        print(f"{name}: {verb} {f.path} ({format_size(f.size)}){took}")
+    print(f"{name}: its next start moves {'it' if len(files) == 1 else 'them'} into place")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.domain:
-        ahead = importlib.import_module("vfiotask.integrations.libvirt.ahead")
-        return int(ahead.run_prepin_domain(args))
+        return run_domain(args)
     opts = options(args)
     with contextlib.ExitStack() as stack:
         region = open_region(opts.spec)
@@ -230,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         do_pin, note = _decide_pin(opts.pin, region.size, accountant)
         if note:
             print(f"vfiotask: {note}", file=sys.stderr, flush=True)
-        backend: PinBackend | None = stack.enter_context(_open_backend(args)) if do_pin else None
+        backend: PinBackend | None = stack.enter_context(_open_backend(args, opts)) if do_pin else None
         report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
                           min_chunk=opts.min_chunk)
         pinning = None

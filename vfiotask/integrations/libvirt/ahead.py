@@ -1,4 +1,4 @@
-"""`vfiotask prepin --domain NAME`: populate a stopped guest's RAM files ahead of its start.
+"""Populate a stopped guest's RAM files ahead of its start (`vfiotask prepin --domain NAME`).
 
 The files are made in a staging directory beside the guests' own directories (the same
 filesystem, so the hook moves them into place at `prepare begin` with one rename) and written
@@ -8,30 +8,15 @@ libvirt removes it at stop, so no start ever gets another run's data.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name, whole_number
+from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 from vfiotask.integrations.libvirt.ramfiles import FileRecord, populate_file
-from vfiotask.units import format_size
-
-
-def parse_threads(text: str | int | None) -> int:
-    if text in (None, "", "auto", 0):
-        return 0
-    if isinstance(text, int):
-        return text
-    count = whole_number(text)
-    if count is None or count < 1:
-        raise UsageError(f"--threads {text!r} is not a count", hint="give auto or a number of 1 or more")
-    return count
 
 
 def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
@@ -95,11 +80,12 @@ def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecor
     return files
 
 
-def run_prepin_domain(args: argparse.Namespace) -> int:
+def stage_defined(name: str, *, threads: int = 0, uri: str | None = None) -> tuple[list[FileRecord], bool]:
+    """Stage the RAM files of the defined, stopped guest `name`, read from libvirt at `uri`."""
     from vfiotask.integrations.libvirt import connection
 
-    name = validate_name(args.domain)
-    conn = connection.open_connection(getattr(args, "uri", None) or connection.URI, readonly=True)
+    name = validate_name(name)
+    conn = connection.open_connection(uri or connection.URI, readonly=True)
     try:
         dom = connection.lookup(conn, name)
         if connection.is_active(dom):
@@ -108,19 +94,4 @@ def run_prepin_domain(args: argparse.Namespace) -> int:
         domain = parse_domain(connection.inactive_xml(dom))
     finally:
         connection.close(conn)
-    files, new = stage(domain, threads=parse_threads(getattr(args, "threads", None)))
-    result: dict[str, Any] = {
-        "domain": name,
-        "staged": new,
-        "files": [{"path": f.path, "size": f.size, "node": f.node, "seconds": round(f.seconds, 6),
-                   "threads": f.threads} for f in files],
-    }
-    if getattr(args, "json", False):
-        print(json.dumps(result, sort_keys=True))
-        return 0
-    verb = "populated" if new else "already staged"
-    for f in files:
-        took = f" in {f.seconds:.2f} s with {f.threads} thread(s)" if new else ""
-        print(f"{name}: {verb} {f.path} ({format_size(f.size)}){took}")
-    print(f"{name}: its next start moves {'it' if len(files) == 1 else 'them'} into place")
-    return 0
+    return stage(domain, threads=threads)

@@ -13,6 +13,17 @@ from dataclasses import dataclass, field
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt.xmlsafe import parse_xml
+from vfiotask.units import (
+    MAX_COUNT,
+    MAX_NODE,
+    MAX_SIZE,
+    MAX_THREADS,
+    parse_address,
+    parse_count,
+    parse_node,
+)
+
+MAX_NODESET_TEXT = 4096  # a set of every node, one by one, is shorter
 
 NAMESPACE = "https://vfiotask.org/xmlns/1"
 CONFIG_TAG = f"{{{NAMESPACE}}}config"
@@ -26,45 +37,40 @@ _UNITS = {
 }  # fmt: skip
 
 
-def scaled(text: str | None, unit: str | None, *, what: str, default_unit: str = "KiB") -> int:
-    """A libvirt scaled integer (`<memory unit='GiB'>4</memory>`) in bytes."""
+def scaled(text: str | None, unit: str | None, *, what: str, default_unit: str = "KiB", minimum: int = 0) -> int:
+    """A libvirt scaled integer (`<memory unit='GiB'>4</memory>`) in bytes.
+
+    libvirt's units, not vfiotask's: there `KB` is 1000 bytes and `K` or `KiB` 1024.
+    """
     factor = _UNITS.get((unit or default_unit).lower())
     if factor is None:
         raise UsageError(f"{what} has unknown unit {unit!r}", hint="use KiB, MiB, GiB or another libvirt unit")
-    try:
-        value = int((text or "").strip())
-    except ValueError as exc:
-        raise UsageError(f"{what} {text!r} is not a whole number", hint="fix the domain definition") from exc
-    if value < 0:
-        raise UsageError(f"{what} is negative", hint="fix the domain definition")
+    value = parse_count(text, f"{what} in {unit or default_unit}", minimum=-(-minimum // factor),
+                        maximum=MAX_SIZE // factor)
     return value * factor
 
 
-def whole_number(text: str | None) -> int | None:
-    """A plain decimal count, or None (str.isdigit alone lets '²' through to int())."""
-    return int(text) if text and text.isascii() and text.isdigit() else None
-
-
-MAX_NODE = 4095  # well above the kernel's MAX_NUMNODES (1 << CONFIG_NODES_SHIFT, at most 1024)
+def whole_number(text: str | None, what: str, maximum: int = MAX_COUNT) -> int | None:
+    """An optional count in the definition: None when absent, refused when not ASCII digits."""
+    return None if text is None else parse_count(text, what, minimum=0, maximum=maximum)
 
 
 def parse_nodeset(text: str, *, what: str = "nodeset") -> list[int]:
     """libvirt's set syntax: `0-3,^2,5` -> [0, 1, 3, 5]."""
     chosen: set[int] = set()
     excluded: set[int] = set()
-    try:
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            target = excluded if item.startswith("^") else chosen
-            item = item.lstrip("^")
-            low, _, high = item.partition("-")
-            first, last = int(low), int(high or low)
-            if first < 0 or last < first or last > MAX_NODE:
-                raise ValueError(item)
-            target.update(range(first, last + 1))
-    except ValueError as exc:
-        raise UsageError(
-            f"{what} {text!r} is not a node set", hint=f"write nodes from 0 to {MAX_NODE} like 0-3,^2,5"
-        ) from exc
+    hint = f"write nodes from 0 to {MAX_NODE} like 0-3,^2,5"
+    if len(text) > MAX_NODESET_TEXT:
+        raise UsageError(f"{what} is {len(text)} characters long", hint=hint)
+    named = f"{what} {text[:64]!r}: node"
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        target = excluded if item.startswith("^") else chosen
+        low, _, high = item.removeprefix("^").partition("-")
+        first = parse_node(low, named)
+        last = parse_node(high, named) if high else first
+        if last < first:
+            raise UsageError(f"{named} range {item[:64]!r} is backwards", hint=hint)
+        target.update(range(first, last + 1))
     return sorted(chosen - excluded)
 
 
@@ -205,6 +211,9 @@ def _text(element: ET.Element | None) -> str | None:
     return None if element is None or element.text is None else element.text.strip()
 
 
+PCI_ADDRESS_LIMITS = (("domain", 0xFFFF), ("bus", 0xFF), ("slot", 0x1F), ("function", 0x7))
+
+
 def _hostdevs(root: ET.Element) -> tuple[Hostdev, ...]:
     found = []
     for dev in root.findall("./devices/hostdev"):
@@ -213,10 +222,8 @@ def _hostdevs(root: ET.Element) -> tuple[Hostdev, ...]:
         address = dev.find("./source/address")
         if address is None:
             raise UsageError("a PCI hostdev has no source address", hint="fix the domain definition")
-        try:
-            parts = [int(address.get(key, "0"), 0) for key in ("domain", "bus", "slot", "function")]
-        except ValueError as exc:
-            raise UsageError("a PCI hostdev address is not numeric", hint="fix the domain definition") from exc
+        parts = [parse_address(address.get(key, "0"), f"PCI hostdev address {key}", maximum=limit)
+                 for key, limit in PCI_ADDRESS_LIMITS]
         found.append(Hostdev(f"{parts[0]:04x}:{parts[1]:02x}:{parts[2]:02x}.{parts[3]:x}", dev.get("managed") == "yes"))
     return tuple(found)
 
@@ -229,7 +236,8 @@ def _backing(root: ET.Element) -> MemoryBacking:
     huge = node.find("./hugepages")
     if huge is not None:
         for page in huge.findall("./page"):
-            size = scaled(page.get("size"), page.get("unit"), what="hugepage size") if page.get("size") else None
+            text = page.get("size")
+            size = None if text is None else scaled(text, page.get("unit"), what="hugepage size", minimum=1)
             nodeset = page.get("nodeset")
             pages.append(HugepageSpec(size, tuple(parse_nodeset(nodeset)) if nodeset else None))
         if not pages:
@@ -242,7 +250,7 @@ def _backing(root: ET.Element) -> MemoryBacking:
         access_mode=access.get("mode") if access is not None else None,
         locked=node.find("./locked") is not None,
         allocation_mode=allocation.get("mode") if allocation is not None else None,
-        allocation_threads=whole_number(threads),
+        allocation_threads=whole_number(threads, "allocation threads"),
     )
 
 
@@ -253,7 +261,7 @@ def _numatune(root: ET.Element) -> Numatune:
     memory = node.find("./memory")
     memnodes = {}
     for memnode in node.findall("./memnode"):
-        cell = whole_number(memnode.get("cellid"))
+        cell = whole_number(memnode.get("cellid"), "numatune memnode cellid", maximum=MAX_NODE)
         if cell is not None and memnode.get("nodeset"):
             memnodes[cell] = tuple(parse_nodeset(memnode.get("nodeset", "")))
     return Numatune(
@@ -279,9 +287,7 @@ def _config(root: ET.Element) -> Config:
         raise UsageError(f"vfiotask:config {key}={value!r} is not on or off", hint="write on or off")
 
     threads = node.get("threads", "auto")
-    count = 0 if threads == "auto" else whole_number(threads)
-    if count is None or (threads != "auto" and count == 0):
-        raise UsageError(f"vfiotask:config threads={threads!r} is not a count", hint="write auto or a positive number")
+    count = 0 if threads == "auto" else parse_count(threads, "vfiotask:config threads", maximum=MAX_THREADS)
     return Config(
         present=True,
         threads=count,
@@ -330,15 +336,13 @@ def domain_from_element(root: ET.Element) -> Domain:
         raise UsageError("domain XML has no <name>", hint="pass a complete libvirt domain definition")
     cells = []
     for index, cell in enumerate(root.findall("./cpu/numa/cell")):
-        cell_id = whole_number(cell.get("id", str(index)))
-        if cell_id is None:
-            raise UsageError(f"NUMA cell id {cell.get('id')!r} is not a whole number", hint="fix the domain definition")
+        cell_id = parse_count(cell.get("id", str(index)), "NUMA cell id", minimum=0, maximum=MAX_NODE)
         cells.append(NumaCell(cell_id, scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory")))
     hard = root.find("./memtune/hard_limit")
     return Domain(
         name=name,
         uuid=_text(root.find("./uuid")),
-        id=whole_number(root.get("id")),
+        id=whole_number(root.get("id"), "domain id"),
         memory=_memory(root),
         cells=tuple(cells),
         backing=_backing(root),

@@ -21,14 +21,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from vfiotask.engine.faults import FAIL_ENV
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain, whole_number
+from vfiotask.integrations.libvirt.domain import Domain
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
 from vfiotask.integrations.libvirt.ramfiles import FileRecord, allocated_bytes, chown_nofollow, populate_file
-from vfiotask.units import GiB, format_size, parse_size
+from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
 
-FAIL_ENV = "VFIOTASK_FAIL"
+
 @dataclass
 class HookContext:
     """Everything the phases touch on the host, so tests can point it at fixtures."""
@@ -238,9 +239,9 @@ def _rmdir(directory: Path) -> None:
 
 
 def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
-    number = whole_number(text[1:] if text.startswith("+") else text)
-    if number is not None:
-        return number
+    digits = text.removeprefix("+")
+    if text.startswith("+") or (digits and set(digits) <= set("0123456789")):  # libvirt's +N: a number
+        return parse_count(digits, f"QEMU's {what} in the guest's DAC label", minimum=0, maximum=MAX_ID)
     try:
         return int(lookup(text)[2])
     except KeyError as exc:

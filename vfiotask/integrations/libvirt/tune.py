@@ -1,4 +1,4 @@
-"""`vfiotask tune --domain NAME`: let QEMU preallocate a guest's RAM with as many threads as pay.
+"""Let QEMU preallocate a guest's RAM with as many threads as pay (`vfiotask tune --domain NAME`).
 
 libvirt's default leaves RAM to be faulted lazily, and then the VFIO pin faults and zeroes all of
 it in one thread inside QEMU.  `<allocation mode='immediate' threads='N'/>` makes QEMU do it up
@@ -10,15 +10,13 @@ populate before QEMU starts.  The change is shown as a diff before it is written
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import xml.etree.ElementTree as ET
 
-from vfiotask.errors import UsageError
-from vfiotask.integrations.libvirt.domain import Domain, domain_from_element, validate_name, whole_number
+from vfiotask.integrations.libvirt.domain import Domain, domain_from_element
 from vfiotask.integrations.libvirt.xmlsafe import parse_xml, register_namespaces
 
-QEMU_MAX_PREALLOC_THREADS = 16
+QEMU_MAX_PREALLOC_THREADS = 16  # QEMU refuses more preallocation threads
 
 
 def policy_threads(domain: Domain) -> int:
@@ -70,36 +68,23 @@ def diff(before: str, after: str, name: str) -> str:
     return "\n".join(lines)
 
 
-def parse_threads(text: str) -> int:
-    if text == "auto":
-        return 0
-    count = whole_number(text)
-    if count is None or not 1 <= count <= QEMU_MAX_PREALLOC_THREADS:
-        raise UsageError(f"--threads {text!r} is not a count from 1 to {QEMU_MAX_PREALLOC_THREADS}",
-                         hint="give auto or a number QEMU accepts")
-    return count
+def tune_defined(name: str, threads: int = 0, *, file_backed: bool = False, dry_run: bool = False,
+                 uri: str | None = None) -> tuple[int, str, str]:
+    """Tune the persistent definition of guest `name` (threads 0: the policy's), unless `dry_run`.
 
-
-def run_tune(args: argparse.Namespace) -> int:
+    Returns the threads chosen and the definition before and after; equal when nothing changed.
+    """
     from vfiotask.integrations.libvirt import connection
+    from vfiotask.integrations.libvirt.domain import validate_name
 
-    name = validate_name(args.domain)
-    wanted = parse_threads(args.threads)
-    conn = connection.open_connection(args.uri, readonly=args.dry_run)
+    name = validate_name(name)
+    conn = connection.open_connection(uri or connection.URI, readonly=dry_run)
     try:
         xml = connection.inactive_xml(connection.lookup(conn, name))
-        domain = domain_from_element(parse_xml(xml))
-        threads = wanted or policy_threads(domain)
-        before, after = tuned(xml, threads, file_backed=args.file_backed)
-        if before == after:
-            print(f"{name} already has <allocation mode='immediate' threads='{threads}'/>; nothing to change")
-            return 0
-        print(diff(before, after, name))
-        if args.dry_run:
-            print(f"dry run: {name} was not changed")
-            return 0
-        connection.define(conn, after)
-        print(f"{name}: persistent definition updated; it takes effect at the next start")
+        chosen = threads or policy_threads(domain_from_element(parse_xml(xml)))
+        before, after = tuned(xml, chosen, file_backed=file_backed)
+        if before != after and not dry_run:
+            connection.define(conn, after)
     finally:
         connection.close(conn)
-    return 0
+    return chosen, before, after

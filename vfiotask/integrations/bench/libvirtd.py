@@ -1,5 +1,7 @@
 """A libvirtd of our own for integration tests and `vfiotask bench libvirt`, put back as found.
 
+Test and benchmark support, not library API: it starts and stops daemons and rewrites qemu.conf.
+
 Hosts without systemd (containers, this project's VMs) have no service to start; the hook is
 only read by libvirtd at start-up and memory_backing_dir only from qemu.conf, so both must be in
 place before the daemon starts.  Everything changed is recorded when it is changed and undone in
@@ -22,10 +24,10 @@ from pathlib import Path
 from types import TracebackType
 
 from vfiotask.errors import HostStateError
+from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path, install
 from vfiotask.integrations.libvirt.paths import QEMU_CONF
 
 URI = "qemu:///system"
-HOOKS_DIR = Path("/etc/libvirt/hooks")
 HUGEPAGES_MOUNT = Path("/dev/hugepages")
 PID_DIR = Path("/run")
 MARKER = "# added by vfiotask for a private libvirtd; removed when it stops"
@@ -92,8 +94,6 @@ class PrivateLibvirt:
         saved = self.qemu_conf.read_text() if self.qemu_conf.exists() else None
         self._undo.append(("restore qemu.conf", lambda: self._restore_file(self.qemu_conf, saved)))
         self.qemu_conf.write_text((saved or "") + f'\n{MARKER}\nmemory_backing_dir = "{self.backing_dir}"\n')
-
-        from vfiotask.integrations.cli.hook import hook_path, install
 
         target = hook_path(self.hooks_dir)
         created = [p for p in (self.hooks_dir, target.parent) if not p.exists()]
