@@ -236,15 +236,24 @@ def test_hugetlbfs_pool_too_small_exits_3_clean(hugetlbfs_mount: Path) -> None:
 
 def _hold(sig: int, shm_dir: Path) -> None:
     path = shm_dir / "guest.ram"
-    child = subprocess.Popen([sys.executable, "-c", WRAPPER, "prepin", *SMALL, "--backing", str(path), "--hold"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that runs the tests in the background ignores SIGINT, and the child would inherit
+    # that: give it the default disposition a command started from a terminal has.
+    child = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", WRAPPER, "prepin", *SMALL, "--backing",
+                              str(path), "--hold"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert child.stdout is not None
         assert "locked" in child.stdout.readline()
         assert "32.0 MiB (mlock)" in child.stdout.readline()
         assert status_field("VmLck", child.pid) == 32 * MiB
         child.send_signal(sig)
-        _out, err = child.communicate(timeout=60)
+        try:
+            _out, err = child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            _out, err = child.communicate(timeout=30)
+            pytest.fail(f"prepin --hold did not end within 60 s of signal {sig}; its stderr: {err!r}")
     finally:
         if child.poll() is None:
             child.kill()
