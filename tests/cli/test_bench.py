@@ -131,3 +131,11 @@ def test_a_bound_process_that_fails_is_a_vfiotask_error() -> None:
     # one share failing while the other waits for the start must end the run, not hang it
     with pytest.raises(VfiotaskError, match="failed to map its share"):
         common.populate_in_processes(2, open_share)
+
+
+def test_hugepages_suite_refuses_a_size_beyond_the_benchmark_budget_before_touching_anything() -> None:
+    pools = {path: path.read_text() for path in Path("/sys/kernel/mm/hugepages").glob("hugepages-*/nr_hugepages")}
+    result = run_cli("bench", "hugepages", "--size", "20G")
+    assert result.returncode == 3
+    assert result.stderr.startswith("vfiotask: --size 20.0 GiB keeps more than a benchmark may take")
+    assert {path: path.read_text() for path in pools} == pools

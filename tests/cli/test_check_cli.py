@@ -114,3 +114,68 @@ def test_on_this_host_it_runs_without_traceback() -> None:
     assert lines and all(text.split()[0] in ("ok", "warn", "fail") for text in lines)
     failed = [text for text in lines if text.startswith("fail")]
     assert result.returncode in (0, 1, 4) and (result.returncode == 0) == (not failed)
+
+
+def test_a_state_dir_others_may_write_fails(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    state.chmod(0o777)
+    _, lines, _ = check(state=state)
+    assert "mode 0777: others could change what vfiotask undoes" in line(lines, "fail  state dir:")
+    state.chmod(0o700)
+    _, lines, _ = check(state=state)
+    assert line(lines, "ok    state dir:").endswith("mode 0700")
+
+
+def _with_hook(tmp_path: Path, text: str | None = None) -> Path:
+    from vfiotask.integrations.libvirt.hookinstall import hook_text
+
+    root = tmp_path / "doctor"
+    shutil.copytree(DOCTOR, root, symlinks=True)
+    hook = root / "etc/libvirt/hooks/qemu.d/50-vfiotask"
+    hook.parent.mkdir(parents=True)
+    hook.write_text(hook_text(str(Path(_installed_interpreter()))) if text is None else text)
+    return root
+
+
+def _installed_interpreter() -> str:
+    """The interpreter the installed command runs under: the hook it would install names it."""
+    from tests.conftest import vfiotask_command
+
+    command = vfiotask_command()
+    return command[0] if len(command) > 1 else Path(command[0]).read_text().partition("\n")[0][2:].strip()
+
+
+def _libvirtd(root: Path, pid: int, ticks_after_boot: int) -> None:
+    (root / f"proc/{pid}").mkdir()
+    (root / f"proc/{pid}/comm").write_text("libvirtd\n")
+    fields = ["S", *["0"] * 18, str(ticks_after_boot)]
+    (root / f"proc/{pid}/stat").write_text(f"{pid} (libvirtd) {' '.join(fields)} 0 0\n")
+
+
+def test_hook_current_and_no_libvirtd_is_ok(tmp_path: Path) -> None:
+    root = _with_hook(tmp_path)
+    _, lines, _ = check(root=root, state=tmp_path / "state")
+    assert line(lines, "ok    hook:").endswith("is current, libvirtd is not running; it loads the hook when it starts")
+
+
+def test_hook_written_after_libvirtd_started_asks_for_a_restart(tmp_path: Path) -> None:
+    root = _with_hook(tmp_path)
+    _libvirtd(root, 999, ticks_after_boot=100)  # started in 2023 by the fixture's btime
+    _, lines, _ = check(root=root, state=tmp_path / "state")
+    stale = line(lines, "warn  hook:")
+    assert "libvirtd (pid 999) started before" in stale and stale.endswith("fix: systemctl restart libvirtd")
+
+
+def test_hook_other_than_this_vfiotask_installs_is_a_warning(tmp_path: Path) -> None:
+    root = _with_hook(tmp_path, "#!/opt/old/bin/python3\nold body\n")
+    _, lines, _ = check(root=root, state=tmp_path / "state")
+    assert "differs from what this vfiotask installs (/opt/old/bin/python3)" in line(lines, "warn  hook:")
+
+
+def test_an_affinity_of_only_owned_cpus_is_a_warning(tmp_path: Path) -> None:
+    root = tmp_path / "doctor"
+    shutil.copytree(DOCTOR, root, symlinks=True)
+    (root / "proc/self/status").write_text("Name:\tvfiotask\nCpus_allowed_list:\t6-7\n")
+    _, lines, _ = check(root=root, state=tmp_path / "state")
+    assert "every CPU a prepare may use (6-7) is owned by others (not 6-7: isolated)" in line(lines, "warn  cpus:")

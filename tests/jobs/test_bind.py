@@ -294,6 +294,8 @@ def test_a_device_failing_inside_an_unbind_chunk_takes_the_whole_chunk_again(
     assert drivers(root) == bound
     assert snapshot(root.parent) == tree
     assert sorted(bindings_journal().read()[str(root)]) == WIDE
+
+
 def _held_gpu(tmp_path: Path) -> Path:
     """The doctor host's GPU, no longer the boot VGA device, so only its holders stand in the way."""
     root = copy_tree("doctor", tmp_path)

@@ -171,6 +171,8 @@ def test_viable_hostdev_passes_and_release_clears_it(hook_host: HookHost) -> Non
     result = hook_host.run("ok", "prepare", "begin", xml, **env)
     assert (result.returncode, result.stderr) == (0, b"")
     assert "ok" in hook_host.journal()["guests"]  # type: ignore[operator]
+    placement = hook_host.journal()["guests"]["ok"]["placement"]  # type: ignore[index]
+    assert placement == {"node": None, "reason": "the host has one NUMA node"}  # this VM: NUMA from the device is moot
     assert hook_host.run("ok", "release", "end", xml, **env).returncode == 0
     assert hook_host.journal()["guests"] == {}
 

@@ -165,6 +165,26 @@ def _take(control: DriverControl, record: BindRecord) -> None:
         raise
 
 
+def _refuse_held(host: Host, devices: list[PciDevice], force: bool) -> None:
+    """A device something holds (open or mapped files, a console, a boot framebuffer) does not
+    unbind cleanly: the driver's remove waits for its users.  Refused with the holders named;
+    `force` goes ahead anyway and kills nothing."""
+    held = []
+    for device in devices:
+        scan = holders_of(host.paths.sys, host.paths.proc, device.sys_path, device.iommu_group)
+        held += [f"{device.address} is held by {holder.describe()}" for holder in scan.holders]
+    if not held:
+        return
+    if force:
+        log.warning("binding although %s (--force; nothing is killed)", "; ".join(held))
+        return
+    raise DeviceError(
+        f"refusing to take devices something holds: {'; '.join(held)}",
+        hint="stop those processes or free the console, then bind again; --force binds anyway (the driver "
+        "waits for them to let go) and kills nothing; nothing was changed",
+    )
+
+
 def _all_or_none(records: list[BindRecord], do: Callable[[BindRecord], None],
                  undo: Callable[[BindRecord], None]) -> None:
     """One chunk of bind or unbind: every device of it, or none.
@@ -192,24 +212,6 @@ def _all_or_none(records: list[BindRecord], do: Callable[[BindRecord], None],
                 hint="'vfiotask devices' shows their drivers now; 'vfiotask unbind' restores what it has a record of",
             ) from exc
         raise
-def _refuse_held(host: Host, devices: list[PciDevice], force: bool) -> None:
-    """A device something holds (open or mapped files, a console, a boot framebuffer) does not
-    unbind cleanly: the driver's remove waits for its users.  Refused with the holders named;
-    `force` goes ahead anyway and kills nothing."""
-    held = []
-    for device in devices:
-        scan = holders_of(host.paths.sys, host.paths.proc, device.sys_path, device.iommu_group)
-        held += [f"{device.address} is held by {holder.describe()}" for holder in scan.holders]
-    if not held:
-        return
-    if force:
-        log.warning("binding although %s (--force; nothing is killed)", "; ".join(held))
-        return
-    raise DeviceError(
-        f"refusing to take devices something holds: {'; '.join(held)}",
-        hint="stop those processes or free the console, then bind again; --force binds anyway (the driver "
-        "waits for them to let go) and kills nothing; nothing was changed",
-    )
 
 
 def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path | None = None,

@@ -55,9 +55,9 @@ class Probe:
 
     @property
     def hooks(self) -> Path:
-        from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR as DEFAULT_HOOKS_DIR
+        from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR
 
-        return self.hooks_dir or self.root / str(DEFAULT_HOOKS_DIR).lstrip("/")
+        return self.hooks_dir or self.root / str(HOOKS_DIR).lstrip("/")
 
 
 # -- VFIO ------------------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def hook_findings(probe: Probe) -> list[Finding]:
             return [fail("hook", f"{path} runs {' and '.join(gone)}, which {'is' if len(gone) == 1 else 'are'} gone: "
                          "guests with <vfiotask:config> fail to start, others start unprepared",
                          "reinstall vfiotask (make install) and run vfiotask hook install, or vfiotask hook uninstall")]
-        if "/.venv/" in interpreter or not script.startswith(("/opt/", "/usr/")):
+        if not probe.fixture and ("/.venv/" in interpreter or not script.startswith(("/opt/", "/usr/"))):
             found_checkout = warn("hook", f"{path} runs vfiotask from a checkout ({interpreter}): removing the "
                                   "checkout or 'make clean' breaks it", "make install, then vfiotask hook install "
                                   "with /usr/local/bin/vfiotask")
@@ -247,9 +247,9 @@ def state_dir_findings(probe: Probe) -> list[Finding]:
     said = f"{path}: owner uid {info.st_uid}, mode {mode:04o}"
     if not stat.S_ISDIR(info.st_mode):
         return [fail("state dir", f"{path} is not a directory", f"remove it: rm {path}")]
-    if info.st_uid != os.geteuid() or mode & 0o022:
+    if info.st_uid not in (0, os.geteuid()) or mode & 0o022:
         return [fail("state dir", said + ": others could change what vfiotask undoes",
-                     f"chown {os.geteuid()} {path} && chmod 0700 {path}")]
+                     f"chown root {path} && chmod 0700 {path}")]
     return [ok("state dir", said)]
 
 
@@ -258,23 +258,23 @@ def state_dir_findings(probe: Probe) -> list[Finding]:
 
 def cpu_findings(probe: Probe) -> list[Finding]:
     from vfiotask.host.cpuowners import cpu_owners
-    from vfiotask.host.cpus import caller_affinity, online_cpus
+    from vfiotask.host.cpus import caller_affinity, online_cpus, withhold_owned
 
     online = online_cpus(probe.root)
     allowed = caller_affinity(probe.root) & online if online else caller_affinity(probe.root)
     owners = cpu_owners(probe.root)
-    usable = allowed - owners.taken or allowed
+    usable = withhold_owned(allowed, probe.root)
     why: dict[str, set[int]] = {}
     for cpu, reason in owners.reasons().items():
         if cpu in allowed:
             why.setdefault(reason, set()).add(cpu)
     kept = "; ".join(f"not {format_cpu_list(cpus)}: {reason}" for reason, cpus in sorted(why.items()))
-    seen = f"a prepare would run helpers on CPUs {format_cpu_list(usable)}" + (f" ({kept})" if kept else
-                                                                               " (its affinity; none withheld)")
-    if not allowed - owners.taken:
-        return [warn("cpus", seen + ": every allowed CPU is owned by others, so it uses them anyway",
+    if usable == allowed and why:
+        return [warn("cpus", f"every CPU a prepare may use ({format_cpu_list(allowed)}) is owned by others "
+                     f"({kept}), so its helpers run there anyway",
                      "run vfiotask with an affinity that includes housekeeping CPUs (taskset)")]
-    return [ok("cpus", seen)]
+    return [ok("cpus", f"a prepare would run helpers on CPUs {format_cpu_list(usable)}"
+               + (f" ({kept})" if kept else " (its affinity; none withheld)"))]
 
 
 def guarded(topic: str, section: Callable[[Probe], list[Finding]], probe: Probe) -> list[Finding]:

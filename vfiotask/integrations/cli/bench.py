@@ -23,6 +23,7 @@ SUITES = {
     "engine": "engine",
     "vfio": "vfio",
     "libvirt": "libvirt_start",
+    "hugepages": "fragmentation",
 }
 
 
