@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -49,5 +50,7 @@ def _numeric(text: str) -> bool:
 
 
 def note(text: str) -> None:
-    """A remark about the run (not the report) on stderr."""
+    """A remark about the run (not the report) on stderr; -q (logging at ERROR) silences it."""
+    if logging.getLogger().getEffectiveLevel() > logging.WARNING:
+        return
     print(f"vfiotask: {text}", file=sys.stderr, flush=True)
