@@ -224,7 +224,9 @@ def _hook_current(probe: Probe, path: Path, text: str, interpreter: str) -> list
     proc = probe.root / "proc"
     installed = path.stat().st_mtime
     daemons = pids_named(LIBVIRT_DAEMONS, proc_root=proc)
-    stale = [pid for pid in daemons if process_start_time(pid, proc_root=proc) < installed]
+    # The kernel gives boot time in whole seconds, so a start time read from procfs may be up to a
+    # second early: only a start more than that before the file's mtime is surely before it.
+    stale = [pid for pid in daemons if process_start_time(pid, proc_root=proc) + 1 <= installed]
     if stale:
         found.append(warn("hook", f"libvirtd (pid {', '.join(map(str, stale))}) started before {path} was written, "
                           "so it does not run it", "systemctl restart libvirtd"))
