@@ -64,3 +64,19 @@ def test_make_install_is_independent_of_the_checkout(tmp_path: Path) -> None:
                              input=guest_xml("plain", 64, id=1), capture_output=True, text=True,
                              env={"LC_ALL": "C", "PATH": os.defpath})
     assert (started.returncode, started.stderr) == (0, "")
+
+
+def test_the_stage_unit_runs_prepin_domain_after_libvirtd() -> None:
+    import configparser
+
+    from vfiotask.integrations.cli.generate import SHARE
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string((SHARE / "systemd" / "vfiotask-stage@.service").read_text())
+    assert "libvirtd.service" in unit["Unit"]["After"].split()
+    assert unit["Service"]["ExecStart"] == "/usr/local/bin/vfiotask prepin --domain %i"
+    assert unit["Service"]["Type"] == "oneshot"
+    if shutil.which("systemd-analyze"):
+        checked = subprocess.run(["systemd-analyze", "verify", str(SHARE / "systemd" / "vfiotask-stage@.service")],
+                                 capture_output=True, text=True)
+        assert "Unknown" not in checked.stderr and "Invalid" not in checked.stderr, checked.stderr
