@@ -10,7 +10,6 @@ more pages than its free lists hold in 2 MiB blocks, once as a plain write, and 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import tempfile
@@ -23,7 +22,8 @@ from vfiotask.errors import ResourceError
 from vfiotask.host import libc
 from vfiotask.host.freemem import NodeFreeMemory, free_memory
 from vfiotask.host.hugepages import HugepagePools
-from vfiotask.units import MiB, format_size, parse_size
+from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.units import MiB, format_size
 
 PAGE = 4096
 HUGE = 2 * MiB
@@ -99,8 +99,8 @@ def measure(fragment: int, cache: int) -> dict[str, Any]:
     return result
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    size = parse_size(args.size or "4G", what="--size")
+def run(options: BenchOptions) -> dict[str, Any]:
+    size = options.size or 4 << 30
     if size // 2 >= LIMIT:
         raise ResourceError(f"--size {format_size(size)} keeps more than a benchmark may take",
                             hint=f"give less than {format_size(2 * LIMIT)}")
