@@ -49,6 +49,7 @@ APPLIES = {
     "engine": {"repeat"},
     "vfio": {"size", "threads", "repeat"},
     "libvirt": {"size", "repeat"},
+    "hugepages": {"size"},
 }
 """The options each suite reads; one it does not read is refused rather than silently ignored."""
 
