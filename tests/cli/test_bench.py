@@ -139,3 +139,22 @@ def test_hugepages_suite_refuses_a_size_beyond_the_benchmark_budget_before_touch
     assert result.returncode == 3
     assert result.stderr.startswith("vfiotask: --size 20.0 GiB keeps more than a benchmark may take")
     assert {path: path.read_text() for path in pools} == pools
+
+
+def test_plot_draws_a_png_or_says_in_one_line_that_matplotlib_is_missing(tmp_path: Path) -> None:
+    import importlib.util
+
+    target = tmp_path / "scaling.png"
+    args = ("bench", "--size", "64M", "--backing", "memfd", "--threads", "1,2", "--repeat", "1", "--no-qemu",
+            "--plot", str(target))
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "matplotlib.py").write_text("raise ImportError('not installed')\n")
+    missing = run_cli(*args, env={"PYTHONPATH": str(shim)})
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "needs matplotlib" in missing.stderr and "vfiotask[plot]" in missing.stderr and not target.exists()
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed here")
+    drawn = run_cli(*args)
+    assert drawn.returncode == 0, drawn.stderr
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,6 +17,7 @@ class FakeGroup:
     viable: bool = True
     busy: bool = False
     container: int | None = None
+    cdevs: tuple[str, ...] = ()  # its devices' /dev/vfio/devices/ names
 
 
 @dataclass
@@ -32,11 +33,15 @@ class FakeVfioKernel:
         self.iommu = Type1Iommu(pin=lambda v, s: self.pinned.append((v, s)),
                                 unpin=lambda v, s: self.pinned.remove((v, s)))
         self.iommu_set = False
+        self.bound: set[str] = set()  # device cdevs bound to an iommufd
 
     # Syscalls
     def open(self, path: str, flags: int) -> int:
         name = path.removeprefix("/dev/")
-        if name.startswith("vfio/") and name != "vfio/vfio":
+        if name.startswith("vfio/devices/"):
+            if self._cdev_group(name) is None:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        elif name.startswith("vfio/") and name != "vfio/vfio":
             number = int(name.split("/")[1])
             if number not in self.groups:
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
@@ -46,9 +51,15 @@ class FakeVfioKernel:
         self.fds[self.next_fd] = name
         return self.next_fd
 
+    def _cdev_group(self, name: str) -> FakeGroup | None:
+        cdev = name.removeprefix("vfio/devices/")
+        return next((g for g in self.groups.values() if cdev in g.cdevs), None)
+
     def close(self, fd: int) -> None:
         name = self.fds.pop(fd)
-        if name.startswith("vfio/") and name != "vfio/vfio":
+        if name.startswith("vfio/devices/"):
+            self.bound.discard(name)
+        elif name.startswith("vfio/") and name != "vfio/vfio":
             self.groups[int(name.split("/")[1])].container = None
         if name in ("vfio/vfio", "iommu"):
             self.iommu.unmap_all()
@@ -89,14 +100,33 @@ class FakeVfioKernel:
             assert isinstance(arg, uapi.vfio_iommu_type1_dma_unmap) and arg.argsz == 24
             arg.size = self.iommu.unmap(arg.iova, arg.size)
             return 0
+        if request == uapi.VFIO_DEVICE_BIND_IOMMUFD:
+            assert isinstance(arg, uapi.vfio_device_bind_iommufd) and arg.argsz == 16
+            assert self.fds[arg.iommufd] == "iommu"
+            group = self._cdev_group(name)
+            if group is None or group.busy or not group.viable:
+                raise OSError(errno.EBUSY, "busy")
+            self.bound.add(name)
+            arg.out_devid = 1
+            return 0
+        if request == uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT:
+            assert isinstance(arg, uapi.vfio_device_attach_iommufd_pt) and arg.argsz == 12
+            assert name in self.bound and arg.pt_id == 7
+            self.iommu_set = True
+            return 0
         if request == uapi.IOMMU_IOAS_ALLOC:
             assert isinstance(arg, uapi.iommu_ioas_alloc) and arg.size == 12
             arg.out_ioas_id = 7
             return 0
         if request == uapi.IOMMU_VFIO_IOAS:
             assert isinstance(arg, uapi.iommu_vfio_ioas) and arg.ioas_id == 7
+            return 0  # like the kernel: nothing is attached to the IOAS until a device is opened
+        if request == uapi.VFIO_GROUP_GET_DEVICE_FD:
+            assert isinstance(arg, ctypes.Array) and self.groups[int(name.split("/")[1])].container is not None
             self.iommu_set = True
-            return 0
+            self.next_fd += 1
+            self.fds[self.next_fd] = "device:" + bytes(arg).rstrip(b"\0").decode()
+            return self.next_fd
         if request == uapi.IOMMU_IOAS_IOVA_RANGES:
             assert isinstance(arg, uapi.iommu_ioas_iova_ranges) and arg.ioas_id == 7
             ranges = self.iommu.iova_ranges
@@ -112,12 +142,18 @@ class FakeVfioKernel:
         if request == uapi.IOMMU_IOAS_MAP:
             assert isinstance(arg, uapi.iommu_ioas_map) and arg.size == 40 and arg.ioas_id == 7
             assert arg.flags & uapi.IOMMU_IOAS_MAP_FIXED_IOVA
+            assert self.iommu_set, "no device attached to the IOAS: the kernel would pin nothing"
             self.iommu.map(arg.user_va, arg.iova, arg.length, readable=bool(arg.flags & 4),
                            writable=bool(arg.flags & 2))
             return 0
         if request == uapi.IOMMU_IOAS_UNMAP:
             assert isinstance(arg, uapi.iommu_ioas_unmap) and arg.size == 24
-            done = self.iommu.unmap(arg.iova, arg.length)
+            try:
+                done = self.iommu.unmap(arg.iova, arg.length)
+            except OSError as exc:
+                if "bisect" in str(exc):  # iommufd answers a cut area as it answers nothing there
+                    raise OSError(errno.ENOENT, "no area fully inside") from None
+                raise
             if not done:
                 raise OSError(errno.ENOENT, "nothing mapped")
             arg.length = done

@@ -72,3 +72,15 @@ def group_held_elsewhere(group: int, sysfs_root: Path) -> Iterator[int]:
         yield holder.pid
     finally:
         holder.communicate("")
+
+
+def group_with_cdevs(tmp_path: Path, number: int, cdevs: dict[str, str]) -> Path:
+    """A /sys with IOMMU group `number` whose devices (address: cdev name, "" for a device on
+    no driver) are listed; those with a cdev are on vfio-pci."""
+    for address, cdev in cdevs.items():
+        device = tmp_path / "kernel" / "iommu_groups" / str(number) / "devices" / address
+        device.mkdir(parents=True)
+        if cdev:
+            (device / "vfio-dev" / cdev).mkdir(parents=True)
+            (device / "driver").symlink_to("../../../../bus/pci/drivers/vfio-pci")
+    return tmp_path

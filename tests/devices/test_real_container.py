@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.devices.fake_kernel import FakeGroup, FakeVfioKernel
+from tests.devices.helpers import group_with_cdevs
 from vfiotask.devices import uapi
 from vfiotask.devices.container import GroupBusyError, IovaConflictError, IovaInvalidError
 from vfiotask.devices.real import IommufdContainer, Type1Container, open_real_container
@@ -87,9 +88,11 @@ def test_no_type1v2() -> None:
         Type1Container([1], syscalls=FakeVfioKernel(groups={1: FakeGroup()}, has_type1v2=False))
 
 
-def test_iommufd_sequence() -> None:
+def test_iommufd_sequence(tmp_path: Path) -> None:
     fake = kernel(g3=FakeGroup())
-    with IommufdContainer([3], syscalls=fake) as box:
+    sys_root = group_with_cdevs(tmp_path, 3, {"0000:00:11.0": "", "0000:01:00.0": "vfio0"})
+    with IommufdContainer([3], syscalls=fake, sys_root=sys_root, attach="group") as box:
+        assert [n for n in fake.fds.values() if n.startswith("device:")] == ["device:0000:01:00.0"]
         info = box.info()
         assert info.iova_ranges == fake.iommu.iova_ranges and info.min_pgsize == 4096
         box.map_dma(0x7F0000000000, BASE, 2 * MiB)
@@ -111,3 +114,41 @@ def test_missing_dev_vfio_is_an_error_with_the_fix_never_a_mock(tmp_path: Path) 
 def test_this_host_has_no_vfio() -> None:
     with pytest.raises(DeviceError, match="iommu=pt"):
         open_real_container([1])
+
+
+def test_iommufd_attaches_each_device_cdev_to_the_ioas(tmp_path: Path) -> None:
+    fake = kernel(g5=FakeGroup(cdevs=("vfio0", "vfio1")))
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:00:11.0": "", "0000:01:01.0": "vfio0", "0000:01:02.0": "vfio1"})
+    box = IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="cdev")
+    assert box.attach == "cdev" and fake.bound == {"vfio/devices/vfio0", "vfio/devices/vfio1"}
+    assert uapi.IOMMU_VFIO_IOAS not in [int(e.split(":")[1], 16) for e in fake.log]  # no group files
+    box.map_dma(0x7F0000000000, BASE, 2 * MiB)
+    box.close()
+    assert fake.pinned == [] and fake.fds == {} and fake.bound == set()
+
+
+def test_iommufd_cdev_refused_as_busy_names_the_group_and_closes_everything(tmp_path: Path) -> None:
+    fake = kernel(g5=FakeGroup(cdevs=("vfio0",), viable=False))
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:01:01.0": "vfio0"})
+    with pytest.raises(GroupBusyError, match="IOMMU group 5"):
+        IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="cdev")
+    assert fake.fds == {}
+
+
+def test_iommufd_cdev_without_a_vfio_device_says_to_bind(tmp_path: Path) -> None:
+    fake = kernel(g5=FakeGroup())
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:01:01.0": ""})
+    with pytest.raises(DeviceError, match="vfiotask bind"):
+        IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="cdev")
+    assert fake.fds == {}
+
+
+def test_iommufd_unmap_that_would_cut_a_mapping_is_einval_as_with_type1(tmp_path: Path) -> None:
+    fake = kernel(g5=FakeGroup())
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:01:00.0": "vfio0"})
+    with IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="group") as box:
+        box.map_dma(0x7F0000000000, BASE, 2 * MiB)
+        with pytest.raises(IovaInvalidError):
+            box.unmap_dma(BASE + MiB, 2 * MiB)
+        assert box.unmap_dma(BASE + 4 * MiB, 2 * MiB) == 0
+        assert box.unmap_dma(BASE, 2 * MiB) == 2 * MiB

@@ -12,10 +12,10 @@ from pytest_mock import MockerFixture
 
 from tests.conftest import status_field
 from tests.devices.fake_kernel import FakeGroup, FakeVfioKernel
-from tests.devices.helpers import sysfs
+from tests.devices.helpers import group_with_cdevs, sysfs
 from vfiotask.devices import uapi
 from vfiotask.devices.container import DmaFailedError, DmaMemlockError
-from vfiotask.devices.real import Type1Container
+from vfiotask.devices.real import IommufdContainer, Type1Container
 from vfiotask.devices.syscalls import IoctlArg
 from vfiotask.errors import DeviceError, TaskFailed, UsageError
 from vfiotask.jobs.pin import pin
@@ -169,3 +169,20 @@ def test_a_map_ioctl_failing_mid_task_leaves_the_iommu_empty(
         assert words in caught.value.one_line()
         assert fake.pinned == [] and container.mappings() == []
         assert acct.charged == 0
+
+
+def test_iommufd_maps_chunks_from_several_workers_type1_from_one(region: Region, tmp_path: Path) -> None:
+    """iommufd's maps of disjoint ranges run in parallel in the kernel, type1's do not: the pin job
+    lets the engine's workers map iommufd chunks, and the container's record stays whole."""
+    fake = FakeVfioKernel(groups={5: FakeGroup(cdevs=("vfio0",))})
+    sys_root = group_with_cdevs(tmp_path, 5, {"0000:01:00.0": "vfio0"})
+    acct = LockedMemoryAccountant.for_budget(None)
+    with IommufdContainer([5], syscalls=fake, sys_root=sys_root, attach="cdev") as container:
+        backend = ContainerBackend(container, BASE)
+        assert not backend.serializes
+        with pin(region, backend, acct, max_threads=2, min_chunk=CHUNK) as pinning:
+            assert sorted(m.iova for m in container.mappings()) == list(range(BASE, BASE + SIZE, CHUNK))
+            assert pinning.locked_bytes == SIZE
+        assert container.mappings() == [] and fake.pinned == []
+    with Type1Container([5], syscalls=FakeVfioKernel(groups={5: FakeGroup()})) as container:
+        assert ContainerBackend(container, BASE).serializes

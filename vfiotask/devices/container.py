@@ -57,6 +57,7 @@ class DmaContainer(Protocol):
 
     name: str
     groups: list[int]
+    parallel_maps: bool  # whether maps of disjoint ranges run in parallel in the kernel
 
     def info(self) -> IommuInfo: ...
 

@@ -7,8 +7,10 @@ holder dies) gives EBUSY.  Maps really pin: `mlock` charges the same `locked_vm`
 pins charge, so VmLck and RLIMIT_MEMLOCK behave as with the kernel, and ENOMEM past the limit
 is the kernel's own answer.  The rules and their order are in `type1.Type1Iommu`.
 
-Differences from the kernel, on purpose: two mappings of the same page are charged once (mlock
-cannot lock a page twice), and unmapping one of them keeps the page locked for the other.
+A page mapped twice is charged twice, as type1 charges every mapping in full (checked against
+the kernel in a nested guest).  mlock cannot lock a page twice, so the mock locks an anonymous
+shadow as large as the overlap: VmLck and RLIMIT_MEMLOCK then count what the kernel counts.
+Unmapping one of the mappings keeps the page locked for the other and shrinks the shadow.
 
 Fault injection: VFIOTASK_MOCK_FAIL=K:ERRNO[,K:ERRNO...] makes the K-th map (1-based, counted
 per container among the maps that pass the rules) fail with ERRNO (a name such as ENOMEM, or a
@@ -20,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno as errno_module
 import fcntl
+import mmap as mmap_module
 import os
 from pathlib import Path
 from types import TracebackType
@@ -70,6 +73,22 @@ def parse_fail_spec(text: str) -> dict[int, int]:
     return failures
 
 
+def _as_enomem(exc: OSError) -> int:
+    """mlock says EAGAIN or ENOMEM where the kernel's pin says ENOMEM."""
+    return errno_module.ENOMEM if exc.errno in (errno_module.ENOMEM, errno_module.EAGAIN) else exc.errno or 0
+
+
+def _union_length(ranges: list[tuple[int, int]]) -> int:
+    """Bytes covered by (address, length) ranges, counting each byte once."""
+    total, reach = 0, 0
+    for start, length in sorted(ranges):
+        end = start + length
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def is_mapped(addr: int, length: int) -> bool:
     """mincore fails with ENOMEM when part of the range is not mapped: type1's EFAULT case."""
     pages = -(-length // PAGE_SIZE)
@@ -118,6 +137,7 @@ class MockContainer:
     """Same interface as the real container; maps pin with mlock under one lock."""
 
     name = "mock"
+    parallel_maps = False  # type1's rules: one lock per container
 
     def __init__(
         self,
@@ -140,6 +160,7 @@ class MockContainer:
         self.maps_seen = 0
         self.iommu = Type1Iommu(pin=self._pin, unpin=self._unpin, pgsizes=pgsizes, dma_entry_limit=limit)
         self._pinned: list[tuple[int, int]] = []
+        self._shadows: list[tuple[int, int]] = []  # (address, length) of locked anonymous memory
         self.groups: list[int] = []
         self._claims: list[_GroupClaim] = []
         self.host = host or discover(sysfs_root)
@@ -180,13 +201,40 @@ class MockContainer:
             libc.mlock(vaddr, size)
         except OSError as exc:
             self._munlock_uncovered(vaddr, size)
-            code = errno_module.ENOMEM if exc.errno in (errno_module.ENOMEM, errno_module.EAGAIN) else exc.errno
-            raise OSError(code, exc.strerror) from None
+            raise OSError(_as_enomem(exc), exc.strerror) from None
         self._pinned.append((vaddr, size))
+        try:
+            self._balance_shadow()
+        except OSError as exc:
+            self._unpin(vaddr, size)
+            raise OSError(_as_enomem(exc), exc.strerror) from None
 
     def _unpin(self, vaddr: int, size: int) -> None:
         self._pinned.remove((vaddr, size))
         self._munlock_uncovered(vaddr, size)
+        self._balance_shadow()
+
+    def _balance_shadow(self) -> None:
+        """Keep locked shadow memory equal to what the mappings charge beyond the pages they cover."""
+        target = sum(size for _, size in self._pinned) - _union_length(self._pinned)
+        held = sum(length for _, length in self._shadows)
+        while held > target:
+            addr, length = self._shadows.pop()
+            keep = max(length - (held - target), 0)
+            libc.munmap(addr + keep, length - keep)
+            if keep:
+                self._shadows.append((addr, keep))
+            held -= length - keep
+        if held < target:
+            length = target - held
+            addr = libc.mmap(length, mmap_module.PROT_READ | mmap_module.PROT_WRITE,
+                             mmap_module.MAP_PRIVATE | mmap_module.MAP_ANONYMOUS)
+            try:
+                libc.mlock(addr, length)
+            except OSError:
+                libc.munmap(addr, length)
+                raise
+            self._shadows.append((addr, length))
 
     def _munlock_uncovered(self, vaddr: int, size: int) -> None:
         """munlock the parts of the range that no remaining mapping still pins."""

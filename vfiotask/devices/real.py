@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -20,9 +21,10 @@ from vfiotask.devices.container import GroupBusyError, IommuInfo, Mapping, dma_e
 from vfiotask.devices.discovery import discover
 from vfiotask.devices.syscalls import LibcSyscalls, Syscalls
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT, group_viability, not_viable_error
-from vfiotask.errors import DeviceError, VfiotaskError
+from vfiotask.errors import DeviceError, UsageError, VfiotaskError
 
 DEV_ROOT = Path("/dev")
+SYS_ROOT = Path("/sys")
 
 
 def _errno(exc: OSError) -> int:
@@ -94,6 +96,7 @@ class _GroupFiles:
 
 class _Base:
     name = "vfio"
+    parallel_maps = False  # type1: one container lock for a whole map
 
     def __init__(self, groups: list[int], *, syscalls: Syscalls | None, dev_root: Path) -> None:
         self.sys: Syscalls = syscalls or LibcSyscalls()
@@ -101,11 +104,13 @@ class _Base:
         self.groups: list[int] = []
         self._group_files = _GroupFiles(self.sys, dev_root)
         self._maps: dict[int, Mapping] = {}
+        self._maps_lock = threading.Lock()  # maps may run from several threads (iommufd)
         self._info: IommuInfo | None = None
         self.fd = -1
 
     def mappings(self) -> list[Mapping]:
-        return sorted(self._maps.values(), key=lambda m: m.iova)
+        with self._maps_lock:
+            return sorted(self._maps.values(), key=lambda m: m.iova)
 
     def info(self) -> IommuInfo:
         if self._info is None:
@@ -121,15 +126,17 @@ class _Base:
         except OSError as exc:
             raise dma_error(_errno(exc), op="DMA map", vaddr=vaddr, iova=iova, size=size,
                             info=self._info_or_none()) from exc
-        self._maps[iova] = Mapping(iova, vaddr, size)
+        with self._maps_lock:
+            self._maps[iova] = Mapping(iova, vaddr, size)
 
     def unmap_dma(self, iova: int, size: int) -> int:
         try:
             done = self._unmap(iova, size)
         except OSError as exc:
             raise dma_error(_errno(exc), op="DMA unmap", iova=iova, size=size, info=self._info_or_none()) from exc
-        for start in [s for s, m in self._maps.items() if iova <= s and m.end <= iova + size]:
-            del self._maps[start]
+        with self._maps_lock:
+            for start in [s for s, m in self._maps.items() if iova <= s and m.end <= iova + size]:
+                del self._maps[start]
         return done
 
     def _info_or_none(self) -> IommuInfo | None:
@@ -144,12 +151,16 @@ class _Base:
     def _unmap(self, iova: int, size: int) -> int:
         raise NotImplementedError
 
+    def close_maps(self) -> None:
+        for mapping in reversed(self.mappings()):
+            with contextlib.suppress(OSError):  # closing the container releases them anyway
+                self._unmap(mapping.iova, mapping.size)
+        with self._maps_lock:
+            self._maps.clear()
+
     def close(self) -> None:
         try:
-            for mapping in reversed(self.mappings()):
-                with contextlib.suppress(OSError):  # closing the container releases them anyway
-                    self._unmap(mapping.iova, mapping.size)
-            self._maps.clear()
+            self.close_maps()
         finally:
             self._group_files.close()
             if self.fd >= 0:
@@ -236,12 +247,19 @@ class Type1Container(_Base):
 
 
 class IommufdContainer(_Base):
-    """/dev/iommu: one IOAS, groups attached through VFIO's compatibility path."""
+    """/dev/iommu: one IOAS.  Devices are attached through their VFIO cdevs
+    (/dev/vfio/devices/vfioN: bind to the iommufd, attach to the IOAS) where the kernel has them,
+    else the groups through VFIO's compatibility path (VFIO_GROUP_SET_CONTAINER on the iommufd)."""
 
     name = "iommufd"
+    # The IOAS's locks are held only to insert an area; the pin runs beside other maps' pins.
+    parallel_maps = True
 
-    def __init__(self, groups: list[int], *, syscalls: Syscalls | None = None, dev_root: Path = DEV_ROOT) -> None:
+    def __init__(self, groups: list[int], *, syscalls: Syscalls | None = None, dev_root: Path = DEV_ROOT,
+                 sys_root: Path = SYS_ROOT, attach: str = "auto") -> None:
         super().__init__(groups, syscalls=syscalls, dev_root=dev_root)
+        self.sys_root = sys_root
+        self._device_fds: list[int] = []
         path = dev_root / "iommu"
         try:
             self.fd = self.sys.open(str(path), os.O_RDWR)
@@ -252,16 +270,84 @@ class IommufdContainer(_Base):
             alloc = uapi.iommu_ioas_alloc(size=ctypes.sizeof(uapi.iommu_ioas_alloc))
             self.sys.ioctl(self.fd, uapi.IOMMU_IOAS_ALLOC, alloc)
             self.ioas_id = int(alloc.out_ioas_id)
-            compat = uapi.iommu_vfio_ioas(size=ctypes.sizeof(uapi.iommu_vfio_ioas), ioas_id=self.ioas_id,
-                                          op=uapi.IOMMU_VFIO_IOAS_SET)
-            self.sys.ioctl(self.fd, uapi.IOMMU_VFIO_IOAS, compat)
+            self.attach = "cdev" if attach == "cdev" or (
+                attach == "auto" and (dev_root / "vfio" / "devices").is_dir()) else "group"
+            if self.attach == "group":
+                compat = uapi.iommu_vfio_ioas(size=ctypes.sizeof(uapi.iommu_vfio_ioas), ioas_id=self.ioas_id,
+                                              op=uapi.IOMMU_VFIO_IOAS_SET)
+                self.sys.ioctl(self.fd, uapi.IOMMU_VFIO_IOAS, compat)
             for number in groups:
-                self._group_files.open(number)
-                self._group_files.set_container(number, self.fd)
+                if self.attach == "cdev":
+                    self._attach_devices(number)
+                else:
+                    self._group_files.open(number)
+                    self._group_files.set_container(number, self.fd)
+                    self._open_group_devices(number)
                 self.groups.append(number)
         except BaseException:
             self.close()
             raise
+
+    def _members(self, number: int) -> list[Path]:
+        members = sorted((self.sys_root / "kernel" / "iommu_groups" / str(number) / "devices").glob("*"))
+        if not members:
+            raise DeviceError(f"IOMMU group {number} does not exist", hint="see 'vfiotask devices' for the groups")
+        return members
+
+    def _open_group_devices(self, number: int) -> None:
+        """Through the compatibility path iommufd attaches a group's devices to the IOAS only
+        when they are opened (VFIO_GROUP_GET_DEVICE_FD); until then maps pin nothing and obey no
+        IOMMU's rules.  The kernel showed this: so each vfio-pci device is opened and held."""
+        for member in self._members(number):
+            driver = member / "driver"
+            if not (driver.is_symlink() and os.path.basename(os.readlink(driver)).endswith("vfio-pci")):
+                continue
+            name = ctypes.create_string_buffer(member.name.encode())
+            try:
+                self._device_fds.append(self.sys.ioctl(self._group_files.fds[number], uapi.VFIO_GROUP_GET_DEVICE_FD,
+                                                       name))
+            except OSError as exc:
+                raise DeviceError(f"cannot open {member.name} of IOMMU group {number}: {exc.strerror}",
+                                  hint="stop the guest or process using it (fuser -v /dev/vfio/*), then retry",
+                                  ) from None
+
+    def _attach_devices(self, number: int) -> None:
+        """Bind every vfio-pci device of the group to this iommufd and attach it to the IOAS; the
+        kernel refuses (EBUSY) while a device of the group is on a host driver or in use."""
+        cdevs = [cdev.name for member in self._members(number) for cdev in sorted((member / "vfio-dev").glob("vfio*"))]
+        if not cdevs:
+            raise DeviceError(
+                f"no device of IOMMU group {number} is bound to vfio-pci, so it has no VFIO device file",
+                hint=f"bind the group: vfiotask bind ADDR (see 'vfiotask devices' for group {number})")
+        for cdev in cdevs:
+            fd = self.sys.open(str(self.dev_root / "vfio" / "devices" / cdev), os.O_RDWR)
+            self._device_fds.append(fd)
+            try:
+                bind = uapi.vfio_device_bind_iommufd(argsz=ctypes.sizeof(uapi.vfio_device_bind_iommufd),
+                                                     iommufd=self.fd)
+                self.sys.ioctl(fd, uapi.VFIO_DEVICE_BIND_IOMMUFD, bind)
+                attach = uapi.vfio_device_attach_iommufd_pt(
+                    argsz=ctypes.sizeof(uapi.vfio_device_attach_iommufd_pt), pt_id=self.ioas_id)
+                self.sys.ioctl(fd, uapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    verdict = _not_viable(number)
+                    raise GroupBusyError(
+                        f"IOMMU group {number}: the kernel refused to attach {cdev} (busy): the device is open "
+                        f"elsewhere, or the group is not viable ({verdict.one_line()})",
+                        hint="stop the guest or process using it (fuser -v /dev/vfio/*), or bind the whole group",
+                    ) from None
+                raise DeviceError(f"cannot attach {cdev} of IOMMU group {number} to the IOAS: {exc.strerror}",
+                                  hint="check dmesg for the IOMMU's reason") from None
+
+    def close(self) -> None:
+        try:
+            super().close_maps()
+        finally:
+            for fd in self._device_fds:  # closing a device file unbinds it from the iommufd
+                self.sys.close(fd)
+            self._device_fds.clear()
+            super().close()
 
     def _query_info(self) -> IommuInfo:
         query = uapi.iommu_ioas_iova_ranges(size=ctypes.sizeof(uapi.iommu_ioas_iova_ranges), ioas_id=self.ioas_id)
@@ -289,16 +375,33 @@ class IommufdContainer(_Base):
         try:
             self.sys.ioctl(self.fd, uapi.IOMMU_IOAS_UNMAP, request)
         except OSError as exc:
-            if exc.errno == errno.ENOENT:  # nothing mapped there: type1 answers 0 bytes
-                return 0
-            raise
+            if exc.errno != errno.ENOENT:
+                raise
+            # iommufd says ENOENT both where nothing is mapped (type1: 0 bytes) and where the
+            # range would cut a mapping (type1: EINVAL); our own record tells which.
+            if any(m.iova < iova + size and iova < m.end for m in self.mappings()):
+                raise OSError(errno.EINVAL, "the range would cut a mapping") from None
+            return 0
         return int(request.length)
 
 
-def open_real_container(groups: list[int], *, prefer: str = "auto", syscalls: Syscalls | None = None,
+IOMMU_ENV = "VFIOTASK_VFIO_IOMMU"
+IOMMU_CHOICES = ("auto", "type1", "iommufd", "iommufd-group")
+
+
+def open_real_container(groups: list[int], *, prefer: str | None = None, syscalls: Syscalls | None = None,
                         dev_root: Path = DEV_ROOT) -> Type1Container | IommufdContainer:
     """type1 where /dev/vfio/vfio exists (QEMU's default, charged per process like mlock);
-    iommufd where only /dev/iommu does, or when asked for.  Never a silent mock."""
+    iommufd where only /dev/iommu does, or when asked for (`prefer`, else VFIOTASK_VFIO_IOMMU):
+    "iommufd" attaches device cdevs where the kernel has them, "iommufd-group" the groups.
+    Never a silent mock."""
+    if prefer is None:
+        prefer = os.environ.get(IOMMU_ENV, "") or "auto"
+    if prefer not in IOMMU_CHOICES:
+        raise UsageError(f"{IOMMU_ENV}={prefer!r} is not a VFIO IOMMU backend",
+                         hint=f"set it to one of {', '.join(IOMMU_CHOICES)}, or unset it")
+    if prefer == "iommufd-group":
+        return IommufdContainer(groups, syscalls=syscalls, dev_root=dev_root, attach="group")
     if prefer == "iommufd" or (prefer == "auto" and not (dev_root / "vfio" / "vfio").exists()
                                and (dev_root / "iommu").exists()):
         return IommufdContainer(groups, syscalls=syscalls, dev_root=dev_root)

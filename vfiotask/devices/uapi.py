@@ -36,9 +36,14 @@ VFIO_SET_IOMMU = _io(VFIO_TYPE, VFIO_BASE + 2)
 VFIO_GROUP_GET_STATUS = _io(VFIO_TYPE, VFIO_BASE + 3)
 VFIO_GROUP_SET_CONTAINER = _io(VFIO_TYPE, VFIO_BASE + 4)
 VFIO_GROUP_UNSET_CONTAINER = _io(VFIO_TYPE, VFIO_BASE + 5)
+VFIO_GROUP_GET_DEVICE_FD = _io(VFIO_TYPE, VFIO_BASE + 6)
 VFIO_IOMMU_GET_INFO = _io(VFIO_TYPE, VFIO_BASE + 12)
 VFIO_IOMMU_MAP_DMA = _io(VFIO_TYPE, VFIO_BASE + 13)
 VFIO_IOMMU_UNMAP_DMA = _io(VFIO_TYPE, VFIO_BASE + 14)
+# The device cdev (/dev/vfio/devices/vfioN) with iommufd.
+VFIO_DEVICE_BIND_IOMMUFD = _io(VFIO_TYPE, VFIO_BASE + 18)
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = _io(VFIO_TYPE, VFIO_BASE + 19)
+VFIO_DEVICE_DETACH_IOMMUFD_PT = _io(VFIO_TYPE, VFIO_BASE + 20)
 
 VFIO_GROUP_FLAGS_VIABLE = 1 << 0
 VFIO_GROUP_FLAGS_CONTAINER_SET = 1 << 1
@@ -59,6 +64,19 @@ VFIO_DMA_UNMAP_FLAG_VADDR = 1 << 2
 
 class vfio_group_status(ctypes.Structure):
     _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32))
+
+
+class vfio_device_bind_iommufd(ctypes.Structure):
+    _fields_ = (
+        ("argsz", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("iommufd", ctypes.c_int32),
+        ("out_devid", ctypes.c_uint32),
+    )
+
+
+class vfio_device_attach_iommufd_pt(ctypes.Structure):
+    _fields_ = (("argsz", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("pt_id", ctypes.c_uint32))
 
 
 class vfio_iommu_type1_info(ctypes.Structure):

@@ -1,8 +1,10 @@
 """Pinning through a DMA container: the pin job's backend for `--pin vfio` and `--pin mock`.
 
 Each chunk of the region is mapped at IOVA = base + offset, as QEMU maps guest RAM; the pin job
-charges the accountant before each map and unmaps on undo.  A container serializes its maps
-(type1 holds `iommu->lock` for the whole pin), so the parallel part is the prefault before.
+charges the accountant before each map and unmaps on undo.  type1 (and the mock, its model)
+serializes maps (`iommu->lock` is held for the whole pin), so there the parallel part is the
+prefault before; iommufd maps disjoint ranges in parallel (measured in a nested guest, see
+docs/devices.md), so its chunks are mapped by as many workers as the engine gives.
 Which container is an explicit choice: "vfio" on a host without VFIO is an error that says how
 to enable it, never a quiet switch to the mock.
 """
@@ -22,12 +24,11 @@ from vfiotask.memory.region import Region
 class ContainerBackend:
     """A PinBackend over a DMA container."""
 
-    serializes = True
-
     def __init__(self, container: DmaContainer, iova: int) -> None:
         self.container = container
         self.iova = iova
         self.name = container.name
+        self.serializes = not container.parallel_maps
 
     def pin(self, region: Region, offset: int, length: int) -> None:
         # A failed map undoes its own partial pin (the kernel's contract, and the mock's).

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "hook",
     "tune",
     "check",
+    "setup",
 )
 
 

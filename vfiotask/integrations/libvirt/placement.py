@@ -95,4 +95,4 @@ def placed(domain: Domain, placement: Placement) -> Domain:
     """The domain as the hook prepares it: with the chosen node as its memory's node."""
     if placement.node is None:
         return domain
-    return dataclasses.replace(domain, numatune=Numatune(mode="preferred", nodeset=(placement.node,)))
+    return domain._replace(numatune=Numatune(mode="preferred", nodeset=(placement.node,)))

@@ -1,0 +1,92 @@
+"""The real device layer in a nested guest: each check that ran inside it is a test here.
+
+One boot per kernel runs every check of tests/nested/guest/ (check_*.py) with the guest's own
+pytest; a check that fails there fails here with its message and the end of the guest's console.
+A guest that hangs is killed after GUEST_TIMEOUT_S and every check of it fails saying so.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.nested import boot
+from tests.nested.kernels import BUILD, IOMMUFD, TYPE1, Kernel, why_missing
+
+GUEST_TIMEOUT_S = 420
+CHECKS_DIR = Path(__file__).with_name("guest")
+GUEST_PYTEST = (".venv/bin/python -m pytest -p no:cacheprovider --color=no -q -rA -o 'python_files=check_*.py' "
+                "--durations=8 --junitxml=/tmp/results/junit.xml tests/nested/guest")
+
+
+def guest_checks() -> list[tuple[str, str]]:
+    """(module, function) of every check, read from the files: known before any guest boots."""
+    found = []
+    for path in sorted(CHECKS_DIR.glob("check_*.py")):
+        found += [(path.stem, name) for name in re.findall(r"^def (test_\w+)", path.read_text(), re.M)]
+    return found
+
+
+@dataclass
+class Outcome:
+    run: boot.GuestRun
+    cases: list[ET.Element]
+
+
+def _boot(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
+    reason = boot.qemu_missing()
+    if reason:
+        pytest.skip(reason)
+    if not kernel.present():
+        pytest.skip(f"no {kernel.name} kernel under {kernel.root}: {why_missing(kernel)}")
+    run = boot.run_script(kernel, tmp_path_factory.mktemp(f"guest-{kernel.name}"), GUEST_PYTEST,
+                           timeout=GUEST_TIMEOUT_S)
+    if run.console_path.is_file():  # kept for a look afterwards
+        shutil.copyfile(run.console_path, BUILD / f"console-{kernel.name}.log")
+    junit = run.results / "junit.xml"
+    cases = list(ET.parse(junit).getroot().iter("testcase")) if junit.is_file() else []
+    return Outcome(run, cases)
+
+
+@pytest.fixture(scope="session")
+def type1_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    yield _boot(TYPE1, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def iommufd_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    yield _boot(IOMMUFD, tmp_path_factory)
+
+
+def judge(outcome: Outcome, module: str, function: str) -> None:
+    run = outcome.run
+    where = f"\n--- end of the guest's console ({run.seconds:.0f} s) ---\n{run.tail()}"
+    if run.timed_out:
+        pytest.fail(f"the guest did not power off within {GUEST_TIMEOUT_S} s{where}")
+    mine = [c for c in outcome.cases
+            if c.get("classname", "").endswith(module) and re.fullmatch(rf"{function}(\[.*\])?", c.get("name", ""))]
+    if not mine:
+        pytest.fail(f"{module}::{function} did not run in the guest (pytest exit {run.rc}){where}")
+    failures = [(c.get("name"), f) for c in mine for f in [*c.iter("failure"), *c.iter("error")]]
+    if failures:
+        text = "\n\n".join(f"{name}: {f.get('message', '')}\n{f.text or ''}" for name, f in failures)
+        pytest.fail(f"in the guest:\n{text}{where}")
+    skipped = [c for c in mine if c.find("skipped") is not None]
+    if len(skipped) == len(mine):
+        pytest.skip(f"skipped in the guest: {skipped[0].find('skipped').get('message', '')}")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("module", "function"), guest_checks())
+def test_type1_guest(type1_guest: Outcome, module: str, function: str) -> None:
+    judge(type1_guest, module, function)
+
+
+@pytest.mark.parametrize(("module", "function"), guest_checks())
+def test_iommufd_guest(iommufd_guest: Outcome, module: str, function: str) -> None:
+    judge(iommufd_guest, module, function)
