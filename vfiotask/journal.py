@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vfiotask.dirfd import Dir, LinkRefused, Maker, identity_of, open_path
-from vfiotask.errors import HostStateError
+from vfiotask.errors import HostStateError, NeedsRoot
 from vfiotask.statedir import open_state_dir, state_dir_path
 from vfiotask.units import parse_count
 
@@ -208,6 +208,8 @@ class Journal:
         except LinkRefused as exc:
             raise HostStateError(f"journal {where} is a symbolic link; it is not followed",
                                  hint="remove the link and check who made it") from exc
+        except PermissionError as exc:
+            raise NeedsRoot(f"reading {where}") from exc
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise HostStateError(f"journal {where} is not a regular file", hint="remove it after checking")

@@ -25,11 +25,17 @@ _HINT = f"point {STATE_DIR_ENV} at a directory of its own (default {DEFAULT_STAT
 
 
 def state_dir_path() -> Path:
-    """VFIOTASK_STATE_DIR, else /run/vfiotask for root and $XDG_RUNTIME_DIR/vfiotask for other users
-    (who can neither make nor read root's, and whose changes are theirs alone)."""
+    """VFIOTASK_STATE_DIR, else state_dir in the config file, else /run/vfiotask for root and
+    $XDG_RUNTIME_DIR/vfiotask for other users (who can neither make nor read root's, and whose
+    changes are theirs alone)."""
     configured = os.environ.get(STATE_DIR_ENV)
     if configured:
         return Path(configured)
+    from vfiotask.config import read_file
+
+    in_file = read_file().get("state_dir")  # the administrator's choice, in /etc/vfiotask/config.toml
+    if in_file:
+        return Path(str(in_file))
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if os.geteuid() != 0 and runtime:
         return Path(runtime) / "vfiotask"
@@ -37,7 +43,7 @@ def state_dir_path() -> Path:
 
 
 def state_dir(create: bool = True) -> Path:
-    """The state directory, from VFIOTASK_STATE_DIR or /run/vfiotask, created 0700 on demand and checked."""
+    """The state directory (see state_dir_path), created 0700 on demand and checked."""
     path = state_dir_path()
     if create:
         open_state_dir().close()

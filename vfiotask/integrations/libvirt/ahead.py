@@ -9,9 +9,11 @@ libvirt removes it at stop, so no start ever gets another run's data.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vfiotask.engine import ProgressFn
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
@@ -33,7 +35,8 @@ HUGEPAGES_KIND = "hugepages"  # a staging's reservation, recorded beside its fil
 
 
 def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
-          journal: GuestJournal | None = None) -> tuple[list[FileRecord], bool]:
+          journal: GuestJournal | None = None, progress: Callable[[str], ProgressFn | None] | None = None,
+          ) -> tuple[list[FileRecord], bool]:
     """Populate `domain`'s RAM files in its staging directory; returns them and whether they were new."""
     from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
@@ -68,8 +71,9 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
             hugepages = _reserve_staged(journal, name, base, wanted)
         with open_place(place, journal.journal, staged_owner(name)) as directory:
             for ram in wanted:
+                meter = progress(f"{domain.name}: {ram.name}") if progress else None
                 done.append(populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal.journal,
-                                          owner=staged_owner(name), threads=threads))
+                                          owner=staged_owner(name), threads=threads, progress=meter))
     except BaseException:
         undo_recorded(journal.journal, staged_owner(name))
         give_back_staged_hugepages(journal, name)
@@ -128,11 +132,16 @@ def give_back_staged_hugepages(journal: GuestJournal, name: str, *, orphaned: bo
     return actions
 
 
-def stage_defined(name: str, *, threads: int = 0, uri: str | None = None) -> tuple[list[FileRecord], bool]:
+def stage_defined(name: str, *, threads: int = 0, uri: str | None = None,
+                  progress: Callable[[str], ProgressFn | None] | None = None) -> tuple[list[FileRecord], bool]:
     """Stage the RAM files of the defined, stopped guest `name`, read from libvirt at `uri`."""
+    from vfiotask.config import config_path, get
     from vfiotask.integrations.libvirt import connection
 
     name = validate_name(name)
+    if get("staging") == "off":
+        raise UsageError(f"staging is off in {config_path()}: prepin --domain prepares nothing ahead of a start",
+                         hint="set staging = \"on\" there, or let the hook prepare the guest at its start")
     conn = connection.open_connection(uri or connection.URI, readonly=True)
     try:
         dom = connection.lookup(conn, name)
@@ -142,4 +151,4 @@ def stage_defined(name: str, *, threads: int = 0, uri: str | None = None) -> tup
         domain = parse_domain(connection.inactive_xml(dom))
     finally:
         connection.close(conn)
-    return stage(domain, threads=threads)
+    return stage(domain, threads=threads or get("max_threads"), progress=progress)

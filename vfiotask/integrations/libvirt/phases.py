@@ -168,6 +168,7 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
         if domain.hostdevs:
             check_devices(domain)
         check_memlock(domain)
+        domain = _place(domain, ctx, record)
         if domain.backing.uses_hugepages and domain.config.hugepages:
             _reserve_hugepages(domain, ctx, record, undo)
         if domain.backing.file_backed and domain.config.prefault:
@@ -232,6 +233,18 @@ def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = F
     return done
 
 
+def _place(domain: Domain, ctx: HookContext, record: dict[str, Any]) -> Domain:
+    """Apply NUMA from the device (placement.py) and note the choice in the log and the record."""
+    from vfiotask.integrations.libvirt.placement import device_placement, placed
+
+    placement = device_placement(domain, ctx.host_root)
+    if domain.hostdevs:
+        where = "left to the kernel" if placement.node is None else f"node {placement.node}"
+        ctx.log(f"{domain.name}: memory placement: {where} ({placement.reason})")
+    record["placement"] = placement.to_dict()
+    return placed(domain, placement)
+
+
 def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
                        undo: list[Callable[[], object]]) -> None:
     reserver = ctx.reserver()
@@ -287,8 +300,11 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
                 undo.append(partial(_move_back, done, ahead))
                 ctx.log(f"{domain.name}: moved staged {ram.name} into place")
             else:
+                from vfiotask.integrations.progress import hook_meter
+
+                meter = hook_meter(f"{domain.name}: populating {ram.name}", ram.size, ctx.log)
                 done = populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal, owner=owner,
-                                     threads=domain.config.threads)
+                                     threads=domain.config.threads, progress=meter)
                 ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
                         f"in {done.seconds:.2f} s with {done.threads} thread(s)")
             record["files"].append(done.to_json())
@@ -310,7 +326,7 @@ def _move_staged(ahead: FileRecord, directory: Dir, place: paths.Place, name: st
     with journal.locked() as data:
         journal.done(data, entry)
     return FileRecord(**{**ahead.to_json(), "path": str(place.path / name), "staged_from": ahead.path,
-                         "root": str(place.root), "parts": list(place.parts)})
+                         "root": str(place.root), "parts": tuple(place.parts)})
 
 
 def _move_back(done: FileRecord, ahead: FileRecord) -> None:

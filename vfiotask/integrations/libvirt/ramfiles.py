@@ -26,7 +26,7 @@ from vfiotask.journal import Journal, journaled_mkdir, make_file, undo_entry, un
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from vfiotask.engine import Engine
+    from vfiotask.engine import Engine, ProgressFn
     from vfiotask.integrations.libvirt.paths import RamFile
 
 SHARED_OWNER = "libvirt"
@@ -96,7 +96,8 @@ def open_place(place: Place, journal: Journal, owner: str) -> Dir:
 
 
 def populate_file(directory: Dir, place: Place, name: str, size: int, node: int | None, *, journal: Journal,
-                  owner: str, threads: int = 0, engine: Engine | None = None) -> FileRecord:
+                  owner: str, threads: int = 0, engine: Engine | None = None,
+                  progress: ProgressFn | None = None) -> FileRecord:
     """Create `name` in `directory` at `size`, journaled for `owner`, and populate every page in
     parallel on `node`; on failure nothing is left (file and entry both go)."""
     from vfiotask.jobs.prefault import prefault
@@ -113,7 +114,7 @@ def populate_file(directory: Dir, place: Place, name: str, size: int, node: int 
     try:
         region = open_region(RegionSpec(size=size, backing=str(path), node=node, fd=fd))
         try:
-            report = prefault(region, engine=engine, max_threads=threads)
+            report = prefault(region, engine=engine, max_threads=threads, progress=progress)
         finally:
             region.close(remove_created=False)
         info = os.fstat(fd)
