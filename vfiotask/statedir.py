@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 from vfiotask.dirfd import Dir, LinkRefused, open_root
-from vfiotask.errors import StateDirError, describe_exception
+from vfiotask.errors import NeedsRoot, StateDirError, describe_exception
 
 DEFAULT_STATE_DIR = Path("/run/vfiotask")
 STATE_DIR_ENV = "VFIOTASK_STATE_DIR"
@@ -63,6 +63,8 @@ def open_state_dir(path: Path | None = None) -> Dir:
     except LinkRefused as exc:
         raise StateDirError(f"state directory {path} is a symbolic link or not a directory; refused",
                             hint=_HINT) from exc
+    except PermissionError as exc:  # root's state dir, seen by another user: one line, exit 1
+        raise NeedsRoot(f"using state directory {path}") from exc
     except OSError as exc:
         what = "a symbolic link" if exc.errno == errno.ELOOP else describe_exception(exc)
         raise StateDirError(f"state directory {path} cannot be used: {what}", hint=_HINT) from exc
