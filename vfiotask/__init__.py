@@ -3,7 +3,7 @@
 The public API lives here; the command line and the libvirt hook are thin layers over it.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
 from vfiotask.errors import (
     DeviceError,
@@ -16,7 +16,10 @@ from vfiotask.errors import (
 )
 from vfiotask.units import format_size, parse_size
 
+TYPE_CHECKING = False  # importing typing would cost the libvirt hook milliseconds on every phase
 if TYPE_CHECKING:
+    from typing import Any
+
     from vfiotask.devices import DmaContainer, check_devices_usable, discover, group_viability, open_container
     from vfiotask.engine import CpuPolicy, Engine, HelperKind, Part, Task, TaskReport
     from vfiotask.host.cpus import host_engine

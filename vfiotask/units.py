@@ -16,8 +16,6 @@ Sizes are binary: `K`, `M`, `G`, `T` (or `KiB` ... `TiB`) are powers of 1024, a 
 
 from __future__ import annotations
 
-import re
-
 from vfiotask.errors import UsageError
 
 KiB = 1 << 10
@@ -36,7 +34,8 @@ MAX_ADDRESS = (1 << 64) - 1
 _DIGITS = frozenset("0123456789")
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _FACTORS = {"": 1, "B": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
-_SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?[ ]?([A-Za-z]*)", re.ASCII)
+_SIZE_PATTERN = r"([0-9]+)(?:\.([0-9]+))?[ ]?([A-Za-z]*)"
+"""Compiled on first use: `re` costs the libvirt hook milliseconds on phases that parse no size."""
 _SIZE_HINT = "write a whole number with an optional K, M, G or T (binary: 1K = 1024), e.g. 4G"
 
 
@@ -97,7 +96,9 @@ def parse_size(text: str | None, *, what: str = "size", minimum: int = 1, maximu
     A size of zero is refused by default: it is never what an administrator meant.
     """
     value = _trimmed(text, what, _SIZE_HINT)
-    match = _SIZE_RE.fullmatch(value)
+    import re
+
+    match = re.fullmatch(_SIZE_PATTERN, value, re.ASCII)
     if not match:
         raise UsageError(f"{what} {_shown(value)} is not a size", hint=_SIZE_HINT)
     whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)

@@ -131,3 +131,22 @@ def test_a_bound_process_that_fails_is_a_vfiotask_error() -> None:
     # one share failing while the other waits for the start must end the run, not hang it
     with pytest.raises(VfiotaskError, match="failed to map its share"):
         common.populate_in_processes(2, open_share)
+
+
+def test_plot_draws_a_png_or_says_in_one_line_that_matplotlib_is_missing(tmp_path: Path) -> None:
+    import importlib.util
+
+    target = tmp_path / "scaling.png"
+    args = ("bench", "--size", "64M", "--backing", "memfd", "--threads", "1,2", "--repeat", "1", "--no-qemu",
+            "--plot", str(target))
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "matplotlib.py").write_text("raise ImportError('not installed')\n")
+    missing = run_cli(*args, env={"PYTHONPATH": str(shim)})
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "needs matplotlib" in missing.stderr and "vfiotask[plot]" in missing.stderr and not target.exists()
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib is not installed here")
+    drawn = run_cli(*args)
+    assert drawn.returncode == 0, drawn.stderr
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,7 +18,7 @@ def test_install_is_idempotent_and_uninstall_removes(tmp_path: Path) -> None:
     installed = hooks / "qemu.d" / "50-vfiotask"
     assert f"installed {installed}" in first.stdout
     assert installed.stat().st_mode & 0o777 == 0o755
-    assert installed.read_text().splitlines()[0] == f"#!{sys.executable}"
+    assert installed.read_text().splitlines()[0] == f"#!{sys.executable} -IS"
 
     again = run_cli("hook", "install", "--hooks-dir", str(hooks))
     assert again.returncode == 0 and "already installed" in again.stdout
@@ -45,7 +45,10 @@ def test_the_installed_hook_is_the_repository_script_with_this_interpreter(tmp_p
     assert run_cli("hook", "install", "--hooks-dir", str(tmp_path)).returncode == 0
     installed = (tmp_path / "qemu.d" / "50-vfiotask").read_text()
     script = (REPO / "hooks" / "qemu").read_text()
-    assert installed == f"#!{sys.executable}\n" + script.split("\n", 1)[1]
+    first, rest = installed.split("\n", 1)
+    assert first == f"#!{sys.executable} -IS"  # no site processing: libvirtd waits for every phase
+    path_lines = [line for line in rest.splitlines(keepends=True) if line.startswith("sys.path[:0] = ")]
+    assert len(path_lines) == 1 and rest.replace(path_lines[0], "") == script.split("\n", 1)[1]
     assert os.access(REPO / "hooks" / "qemu", os.X_OK)
 
 

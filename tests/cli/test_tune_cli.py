@@ -56,3 +56,34 @@ def test_without_libvirtd_the_error_says_so() -> None:
     result = run_cli("tune", "--domain", "x", "--dry-run", "--uri", "qemu:///system")
     assert result.returncode == 1
     assert result.stderr.startswith("vfiotask: cannot connect to libvirt") and "start libvirtd" in result.stderr
+
+
+def test_prepared_moves_hugepages_to_a_shared_file_keeping_page_size_and_nodes() -> None:
+    from vfiotask.integrations.libvirt.tune import prepared
+
+    numa = "<numatune><memory mode='strict' nodeset='0'/></numatune><vcpu>"
+    xml = guest_xml("h", 512, hugepages="2048", immediate=True).replace("<vcpu>", numa, 1)
+    before, after = prepared(xml, 2 << 20)
+    domain = parse_domain(after)
+    assert domain.backing.file_backed and not domain.backing.uses_hugepages
+    assert domain.backing.access_mode == "shared" and domain.backing.allocation_mode == "immediate"
+    assert domain.numatune.nodeset == (0,)
+    assert prepared(after, 2 << 20)[0] == prepared(after, 2 << 20)[1]  # idempotent
+    assert "hugepages" in before and "hugepages" not in after
+
+
+def test_prepared_refuses_to_change_a_guests_page_size() -> None:
+    from vfiotask.errors import UsageError
+    from vfiotask.integrations.libvirt.tune import prepared
+
+    with pytest.raises(UsageError, match=r"uses 1\.0 GiB hugepages but memory_backing_dir is on 2\.0 MiB"):
+        prepared(guest_xml("g", 2048, hugepages="1048576"), 2 << 20)
+    with pytest.raises(UsageError, match="tmpfs"):
+        prepared(guest_xml("g", 2048, hugepages="2048"), None)
+
+
+def test_prepared_gives_anonymous_ram_a_file() -> None:
+    from vfiotask.integrations.libvirt.tune import prepared
+
+    _, after = prepared(guest_xml("a", 512), 2 << 20)
+    assert parse_domain(after).backing.file_backed

@@ -77,3 +77,16 @@ def stderr_line(result: subprocess.CompletedProcess[bytes]) -> str:
 
 def file_blocks(path: Path) -> int:
     return os.lstat(path).st_blocks * 512
+
+
+def skip_without_libvirt() -> None:
+    """Skip, with the reason, where a private libvirtd cannot run: no root, no /dev/kvm, no tools."""
+    from tests.conftest import is_root
+    from vfiotask.integrations.bench.libvirtd import missing_tools
+
+    if not is_root():
+        pytest.skip("needs root to run libvirtd")
+    if not Path("/dev/kvm").exists():
+        pytest.skip("no /dev/kvm")
+    if missing_tools():
+        pytest.skip(f"not installed: {', '.join(missing_tools())}")

@@ -1,4 +1,4 @@
-"""`vfiotask bench libvirt` at a small size: it runs all three variants and puts the host back."""
+"""`vfiotask bench libvirt` at a small size: it runs every variant and puts the host back."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tests.conftest import is_root, run_cli
 from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path
 
 pytestmark = pytest.mark.libvirt
+POOLS = sorted(Path("/sys/kernel/mm/hugepages").glob("hugepages-*/nr_hugepages"))
 
 
 def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None:
@@ -21,15 +22,22 @@ def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None
     if _running("libvirtd"):
         pytest.skip("libvirtd is already running")
     conf_before = Path("/etc/libvirt/qemu.conf").read_text()
+    pools_before = {p: p.read_text() for p in POOLS}
     result = run_cli("bench", "libvirt", "--size", "256M", "--repeat", "1", "--json", timeout=300)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert [config["config"] for config in data["configs"]] == ["tmpfs", "tmpfs-huge"]
+    assert [config["config"] for config in data["configs"]] == ["tmpfs", "tmpfs-huge", "hugetlbfs"]
     for config in data["configs"]:
-        assert set(config["variants"]) == {"nohook", "hook", "warm"}
+        expected = {"lazy", "nohook", "hook", "ahead"}
+        if config["config"] == "hugetlbfs":
+            expected |= {"reference", "hugepages-nohook", "hugepages-hook"}
+        assert set(config["variants"]) == expected
         assert all(len(v["seconds"]) == 1 for v in config["variants"].values())
-        assert config["hook_populate"]["threads"] and config["hook_not_ours_ms"] > 0
+        assert config["hook_populate"]["threads"]
+        for kind in ("not ours", "prepared"):
+            assert set(config["hook_phase_ms"][kind]) == {"prepare", "start", "started", "release"}
         assert not Path(config["memory_backing_dir"]).exists()
+    assert pools_before == {p: p.read_text() for p in POOLS}
     assert Path("/etc/libvirt/qemu.conf").read_text() == conf_before
     assert not hook_path(HOOKS_DIR).exists()
     assert not _running("libvirtd")

@@ -169,3 +169,18 @@ def test_odd_numbers_are_refused_not_a_traceback(extra: str, needle: str) -> Non
 def test_numbers_that_are_not_ascii_whole_numbers_in_range_are_refused(xml: str) -> None:
     with pytest.raises(UsageError):
         parse_domain(xml)
+
+
+@pytest.mark.parametrize("xml", [
+    guest_xml("plain", 64, id=3, file_backed=True),
+    guest_xml("meta", 64, id=4, file_backed=True, config={"threads": "2"}, dac="+64055:+64055"),
+    guest_xml("dev", 64, id=5, hostdevs=["0000:01:00.0"], dac="libvirt-qemu:kvm"),
+    guest_xml("both", 64, hugepages="2048", config={}, hostdevs=["0000:02:00.0"]),
+])
+def test_the_hooks_expat_scan_agrees_with_the_domain_model(xml: str) -> None:
+    """The hook decides 'ours' and reads the DAC label with expat alone; the model must agree."""
+    from vfiotask.integrations.libvirt.ours import scan
+
+    found, domain = scan(xml), parse_domain(xml)
+    assert (found.ours, found.name) == (domain.ours, domain.name)
+    assert found.dac == (None if domain.dac_label is None else (domain.dac_label.user, domain.dac_label.group))

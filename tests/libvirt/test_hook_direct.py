@@ -322,3 +322,78 @@ def test_an_unexpected_error_still_reaches_libvirt_as_one_line(
     err = capsys.readouterr().err
     assert status == 1
     assert err.count("\n") == 1 and "failed unexpectedly" in err and "a bug" in err and "Traceback" not in err
+
+
+POOL_2M = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+
+
+def _on_hugetlbfs(hook_host: HookHost, mount: Path) -> None:
+    hook_host.conf.write_text(f'memory_backing_dir = "{mount}"\n')
+
+
+@requires_root
+def test_files_on_hugetlbfs_are_reserved_first_and_given_back(hook_host: HookHost, hugetlbfs_mount: Path) -> None:
+    """The recommended configuration: the hook grows the pool for the guest, populates, releases."""
+    _on_hugetlbfs(hook_host, hugetlbfs_mount)
+    before = int(POOL_2M.read_text())
+    xml = guest_xml("hg", 64, id=9, file_backed=True, config=OURS, dac="+0:+0")
+    prepared = hook_host.run("hg", "prepare", "begin", xml)
+    assert (prepared.returncode, prepared.stderr) == (0, b"")
+    ram = hugetlbfs_mount / "libvirt" / "qemu" / "9-hg" / "pc.ram"
+    assert int(POOL_2M.read_text()) == before + 32 and file_blocks(ram) == 64 * MiB
+    assert hook_host.run("hg", "start", "begin", xml).returncode == 0
+    assert hook_host.run("hg", "release", "end", xml).returncode == 0
+    assert not ram.exists() and int(POOL_2M.read_text()) == before
+
+
+@requires_root
+def test_files_staged_on_hugetlbfs_keep_their_reservation_until_release(
+        hook_host: HookHost, hugetlbfs_mount: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vfiotask.integrations.libvirt.ahead import stage, unstage
+    from vfiotask.integrations.libvirt.domain import parse_domain
+
+    _on_hugetlbfs(hook_host, hugetlbfs_mount)
+    for key, value in hook_host.env().items():
+        monkeypatch.setenv(key, value)
+    before = int(POOL_2M.read_text())
+    xml = guest_xml("hs", 64, id=10, file_backed=True, config=OURS, dac="+0:+0")
+    stage(parse_domain(xml))
+    assert int(POOL_2M.read_text()) == before + 32
+    unstage("hs")
+    assert int(POOL_2M.read_text()) == before
+    stage(parse_domain(xml))
+    assert hook_host.run("hs", "prepare", "begin", xml).returncode == 0
+    assert int(POOL_2M.read_text()) == before + 32  # taken over, not grown again
+    ram = hugetlbfs_mount / "libvirt" / "qemu" / "10-hs" / "pc.ram"
+    assert file_blocks(ram) == 64 * MiB
+    assert hook_host.run("hs", "release", "end", xml).returncode == 0
+    assert not ram.exists() and int(POOL_2M.read_text()) == before
+
+
+@requires_root
+def test_a_hugetlbfs_pool_that_cannot_give_the_pages_refuses_the_start(
+        hook_host: HookHost, hugetlbfs_mount: Path) -> None:
+    _on_hugetlbfs(hook_host, hugetlbfs_mount)
+    before = POOL_2M.read_text()
+    xml = guest_xml("hx", 4 << 20, id=11, file_backed=True, config=OURS)  # 4 TiB
+    result = hook_host.run("hx", "prepare", "begin", xml)
+    assert result.returncode == 1
+    line = stderr_line(result)
+    assert "hugepages of 2.0 MiB" in line and "no pool was changed" in line
+    assert POOL_2M.read_text() == before and not (hugetlbfs_mount / "libvirt" / "qemu" / "11-hx").exists()
+    assert hook_host.journal()["guests"] == {}
+
+
+@requires_root
+def test_pages_already_free_in_the_pool_are_used_before_it_grows(hook_host: HookHost, hugetlbfs_mount: Path) -> None:
+    """An administrator's boot-time pool is what the guest's files take first."""
+    _on_hugetlbfs(hook_host, hugetlbfs_mount)
+    standing = int(POOL_2M.read_text()) + 32
+    POOL_2M.write_text(str(standing))
+    if int(POOL_2M.read_text()) != standing:
+        pytest.skip("the 2 MiB pool cannot grow by 32 pages here")
+    xml = guest_xml("hf", 96, id=12, file_backed=True, config=OURS)
+    assert hook_host.run("hf", "prepare", "begin", xml).returncode == 0
+    assert int(POOL_2M.read_text()) == standing + 16  # 48 pages needed, 32 were free
+    assert hook_host.run("hf", "release", "end", xml).returncode == 0
+    assert int(POOL_2M.read_text()) == standing

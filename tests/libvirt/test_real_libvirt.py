@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HOST_LOCK, HUGEPAGES_SYSFS, is_root
+from tests.conftest import HOST_LOCK, HUGEPAGES_SYSFS
+from tests.libvirt.conftest import skip_without_libvirt
 from tests.libvirt.xmls import guest_xml
 
 pytestmark = pytest.mark.libvirt
@@ -30,15 +31,10 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[object]:
-    if not is_root():
-        pytest.skip("needs root to run libvirtd")
-    if not Path("/dev/kvm").exists():
-        pytest.skip("no /dev/kvm")
+    skip_without_libvirt()
     from vfiotask.errors import HostStateError
-    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt, missing_tools
+    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
 
-    if missing_tools():
-        pytest.skip(f"not installed: {', '.join(missing_tools())}")
     HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(HOST_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -82,7 +82,7 @@ def plan(task: Task, facts: CpuFacts, policy: CpuPolicy, *, default_cap: int = 0
         (helper_slots + 1, "helper slots"),
     ]
     threads, limited_by = min(((n, why) for n, why in limits if n > 0), key=lambda limit: limit[0])
-    chunk = chunk_size_for(task.size, threads, task.min_chunk, task.align)
+    chunk = chunk_size_for(task.size, threads, task.min_chunk, task.align, task.chunks_per_thread)
     chunks = count_chunks(task.parts, chunk)
     if chunks < threads:
         threads, limited_by = chunks, "chunks"
@@ -113,9 +113,10 @@ def cpu_budget(facts: CpuFacts, policy: CpuPolicy) -> CpuBudget:
     return CpuBudget(count=max(1, count), cpus=idle or allowed, limited_by=reason)
 
 
-def chunk_size_for(size: int, threads: int, min_chunk: int, align: int) -> int:
-    """About `CHUNKS_PER_THREAD` chunks per thread, a multiple of align, never below min_chunk."""
-    target = size // (threads * CHUNKS_PER_THREAD) if threads > 0 else size
+def chunk_size_for(size: int, threads: int, min_chunk: int, align: int, per_thread: int = CHUNKS_PER_THREAD) -> int:
+    """About `per_thread` chunks per thread (a task may ask for more than `CHUNKS_PER_THREAD`),
+    a multiple of align, never below min_chunk."""
+    target = size // (threads * per_thread) if threads > 0 else size
     step = max(align, 1)
     chunk = max(target - target % step, min_chunk)
     chunk = -(-chunk // step) * step

@@ -20,6 +20,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, NoReturn
@@ -111,6 +112,9 @@ class Helper:
         self.cpus = cpus
         self.priority = PriorityControl()
         self.finished = threading.Event()
+        self.chunk_since: float | None = None
+        """When the chunk it runs now was claimed (None between chunks): how the caller sees a
+        helper that other work starves."""
         self._thread: threading.Thread | None = None
 
     def spawn(self) -> None:
@@ -142,7 +146,9 @@ class ThreadHelper(Helper):
                     log.debug("%s: cannot run on CPUs %s: %s", self.name, sorted(self.cpus), exc)
             chunk_fn = self.state.task.chunk
             while (chunk := self.state.claim(self.node)) is not None:
+                self.chunk_since = time.monotonic()
                 self.state.execute(chunk, self.name, chunk_fn)
+                self.chunk_since = None
         finally:
             self.finished.set()
 
@@ -180,7 +186,9 @@ class ProcessHelper(Helper):
     def _main(self) -> None:
         try:
             while (chunk := self.state.claim(self.node)) is not None:
+                self.chunk_since = time.monotonic()
                 self.state.execute(chunk, self.name, self._remote)
+                self.chunk_since = None
         finally:
             self._stop_child()
             self.finished.set()

@@ -7,8 +7,8 @@ to disk.  The mount table (not statfs magic numbers alone) also gives the hugetl
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 MOUNTINFO = "proc/self/mountinfo"
 RAM_FILESYSTEMS = frozenset({"tmpfs", "hugetlbfs"})
@@ -19,12 +19,11 @@ VIRTUAL_FILESYSTEMS = frozenset({
 """Filesystems that are views of the kernel: a guest RAM file cannot live there, --force or not."""
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     mountpoint: Path
     fstype: str
     source: str
-    options: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = {}  # noqa: RUF012 - never changed
 
 
 def _unescape(text: str) -> str:

@@ -41,6 +41,10 @@ def _node_key(node: int | None) -> str:
     return ANY_NODE if node is None else str(node)
 
 
+def _pages_json(pages: Mapping[int | None, int]) -> dict[str, int]:
+    return {_node_key(node): count for node, count in pages.items()}
+
+
 def _node_of(key: str) -> int | None:
     return None if key == ANY_NODE else int(key)
 
@@ -114,8 +118,16 @@ class HugepageReserver:
 
     # -- reserving -----------------------------------------------------------------------------
 
-    def reserve(self, owner: str, demands: Mapping[int | None, int], page_size: int | None = None) -> Reservation:
-        """Give `owner` at least `demands[node]` bytes of hugepages on each node, or nothing at all."""
+    def reserve(self, owner: str, demands: Mapping[int | None, int], page_size: int | None = None,
+                *, use_free: bool = False) -> Reservation:
+        """Give `owner` at least `demands[node]` bytes of hugepages on each node, or nothing at all.
+
+        `use_free`: count the pool's available pages first (those no other owner's reservation
+        may still need) and grow it only by the shortfall, so that pages an administrator put in
+        the pool at boot are used before the pool grows; the reservation then holds (and its
+        release gives back) only the pages it added.  For pages the caller faults in at once
+        (the hook's RAM files), not for pages a later mapping will take.
+        """
         validate_owner(owner)
         size = self.resolve_page_size(page_size)
         wanted: dict[int | None, int] = {}
@@ -130,16 +142,31 @@ class HugepageReserver:
             owners = data.setdefault("owners", {})
             if owner in owners:
                 held = Reservation.from_journal(owner, owners[owner])
-                if held.page_size == size and dict(held.pages) == wanted:
+                asked = owners[owner].get("wanted", held.to_json()["pages"])
+                if held.page_size == size and asked == _pages_json(wanted):
                     return Reservation(owner, size, held.pages, already_held=True)
                 raise UsageError(
                     f"owner {owner!r} already holds {format_size(held.size)} of hugepages",
                     hint=f"release it first: vfiotask hugepages release --owner {owner}",
                 )
-            self._check_memory(size, wanted)
-            self._grow(size, wanted)
-            owners[owner] = Reservation(owner, size, wanted).to_json()
-        return Reservation(owner, size, wanted)
+            grow = self._shortfall(size, wanted, owners) if use_free else dict(wanted)
+            self._check_memory(size, grow)
+            if any(grow.values()):
+                self._grow(size, {node: count for node, count in grow.items() if count > 0})
+            owners[owner] = {**Reservation(owner, size, grow).to_json(), "wanted": _pages_json(wanted)}
+        return Reservation(owner, size, grow)
+
+    def _shortfall(self, page_size: int, wanted: dict[int | None, int],
+                   owners: Mapping[str, Any]) -> dict[int | None, int]:
+        """Pages each node's pool must grow by once its available pages, less what other owners
+        hold there (their pages may not be taken yet), are counted."""
+        grow = {}
+        for node, count in wanted.items():
+            others = sum(int(record["pages"].get(_node_key(node), 0)) for record in owners.values()
+                         if int(record["page_size"]) == page_size)
+            spare = max(self.pools.state(page_size, node).available - others, 0)
+            grow[node] = max(count - spare, 0)
+        return grow
 
     def _check_memory(self, page_size: int, wanted: dict[int | None, int]) -> None:
         """Refuse a request the host's available memory cannot cover, before touching a pool.

@@ -1,51 +1,92 @@
 """`vfiotask bench libvirt`: how long `virsh start` of a file-backed guest takes, with and without us.
 
-The guest (1 vCPU, no disk, RAM in a shared file on a tmpfs memory_backing_dir) has
+The guest (1 vCPU, no disk, RAM in a shared file in memory_backing_dir) has
 `<allocation mode='immediate'/>`, so QEMU faults and zeroes all of its RAM at start in one
-thread, as the VFIO pin does.  Two memory_backing_dir configurations: /dev/shm as mounted (4 KiB
-pages) and a tmpfs mounted `huge=within_size`, whose files hold transparent hugepages that QEMU
-maps whole once they are populated.  Three variants per configuration, interleaved, each after warming host memory:
-  nohook - the hook sees a guest that is not ours and leaves at once;
-  hook   - the hook populates the RAM file in parallel before QEMU opens it;
-  warm   - `prepin --domain` populated it ahead (untimed), the hook only renames it into place.
-Also measured: the hook's run time for a guest that is not ours (its cost to every start).
-A private libvirtd is started with the hook installed and put back afterwards.
+thread, as the VFIO pin does.  Three memory_backing_dir configurations, each with its own private
+libvirtd: /dev/shm as mounted (4 KiB pages), a private tmpfs mounted `huge=within_size`, and a
+private hugetlbfs of 2 MiB pages (the recommended configuration; a standing pool of the guest's
+size is put in place for the variants that do not reserve, as an administrator would at boot).
+Variants, interleaved, each after warming host memory:
+  lazy      - no preallocation: QEMU maps the file and the guest faults it later (the physical limit);
+  nohook    - preallocation by QEMU; the hook sees a guest that is not ours and leaves at once;
+  hook      - the hook reserves and populates the RAM file in parallel before QEMU opens it;
+  ahead     - `prepin --domain` populated it ahead (untimed); the hook only moves it into place;
+  reference - (hugetlbfs) a hand-written hook that only renames a file populated ahead and hands it
+              to QEMU's user, in place of ours: what a hook that costs nothing would reach;
+  hugepages-nohook / hugepages-hook - (hugetlbfs) a `<hugepages/>` guest, QEMU preallocating from
+              the standing pool, or from pages the hook reserves at prepare.
+Also measured: the hook's own wall time per phase for a prepared guest and for a guest that is
+not ours, running the installed hook as libvirtd does.  Everything is put back afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vfiotask.integrations.bench.common import BenchOptions
-from vfiotask.integrations.libvirt.domain import NAMESPACE
-from vfiotask.units import GiB, format_size
+from vfiotask.integrations.libvirt.ours import NAMESPACE as NS
+from vfiotask.units import GiB, MiB, format_size
 
 PREFIX = "vfiotask-bench-"
-VARIANTS = ("nohook", "hook", "warm")
+VARIANTS = ("lazy", "nohook", "hook", "ahead")
+EXTRA = {"hugetlbfs": ("reference", "hugepages-nohook", "hugepages-hook")}
+CONFIGS = ("tmpfs", "tmpfs-huge", "hugetlbfs")
+HUGE_2M = 2 * MiB
+PHASES = (("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end"))
 
 
-def guest_xml(name: str, size: int, ours: bool) -> str:
-    metadata = f"<metadata><vfiotask:config xmlns:vfiotask='{NAMESPACE}'/></metadata>" if ours else ""
-    return f"""<domain type='kvm'>
+def guest_xml(name: str, size: int, *, ours: bool, immediate: bool = True, hugepages: bool = False,
+              guest_id: int | None = None, dac: str | None = None) -> str:
+    metadata = f"<metadata><vfiotask:config xmlns:vfiotask='{NS}'/></metadata>" if ours else ""
+    source = "<hugepages/>" if hugepages else "<source type='file'/><access mode='shared'/>"
+    allocation = "<allocation mode='immediate'/>" if immediate else ""
+    domain_id = f" id='{guest_id}'" if guest_id is not None else ""
+    seclabel = (f"<seclabel type='dynamic' model='dac' relabel='yes'><label>{dac}</label></seclabel>"
+                if dac else "")
+    return f"""<domain type='kvm'{domain_id}>
   <name>{name}</name>
   <memory unit='KiB'>{size // 1024}</memory>
   {metadata}
-  <memoryBacking><source type='file'/><access mode='shared'/><allocation mode='immediate'/></memoryBacking>
+  <memoryBacking>{source}{allocation}</memoryBacking>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <on_poweroff>destroy</on_poweroff>
   <devices><emulator>/usr/bin/qemu-system-x86_64</emulator><video><model type='none'/></video>
     <memballoon model='none'/></devices>
+  {seclabel}
 </domain>
 """
+
+
+REFERENCE_HOOK = '''#!{python} -IS
+"""A reference qemu hook: renames a file populated ahead into the guest's directory, hands it to
+QEMU's user, and does nothing else (no checks, no journal)."""
+import os
+import sys
+
+STAGED, ROOT, NAME = {staged!r}, {root!r}, {name!r}
+name, phase = sys.argv[1], sys.argv[2]
+if name == NAME and phase in ("prepare", "start"):
+    text = sys.stdin.read()
+    guest = os.path.join(ROOT, text.split(" id='", 1)[1].split("'", 1)[0] + "-" + name[:20])
+    if phase == "prepare":
+        os.makedirs(guest, mode=0o700, exist_ok=True)
+        os.rename(STAGED, os.path.join(guest, "pc.ram"))
+    else:
+        label = text.split("<label>", 1)[1].split("</label>", 1)[0]
+        uid, gid = (int(part.lstrip("+")) for part in label.split(":"))
+        os.chown(guest, uid, gid)
+        os.chown(os.path.join(guest, "pc.ram"), uid, gid)
+'''
 
 
 def _size(options: BenchOptions) -> int:
@@ -53,7 +94,7 @@ def _size(options: BenchOptions) -> int:
     from vfiotask.errors import ResourceError
     from vfiotask.host.meminfo import mem_available
 
-    size = options.size or 4 * GiB
+    size = -(-(options.size or 4 * GiB) // HUGE_2M) * HUGE_2M
     available = mem_available()
     if size > available:
         raise ResourceError(
@@ -63,66 +104,144 @@ def _size(options: BenchOptions) -> int:
     return size
 
 
-def hook_overhead_ms(hook: str, runs: int = 7) -> float:
-    """Median wall time of the installed hook on `prepare begin` of a guest that is not ours."""
-    xml = guest_xml("not-ours", GiB, ours=False).replace("<domain type='kvm'>", "<domain type='kvm' id='1'>")
-    env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
-    times = []
-    for _ in range(runs):
-        began = time.monotonic()
-        subprocess.run([hook, "not-ours", "prepare", "begin", "-"], input=xml.encode(), env=env,
-                       capture_output=True, check=True)
-        times.append(time.monotonic() - began)
-    return statistics.median(times) * 1000
+def _run_hook(hook: str, name: str, phase: str, subphase: str, xml: str, env: dict[str, str]) -> float:
+    began = time.monotonic()
+    result = subprocess.run([hook, name, phase, subphase, "-"], input=xml.encode(), env=env, capture_output=True)
+    took = time.monotonic() - began
+    if result.returncode != 0:
+        from vfiotask.errors import VfiotaskError
+
+        raise VfiotaskError(f"the hook failed on {phase} {subphase}: {result.stderr.decode().strip()}",
+                            hint="run the hook's tests (tests/libvirt)")
+    return took
 
 
-CONFIGS = {
-    "tmpfs": None,  # /dev/shm as mounted: 4 KiB pages
-    "tmpfs-huge": "huge=within_size",  # a private tmpfs whose files may hold transparent hugepages
-}
+def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 * MiB) -> dict[str, dict[str, float]]:
+    """Median wall time of the installed hook per phase, for a prepared guest and one not ours.
+
+    The hook runs as libvirtd runs it (argv, the XML on stdin, an environment of LC_ALL, PATH
+    and HOME), pointed at a private state dir and a qemu.conf naming `backing_dir`.
+    """
+    from vfiotask.integrations.libvirt.ahead import stage
+    from vfiotask.integrations.libvirt.domain import parse_domain
+    from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+
+    times: dict[str, dict[str, list[float]]] = {"not ours": {}, "prepared": {}}
+    with tempfile.TemporaryDirectory(prefix="vfiotask-bench-hook-") as scratch:
+        conf = Path(scratch) / "qemu.conf"
+        conf.write_text(f'memory_backing_dir = "{backing_dir}"\n')
+        state = Path(scratch) / "state"
+        env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "VFIOTASK_STATE_DIR": str(state), "VFIOTASK_LIBVIRT_QEMU_CONF": str(conf)}
+        guests = {"not ours": guest_xml("bench-plain", size, ours=False, guest_id=901, dac="+0:+0"),
+                  "prepared": guest_xml("bench-prep", size, ours=True, guest_id=902, dac="+0:+0")}
+        saved = {key: os.environ.get(key) for key in ("VFIOTASK_STATE_DIR", "VFIOTASK_LIBVIRT_QEMU_CONF")}
+        os.environ.update({key: env[key] for key in saved})
+        try:
+            for _ in range(runs):
+                stage(parse_domain(guests["prepared"]), conf=conf, journal=GuestJournal(state))
+                for kind, xml in guests.items():
+                    name = "bench-plain" if kind == "not ours" else "bench-prep"
+                    for phase, subphase in PHASES:
+                        took = _run_hook(hook, name, phase, subphase, xml, env)
+                        times[kind].setdefault(phase, []).append(took)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    return {kind: {phase: round(statistics.median(values) * 1000, 2) for phase, values in per.items()}
+            for kind, per in times.items()}
 
 
-@contextmanager
+@contextlib.contextmanager
+def _pool(pages: int) -> Iterator[None]:
+    """`pages` more 2 MiB pages in the pool (an administrator's boot-time pool); put back after."""
+    from vfiotask.errors import HugepageShortageError
+    from vfiotask.host.hugepages import HugepagePools
+
+    pools = HugepagePools()
+    before = pools.state(HUGE_2M).total
+    try:
+        got = pools.set_total(HUGE_2M, before + pages)
+        if got < before + pages:
+            raise HugepageShortageError(f"the 2.0 MiB pool grew by {got - before} of {pages} pages",
+                                        hint="free memory or benchmark a smaller --size")
+        yield
+    finally:
+        pools.set_total(HUGE_2M, before)
+
+
+@contextlib.contextmanager
 def backing_dir(config: str, size: int) -> Iterator[Path | None]:
     """The memory_backing_dir for a configuration: None lets PrivateLibvirt make one on /dev/shm."""
-    options = CONFIGS[config]
-    if options is None:
+    if config == "tmpfs":
         yield None
         return
     path = Path("/dev/shm") / f"vfiotask-bench-{config}-{os.getpid()}"
     path.mkdir(mode=0o755)
+    options = (["-t", "tmpfs", "-o", f"huge=within_size,mode=0755,size={2 * size + GiB}", "tmpfs"]
+               if config == "tmpfs-huge" else ["-t", "hugetlbfs", "-o", "pagesize=2M,mode=0755", "hugetlbfs"])
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},mode=0755,size={2 * size + GiB}", "tmpfs",
-                        str(path)], check=True, capture_output=True)
+        subprocess.run(["mount", *options, str(path)], check=True, capture_output=True)
         try:
-            yield path
+            if config == "hugetlbfs":
+                with _pool(size // HUGE_2M):
+                    yield path
+            else:
+                yield path
         finally:
             subprocess.run(["umount", str(path)], check=False, capture_output=True)
     finally:
         path.rmdir()
 
 
+def _warm(size: int, directory: Path | None, hugetlb: bool) -> Callable[[], object]:
+    def warm() -> object:
+        from vfiotask.integrations.bench.common import warm_host_memory
+
+        seconds = warm_host_memory(size)
+        if hugetlb and directory is not None:  # the pool's own pages: populate and free them once
+            from vfiotask.jobs.prefault import prefault
+            from vfiotask.memory.region import RegionSpec, open_region
+
+            with open_region(RegionSpec(size=size, backing=str(directory / ".vfiotask-warm"), create=True)) as region:
+                prefault(region, max_threads=1)
+                region.close(remove_created=True)
+        return seconds
+
+    return warm
+
+
 def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
-    """Interleaved starts of the three variants with memory_backing_dir in `config`."""
-    from vfiotask.integrations.bench.common import Variant, interleave, summary, warm_host_memory
+    """Interleaved starts of every variant with memory_backing_dir in `config`."""
+    from vfiotask.integrations.bench.common import Variant, interleave, summary
     from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
     from vfiotask.integrations.libvirt import connection
     from vfiotask.integrations.libvirt.ahead import stage, unstage
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
-    from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path
+    from vfiotask.integrations.libvirt.hookinstall import HOOKS_DIR, hook_path, hook_text
+    from vfiotask.integrations.libvirt.ramfiles import populate_file
 
-    names = {variant: f"{PREFIX}{variant}" for variant in VARIANTS}
+    variants = VARIANTS + EXTRA.get(config, ())
+    names = {variant: f"{PREFIX}{variant}" for variant in variants}
+    hugetlb = config == "hugetlbfs"
     with backing_dir(config, size) as directory, \
-            PrivateLibvirt(guest_prefix=PREFIX, hugetlbfs=False, backing_dir=directory) as lab:
+            PrivateLibvirt(guest_prefix=PREFIX, hugetlbfs=hugetlb, backing_dir=directory) as lab:
+        base = lab.backing_dir
+        hook = hook_path(HOOKS_DIR)
+        ours_text = hook_text()
         conn = connection.open_connection(readonly=False)
         try:
             doms = {}
             for variant, name in names.items():
-                conn.defineXML(guest_xml(name, size, ours=variant != "nohook"))
+                conn.defineXML(guest_xml(name, size, ours=variant in ("hook", "ahead", "hugepages-hook"),
+                                         immediate=variant != "lazy", hugepages=variant.startswith("hugepages")))
                 doms[variant] = conn.lookupByName(name)
-            warm_domain = parse_domain(doms["warm"].XMLDesc(0))
-
+            ahead_domain = parse_domain(doms["ahead"].XMLDesc(0))
+            staged_ref = base / "libvirt" / "qemu" / ".vfiotask-bench-reference"
             populate: list[dict[str, Any]] = []
 
             def start(variant: str) -> float:
@@ -137,30 +256,50 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
             def stop(variant: str) -> None:
                 if doms[variant].isActive():
                     doms[variant].destroy()
+                if variant == "reference":
+                    hook.write_text(ours_text)
+                    staged_ref.unlink(missing_ok=True)
 
-            variants = [
-                Variant("nohook", run=lambda: start("nohook"), cleanup=lambda: stop("nohook")),
-                Variant("hook", run=lambda: start("hook"), cleanup=lambda: stop("hook")),
-                Variant("warm", run=lambda: start("warm"), prepare=lambda: stage(warm_domain) and None,
-                        cleanup=lambda: stop("warm")),
-            ]
-            times = interleave(variants, repeat, lambda: warm_host_memory(size))
-            unstage(warm_domain.name)
-            overhead = hook_overhead_ms(str(hook_path(HOOKS_DIR)))
+            def reference_ready() -> None:
+                staged_ref.parent.mkdir(parents=True, exist_ok=True)
+                populate_file(staged_ref, size, None)
+                hook.write_text(REFERENCE_HOOK.format(python=sys.executable, staged=str(staged_ref),
+                                                      root=str(staged_ref.parent), name=names["reference"]))
+
+            def make(name: str, prepare: Callable[[], None] = lambda: None) -> Variant:
+                return Variant(name, run=lambda: start(name), prepare=prepare, cleanup=lambda: stop(name))
+
+            chosen = []
+            for name in variants:
+                if name == "ahead":
+                    chosen.append(make(name, lambda: stage(ahead_domain) and None))
+                elif name == "reference":
+                    chosen.append(make(name, reference_ready))
+                else:
+                    chosen.append(make(name))
+            times = interleave(chosen, repeat, _warm(size, base, hugetlb))
+            unstage(ahead_domain.name)
+            phases = hook_phase_ms(str(hook), base)
         finally:
+            hook.write_text(ours_text)
             conn.close()
-        backing = str(lab.backing_dir)
     medians = {name: statistics.median(values) for name, values in times.items()}
+    ratios = {
+        "hook_over_nohook": medians["nohook"] / medians["hook"],
+        "ahead_over_nohook": medians["nohook"] / medians["ahead"],
+        "ahead_vs_lazy": medians["ahead"] / medians["lazy"],
+    }
+    if "reference" in medians:
+        ratios["ahead_vs_reference"] = medians["ahead"] / medians["reference"]
+        ratios["reference_vs_lazy"] = medians["reference"] / medians["lazy"]
+    if "hugepages-hook" in medians:
+        ratios["ahead_over_hugepages_nohook"] = medians["hugepages-nohook"] / medians["ahead"]
     return {
         "config": config,
-        "memory_backing_dir": backing,
-        "mount_options": CONFIGS[config] or "as mounted",
+        "memory_backing_dir": str(base),
         "variants": {name: summary(size, values) for name, values in times.items()},
-        "speedup": {
-            "hook": round(medians["nohook"] / medians["hook"], 3),
-            "warm": round(medians["nohook"] / medians["warm"], 3),
-        },
-        "hook_not_ours_ms": round(overhead, 1),
+        "ratios": {key: round(value, 3) for key, value in ratios.items()},
+        "hook_phase_ms": phases,
         "hook_populate": {
             "median_seconds": round(statistics.median([p["seconds"] for p in populate]), 6) if populate else None,
             "threads": sorted({p["threads"] for p in populate}),
@@ -168,11 +307,25 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
     }
 
 
+def _configs(options: BenchOptions) -> list[str]:
+    from vfiotask.errors import UsageError
+
+    text = options.backing
+    if not text:
+        return list(CONFIGS)
+    chosen = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in CONFIGS]
+    if unknown or not chosen:
+        raise UsageError(f"--backing {text!r}: libvirt configurations are {', '.join(CONFIGS)}",
+                         hint="give a comma-separated list of them")
+    return chosen
+
+
 def run(options: BenchOptions) -> dict[str, Any]:
-    """Threads, backing and QEMU do not apply: the guest has one vCPU and QEMU is what starts."""
     size = _size(options)
     repeat = max(options.repeat, 1)
-    return {
+    configs = [measure(size, repeat, config) for config in _configs(options)]
+    result: dict[str, Any] = {
         "suite": "libvirt",
         "size": size,
         "repeat": repeat,
@@ -180,8 +333,13 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "guest": "1 vCPU, file-backed, allocation immediate",
         "cpus": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
-        "configs": [measure(size, repeat, config) for config in CONFIGS],
+        "configs": configs,
     }
+    by_name = {config["config"]: config["variants"] for config in configs}
+    if "hugetlbfs" in by_name and "tmpfs" in by_name:  # medians of separate rounds of the same run
+        result["recommended_ahead_over_tmpfs_nohook"] = round(
+            by_name["tmpfs"]["nohook"]["median_seconds"] / by_name["hugetlbfs"]["ahead"]["median_seconds"], 3)
+    return result
 
 
 def render(result: dict[str, Any]) -> str:
@@ -190,17 +348,19 @@ def render(result: dict[str, Any]) -> str:
         f"{result['repeat']} interleaved runs each, warm host memory, {result['cpus']} CPUs",
     ]
     for config in result["configs"]:
-        lines.append(f"memory_backing_dir: {config['config']} ({config['mount_options']})")
-        lines.append(f"  {'variant':<8} {'median s':>9}  runs")
-        for name in VARIANTS:
-            data = config["variants"][name]
+        lines.append(f"memory_backing_dir: {config['config']} ({config['memory_backing_dir']})")
+        lines.append(f"  {'variant':<17} {'median s':>9}  runs")
+        for name, data in config["variants"].items():
             runs = " ".join(f"{s:.3f}" for s in data["seconds"])
-            lines.append(f"  {name:<8} {data['median_seconds']:>9.3f}  {runs}")
-        speedup = config["speedup"]
-        lines.append(f"  speedup over nohook: hook {speedup['hook']:.2f}x, warm {speedup['warm']:.2f}x")
+            lines.append(f"  {name:<17} {data['median_seconds']:>9.3f}  {runs}")
+        lines.append("  " + ", ".join(f"{key} {value:.2f}x" for key, value in config["ratios"].items()))
         populate = config.get("hook_populate") or {}
         if populate.get("median_seconds") is not None:
             lines.append(f"  inside 'hook': populating took {populate['median_seconds']:.3f} s (median) "
                          f"with {'/'.join(map(str, populate['threads']))} thread(s)")
-        lines.append(f"  hook run for a guest that is not ours: {config['hook_not_ours_ms']:.1f} ms (median)")
+        for kind, per in config["hook_phase_ms"].items():
+            lines.append(f"  hook wall time, {kind}: " + ", ".join(f"{p} {ms:.1f} ms" for p, ms in per.items()))
+    if "recommended_ahead_over_tmpfs_nohook" in result:
+        lines.append(f"hugetlbfs prepared ahead vs 4 KiB tmpfs without the hook: "
+                     f"{result['recommended_ahead_over_tmpfs_nohook']:.2f}x faster")
     return "\n".join(lines)

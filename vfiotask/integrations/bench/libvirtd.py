@@ -53,17 +53,20 @@ def virsh(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Co
 class PrivateLibvirt:
     """Configure, start, and on exit stop and restore a libvirtd whose guests use our hook.
 
-    `backing_dir`: memory_backing_dir (default: a fresh directory on /dev/shm, a tmpfs).
+    `backing_dir`: memory_backing_dir (default: a fresh directory on /dev/shm, a tmpfs); with
+    `set_backing_dir=False` qemu.conf is left as it is (a test of `setup memory-backing` set it).
     `guest_prefix`: guests whose names start with it are destroyed and undefined on exit.
     """
 
     def __init__(self, *, guest_prefix: str = "vfiotask-", backing_dir: Path | None = None,
-                 qemu_conf: Path = QEMU_CONF, hooks_dir: Path = HOOKS_DIR, hugetlbfs: bool = True) -> None:
+                 qemu_conf: Path = QEMU_CONF, hooks_dir: Path = HOOKS_DIR, hugetlbfs: bool = True,
+                 set_backing_dir: bool = True) -> None:
         self.guest_prefix = guest_prefix
         self.backing_dir = backing_dir or Path("/dev/shm") / f"vfiotask-ram-{uuid.uuid4().hex[:8]}"
         self.qemu_conf = qemu_conf
         self.hooks_dir = hooks_dir
         self.hugetlbfs = hugetlbfs
+        self.set_backing_dir = set_backing_dir
         self.pids: dict[str, int] = {}
         self._undo: list[tuple[str, Callable[[], object]]] = []
 
@@ -88,6 +91,12 @@ class PrivateLibvirt:
         return self
 
     def _setup(self) -> None:
+        if self.set_backing_dir:
+            self._set_backing_dir()
+        self._install_hook()
+        self._start()
+
+    def _set_backing_dir(self) -> None:
         if not self.backing_dir.exists():
             self.backing_dir.mkdir(mode=0o755, parents=True)
             self._undo.append(("remove the RAM directory", lambda: shutil.rmtree(self.backing_dir, True)))
@@ -95,12 +104,14 @@ class PrivateLibvirt:
         self._undo.append(("restore qemu.conf", lambda: self._restore_file(self.qemu_conf, saved)))
         self.qemu_conf.write_text((saved or "") + f'\n{MARKER}\nmemory_backing_dir = "{self.backing_dir}"\n')
 
+    def _install_hook(self) -> None:
         target = hook_path(self.hooks_dir)
         created = [p for p in (self.hooks_dir, target.parent) if not p.exists()]
         before = target.read_text() if target.exists() else None
         self._undo.append(("restore the hook", lambda: self._restore_hook(target, before, created)))
         install(self.hooks_dir)
 
+    def _start(self) -> None:
         if self.hugetlbfs and not self._hugetlbfs_mounted():
             HUGEPAGES_MOUNT.mkdir(exist_ok=True)
             subprocess.run(["mount", "-t", "hugetlbfs", "none", str(HUGEPAGES_MOUNT)], check=True)

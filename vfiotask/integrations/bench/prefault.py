@@ -3,9 +3,11 @@ and QEMU's own preallocation, on the same size and backing, interleaved, medians
 
 Variants per backing, for each thread count N:
 - `vfiotask N thread(s)` / `vfiotask N processes`: `prefault()` with that helper kind;
+- `bare N threads`: N plain threads, each one MADV_POPULATE_WRITE of its 1/N of one region;
 - `bound N processes`: N separate processes, each populating its own size/N region at once;
 - `qemu prealloc-threads=N`: QEMU 7.2 starting with a preallocated backend (when installed);
-plus `qemu no prealloc`, QEMU's start-up alone.  Ratios are taken between medians of one run.
+plus `qemu no prealloc`, QEMU's start-up alone.  Ratios are taken between medians of one run;
+`of best` is the faster of the bound and the bare threads over ours.
 """
 
 from __future__ import annotations
@@ -158,6 +160,42 @@ def _bound(backing: Backing, size: int, count: int) -> Callable[[], float]:
     return run
 
 
+class _Bare:
+    """N plain threads, each one MADV_POPULATE_WRITE of its 1/N of the same region: no engine, no
+    planning, no chunks; what the threads of one process can do at best."""
+
+    def __init__(self, backing: Backing, size: int, threads: int) -> None:
+        self.backing, self.size, self.threads = backing, size, threads
+        self.region: Region | None = None
+
+    def prepare(self) -> None:
+        self.region = open_region(self.backing.spec(self.size, "bare"))
+
+    def run(self) -> float:
+        import threading
+
+        from vfiotask.host import libc
+
+        region = self.region
+        assert region is not None
+        share = region.size // self.threads // region.page_size * region.page_size
+        starts = [index * share for index in range(self.threads)]
+        lengths = [share] * (self.threads - 1) + [region.size - starts[-1]]
+        workers = [threading.Thread(target=libc.madvise, args=(region.addr + start, length, libc.MADV_POPULATE_WRITE))
+                   for start, length in zip(starts, lengths, strict=True)]
+        began = time.monotonic()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return time.monotonic() - began
+
+    def cleanup(self) -> None:
+        if self.region is not None:
+            self.region.close(remove_created=True)
+            self.region = None
+
+
 def _qemu(backing: Backing, size: int, threads: int, prealloc: bool = True) -> Callable[[], float]:
     def run() -> float:
         return qemu.time_prealloc(size, threads, backing.file("qemu"), prealloc=prealloc,
@@ -196,6 +234,9 @@ def _variants(backing: Backing, size: int, counts: list[int], use_qemu: bool) ->
             variant = ours[name] = _Ours(backing, size, count, HelperKind.THREAD, helper_nice=0)
             variants.append(common.Variant(name, variant.run, variant.prepare, variant.cleanup,
                                            {"threads": count, "helpers": "thread", "helper_nice": 0}))
+        bare = _Bare(backing, size, count)
+        variants.append(common.Variant(f"bare {count} thread{'s' if count > 1 else ''}", bare.run, bare.prepare,
+                                       bare.cleanup, {"threads": count}))
         if count > 1:
             variants.append(common.Variant(f"bound {count} processes", _bound(backing, size, count),
                                            info={"threads": count}))
@@ -220,7 +261,7 @@ def _measure_backing(backing: Backing, size: int, counts: list[int], repeat: int
     medians = {name: entry["median_seconds"] for name, entry in table.items()}
     base = medians.get("vfiotask 1 thread")
     result: dict[str, Any] = {"backing": backing.name, "page_size": backing.page_size, "variants": table,
-                              "speedup": {}, "efficiency": {}, "vs_qemu": {}, "faster_helpers": {}}
+                              "speedup": {}, "efficiency": {}, "of_best": {}, "vs_qemu": {}, "faster_helpers": {}}
     for name, entry in table.items():
         if name not in ours:
             continue
@@ -231,6 +272,10 @@ def _measure_backing(backing: Backing, size: int, counts: list[int], repeat: int
             result["efficiency"][name] = round(medians[f"bound {count} processes"] / medians[name], 3)
         if f"qemu prealloc-threads={count}" in medians:
             result["vs_qemu"][name] = round(medians[f"qemu prealloc-threads={count}"] / medians[name], 3)
+        references = [medians[key] for key in (f"bound {count} processes", f"bare {count} threads",
+                                               f"bare {count} thread") if key in medians]
+        if references:  # the faster of the machine's bound and bare threads of one process
+            result["of_best"][name] = round(min(references) / medians[name], 3)
     for count in counts:
         thread_name = f"vfiotask {count} threads"
         process_name = f"vfiotask {count} processes"
@@ -276,11 +321,13 @@ def render(result: dict[str, Any]) -> str:
                 f"{variant['gib_per_s']:.2f}",
                 _ratio(entry["speedup"].get(name)),
                 _percent(entry["efficiency"].get(name)),
+                _percent(entry["of_best"].get(name)),
                 _ratio(entry["vs_qemu"].get(name)),
             ])
         lines += ["", f"{entry['backing']} ({format_size(entry['page_size'])} pages; default helpers: "
                   f"{entry['default_helpers']})"]
-        lines.append(common.render_table(["variant", "median s", "GiB/s", "speedup", "of bound", "vs QEMU"], rows))
+        lines.append(common.render_table(["variant", "median s", "GiB/s", "speedup", "of bound", "of best", "vs QEMU"],
+                                         rows))
         if entry["faster_helpers"]:
             lines.append("faster helpers: " + ", ".join(f"{n}: {k}" for n, k in entry["faster_helpers"].items()))
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vfiotask.units import MAX_THREADS, parse_count, parse_size
@@ -35,11 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("suite", nargs="?", default="prefault", choices=sorted(SUITES), help="default: prefault")
     parser.add_argument("--size", help="memory per run (default 4G)")
     parser.add_argument("--backing", help="comma-separated: anon, memfd, hugetlbfs, or a tmpfs/hugetlbfs directory "
-                        "(default memfd,hugetlbfs)")
+                        "(default memfd,hugetlbfs); for libvirt: tmpfs, tmpfs-huge, hugetlbfs (default all)")
     parser.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeat", help="runs per variant (default 5; medians need 5 or more)")
     parser.add_argument("--no-qemu", action="store_true", help="leave QEMU's preallocation out")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="prefault: also draw time and GiB/s against threads (needs vfiotask[plot])")
     parser.set_defaults(handler=run)
 
 
@@ -62,7 +65,19 @@ def options(args: argparse.Namespace) -> BenchOptions:
 
 def run(args: argparse.Namespace) -> int:
     checked = options(args)
+    plot = getattr(args, "plot", None)
+    if plot is not None:
+        from vfiotask.errors import UsageError
+        from vfiotask.integrations.bench.plot import require_matplotlib
+
+        if args.suite != "prefault":
+            raise UsageError(f"--plot draws the prefault suite, not {args.suite}", hint="leave out --plot")
+        require_matplotlib()
     module = importlib.import_module(f"vfiotask.integrations.bench.{SUITES[args.suite]}")
     result: dict[str, Any] = module.run(checked)
     print(json.dumps(result, sort_keys=True) if args.json else module.render(result), flush=True)
+    if plot is not None:
+        from vfiotask.integrations.bench.plot import plot as draw
+
+        draw(result, plot)
     return 0

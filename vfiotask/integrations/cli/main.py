@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "hugepages",
     "hook",
     "tune",
+    "setup",
 )
 
 

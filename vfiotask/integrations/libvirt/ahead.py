@@ -11,18 +11,20 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
-from vfiotask.integrations.libvirt.guestjournal import GuestJournal
-from vfiotask.integrations.libvirt.ramfiles import FileRecord, populate_file
+from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner
+from vfiotask.integrations.libvirt.ramfiles import FileRecord, hugetlbfs_pages, populate_file, reserve_pages
+from vfiotask.jobs.hugepages import HugepageReserver
 
 
 def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
           journal: GuestJournal | None = None) -> tuple[list[FileRecord], bool]:
     """Populate `domain`'s RAM files in its staging directory; returns them and whether they were new."""
-    from vfiotask.host.mounts import is_ram_filesystem
+    from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
     journal = journal or GuestJournal()
     name = validate_name(domain.name)
@@ -33,7 +35,8 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
             "--file-backed), or rely on the hook at start",
         )
     base = paths.require_backing_dir(conf)
-    if not is_ram_filesystem(base):
+    fstype = filesystem_type(base)
+    if fstype not in RAM_FILESYSTEMS:
         raise UsageError(f"memory_backing_dir {base} is not tmpfs or hugetlbfs",
                          hint="point memory_backing_dir in qemu.conf at a tmpfs or hugetlbfs mount")
     wanted = paths.ram_files(domain)
@@ -45,13 +48,18 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
             return files, False
         unstage(name, journal=journal)
     directory = paths.staging_dir(name, conf)
+    hugepages: dict[str, Any] | None = None
+    reserved = False
+    if fstype == "hugetlbfs":  # the guest's reservation, taken over by the hook at its start
+        page_size, pages = hugetlbfs_pages(base, wanted)
+        hugepages, reserved = reserve_pages(hugepage_owner(name, page_size), page_size, pages, HugepageReserver)
     made: list[Path] = []
-    for path in reversed([directory, *directory.parents]):
-        if not path.exists():
-            path.mkdir(mode=0o700)
-            made.append(path)
     done: list[FileRecord] = []
     try:
+        for path in reversed([directory, *directory.parents]):
+            if not path.exists():
+                path.mkdir(mode=0o700)
+                made.append(path)
         for ram in wanted:
             done.append(populate_file(directory / ram.name, ram.size, ram.node, threads=threads))
     except BaseException:
@@ -60,8 +68,11 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
         for path in reversed(made):
             with contextlib.suppress(OSError):
                 path.rmdir()
+        if reserved and hugepages is not None:
+            HugepageReserver().release(hugepages["owner"])
         raise
-    journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time()})
+    journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time(),
+                              "hugepages": hugepages})
     return done, True
 
 
@@ -74,6 +85,8 @@ def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecor
         file.remove()
         with contextlib.suppress(OSError):
             Path(file.path).parent.rmdir()
+    if record.get("hugepages") and journal.guest(name) is None:  # a running guest has taken it over
+        HugepageReserver().release(record["hugepages"]["owner"])
     return files
 
 

@@ -4,14 +4,19 @@ Only what the hook, staging and tuning act on is modelled: memory and NUMA cells
 numatune, the memtune hard limit (it becomes QEMU's RLIMIT_MEMLOCK), PCI host devices, the DAC
 label libvirt gives QEMU, and vfiotask's own settings, kept under `<metadata>` in our namespace as
 libvirt's documentation asks applications to do.
+
+The records are NamedTuples rather than dataclasses: the hook builds this model on each phase of a
+guest that is ours while libvirtd waits, and dataclasses' import and per-class code generation
+cost several milliseconds there.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vfiotask.errors import UsageError
+from vfiotask.integrations.libvirt.ours import NAMESPACE, validate_name
 from vfiotask.integrations.libvirt.xmlsafe import parse_xml
 from vfiotask.units import (
     MAX_COUNT,
@@ -25,7 +30,7 @@ from vfiotask.units import (
 
 MAX_NODESET_TEXT = 4096  # a set of every node, one by one, is shorter
 
-NAMESPACE = "https://vfiotask.org/xmlns/1"
+__all__ = ["NAMESPACE", "Domain", "domain_from_element", "parse_domain", "validate_name"]
 CONFIG_TAG = f"{{{NAMESPACE}}}config"
 
 _UNITS = {
@@ -74,24 +79,21 @@ def parse_nodeset(text: str, *, what: str = "nodeset") -> list[int]:
     return sorted(chosen - excluded)
 
 
-@dataclass(frozen=True)
-class NumaCell:
+class NumaCell(NamedTuple):
     """A guest NUMA cell: its RAM is one file `ram-nodeN` when file-backed."""
 
     id: int
     memory: int
 
 
-@dataclass(frozen=True)
-class HugepageSpec:
+class HugepageSpec(NamedTuple):
     """`<page size=... nodeset=.../>`: guest cells `nodeset` (None: all) use pages of `size` bytes."""
 
     size: int | None
     nodeset: tuple[int, ...] | None = None
 
 
-@dataclass(frozen=True)
-class MemoryBacking:
+class MemoryBacking(NamedTuple):
     hugepages: tuple[HugepageSpec, ...] = ()
     source_type: str | None = None  # file, anonymous, memfd
     access_mode: str | None = None  # shared, private
@@ -109,11 +111,10 @@ class MemoryBacking:
         return self.source_type == "file" and not self.uses_hugepages
 
 
-@dataclass(frozen=True)
-class Numatune:
+class Numatune(NamedTuple):
     mode: str | None = None
     nodeset: tuple[int, ...] = ()
-    memnodes: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    memnodes: dict[int, tuple[int, ...]] = {}  # noqa: RUF012 - never changed, like every field here
 
     def host_node(self, cell: int | None) -> int | None:
         """The one host node a guest cell's memory must come from, or None when not pinned to one."""
@@ -121,14 +122,12 @@ class Numatune:
         return nodes[0] if len(nodes) == 1 else None
 
 
-@dataclass(frozen=True)
-class Hostdev:
+class Hostdev(NamedTuple):
     address: str  # 0000:06:02.0
     managed: bool
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """vfiotask's settings for a guest, from `<vfiotask:config .../>` in `<metadata>`.
 
     `fail` is the test interface for fault injection: the hook runs with only LC_ALL, PATH and
@@ -142,14 +141,12 @@ class Config:
     fail: str = ""
 
 
-@dataclass(frozen=True)
-class DacLabel:
+class DacLabel(NamedTuple):
     user: str
     group: str
 
 
-@dataclass(frozen=True)
-class Domain:
+class Domain(NamedTuple):
     name: str
     uuid: str | None
     id: int | None
@@ -181,24 +178,6 @@ class Domain:
             if spec.nodeset is None or cell is None or cell in spec.nodeset:
                 return spec.size
         return None
-
-
-def validate_name(name: str) -> str:
-    """Refuse names that could escape a directory or break a log line."""
-    bad = (
-        not name
-        or "/" in name
-        or ".." in name
-        or name.startswith(".")
-        or not name.isascii()
-        or not name.isprintable()
-    )
-    if bad:
-        raise UsageError(
-            f"guest name {name!r} is not usable by vfiotask",
-            hint="use printable ASCII without '/', '..' or a leading dot",
-        )
-    return name
 
 
 def _text(element: ET.Element | None) -> str | None:

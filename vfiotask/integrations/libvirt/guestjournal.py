@@ -27,6 +27,19 @@ def hugepage_owner(name: str, page_size: int) -> str:
     return f"{hugepage_owner_prefix(name)}{page_size}"
 
 
+def hugepages_held(owner: str, page_size: int, pages: dict[int | None, int], directory: Path | None = None) -> bool:
+    """Whether `owner` holds exactly `pages` per node of `page_size`, read without importing the jobs.
+
+    A guest whose files `prepin --domain` staged on hugetlbfs already holds its reservation, and
+    the hook's start must not pay for importing the hugepage job to learn that.
+    """
+    record = Journal(HUGEPAGES_JOURNAL, directory).read().get("owners", {}).get(owner)
+    if not record or record.get("page_size") != page_size:
+        return False
+    wanted = {"any" if node is None else str(node): count for node, count in pages.items()}
+    return bool(record.get("wanted", record.get("pages")) == wanted)
+
+
 class GuestJournal:
     """`guests[name]`: what prepare did; `staged[name]`: files populated ahead of a start."""
 

@@ -1,20 +1,27 @@
 """The libvirt qemu hook: `HOOK NAME PHASE SUBPHASE EXTRA`, the domain XML on stdin.
 
-libvirtd waits for the hook on every phase of every guest, so for a guest that is not ours the
-hook must be gone at once: only the stdlib XML parser is imported before that is known, and the
-memory and hugepage code only when there is work.  The hook never writes to stdout (in qemu.d
-the output of one script can be the input of the next), never calls libvirt (libvirtd is
-blocked on us), logs to syslog, and prints one line on stderr when it fails a start: libvirt
-shows that line to the user who ran `virsh start`.
+libvirtd waits for the hook on every phase of every guest, so what it imports is what the phase
+needs and nothing more: phases with nothing to do leave after reading argv; for a guest that is
+not ours expat alone decides (`ours.is_ours`); the domain model, the journal and the memory
+code are imported only for a guest that is ours, and the jobs only when there is work.  The
+installed hook starts Python with `-I -S` (no site processing, a fixed sys.path), see
+`vfiotask.integrations.cli.hook`.  The hook never writes to stdout (in qemu.d the output of one
+script can be the input of the next), never calls libvirt (libvirtd is blocked on us), logs to
+syslog, and prints one line on stderr when it fails a start: libvirt shows that line to the user
+who ran `virsh start`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import IO
+
+TYPE_CHECKING = False  # typing itself costs the hook milliseconds on every phase
+if TYPE_CHECKING:
+    from typing import IO
 
 KNOWN_PHASES = {"prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"}
+WORK = {("prepare", "begin"), ("start", "begin"), ("release", "end")}
 EXIT_OK = 0
 EXIT_FAILED = 1
 IDENT = "vfiotask-hook"
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
         log(f"{name!r}: phase {phase!r} {subphase!r} is not one vfiotask knows; ignored")
         return EXIT_OK
     work = (phase, subphase)
-    if work not in {("prepare", "begin"), ("start", "begin"), ("release", "end")}:
+    if work not in WORK:
         return EXIT_OK
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing may reach libvirt's stdout pipe
     if stdin is None:
@@ -68,29 +75,36 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
 
 
 def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
+    """`start begin` needs only the guest's name and DAC label, which the expat scan gives; the
+    domain model (ElementTree, the NamedTuples) is built for `prepare begin` alone."""
     from vfiotask.errors import VfiotaskError
-    from vfiotask.integrations.libvirt.domain import parse_domain, validate_name
+    from vfiotask.integrations.libvirt.ours import scan, validate_name
 
     try:
-        domain = parse_domain(data)
+        found = scan(data)
+        if not found.ours:
+            return EXIT_OK
+        domain = None
+        if phase == "prepare":
+            from vfiotask.integrations.libvirt.domain import parse_domain
+
+            domain = parse_domain(data)
     except VfiotaskError as exc:
         return fail(f"guest {name} {phase}: {exc.one_line()}")
-    if not domain.ours:
-        return EXIT_OK
     try:
         validate_name(name)
-        if domain.name != name:
-            return fail(f"guest {name}: the XML on stdin is for {domain.name!r}; nothing done")
+        if found.name != name:
+            return fail(f"guest {name}: the XML on stdin is for {found.name!r}; nothing done")
         from vfiotask.integrations.libvirt import phases
 
         ctx = phases.HookContext(log=log)
-        if phase == "prepare":
+        if domain is not None:
             if domain.id is None:
                 return fail(f"guest {name}: the XML has no id attribute; nothing done")
             phases.prepare(domain, ctx)
             log(f"{name}: prepared")
         else:
-            at_start = phases.start(domain, ctx)
+            at_start = phases.start(name, found.dac, ctx)
             if at_start is not None:
                 log(f"{name}: files handed to QEMU ({at_start.get('owner')})")
     except VfiotaskError as exc:
@@ -109,7 +123,7 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
 def run_release(name: str) -> int:
     """Undo what prepare did; any problem is logged and the stop goes on (exit 0)."""
     from vfiotask.errors import VfiotaskError, describe_exception
-    from vfiotask.integrations.libvirt.domain import validate_name
+    from vfiotask.integrations.libvirt.ours import validate_name
 
     try:
         validate_name(name)

@@ -1,10 +1,13 @@
 """Putting the qemu hook where libvirtd runs it, and taking it away again.
 
 What is installed is `hooks/qemu` itself, with its first line rewritten to the interpreter that
-installs it: libvirtd runs hooks with a bare environment (LC_ALL, PATH, HOOK only), so a plain
-`python3` might not find the vfiotask package, while the installing interpreter (a venv's
-python too) knows its own site-packages.  The script is found beside the package in a checkout
-or an editable install, and under `<prefix>/share/vfiotask/hooks/` in a wheel install.
+installs it, started with `-I -S`, and one line naming where this vfiotask and that
+interpreter's site-packages are.  libvirtd runs the hook on every phase of every guest and waits
+for it, and site processing (site-packages, .pth files, an editable install's finder) cost more
+than the hook's own work on most phases; naming the paths also keeps libvirtd's bare
+environment (LC_ALL, PATH, HOME only) and any PYTHON* variable out of the hook.  The script is
+found beside the package in a checkout or an editable install, and under
+`<prefix>/share/vfiotask/hooks/` in a wheel install.
 """
 
 from __future__ import annotations
@@ -31,10 +34,22 @@ def hook_script() -> Path:
                          hint=f"reinstall vfiotask (it ships {_SHARED_SCRIPT}) or install from a checkout")
 
 
+def import_paths() -> list[str]:
+    """Where this vfiotask package and this interpreter's site-packages are, in that order."""
+    import site
+
+    import vfiotask
+
+    found = [str(Path(vfiotask.__file__).resolve().parent.parent), *site.getsitepackages()]
+    return list(dict.fromkeys(found))
+
+
 def hook_text(interpreter: str | None = None) -> str:
-    """hooks/qemu with its shebang naming `interpreter` (default: this one)."""
+    """hooks/qemu started by `interpreter` (default: this one) with `-I -S`, its import paths set
+    on the line after `import sys`, where site processing would have set them."""
     body = hook_script().read_text().split("\n", 1)[1]
-    return f"#!{interpreter or sys.executable}\n{body}"
+    line = f"sys.path[:0] = {import_paths()!r}  # -S: no site processing\n"
+    return f"#!{interpreter or sys.executable} -IS\n" + body.replace("import sys\n", f"import sys\n{line}", 1)
 
 
 def hook_path(hooks_dir: Path) -> Path:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from vfiotask.errors import HostStateError
-from vfiotask.integrations.libvirt.domain import Domain
+
+TYPE_CHECKING = False  # `start begin` uses these paths without building the domain model
+if TYPE_CHECKING:
+    from vfiotask.integrations.libvirt.domain import Domain
 
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 QEMU_CONF_ENV = "VFIOTASK_LIBVIRT_QEMU_CONF"
@@ -62,8 +65,7 @@ def require_backing_dir(conf: Path | None = None) -> Path:
     return base
 
 
-@dataclass(frozen=True)
-class RamFile:
+class RamFile(NamedTuple):
     """One file QEMU will map: `name` in the guest's directory, `size` bytes, from host `node`."""
 
     name: str

@@ -16,28 +16,41 @@ import os
 import pwd
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine.faults import FAIL_ENV
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner, hugepage_owner_prefix
-from vfiotask.integrations.libvirt.ramfiles import FileRecord, allocated_bytes, chown_nofollow, populate_file
+from vfiotask.integrations.libvirt.ramfiles import (
+    FileRecord,
+    allocated_bytes,
+    chown_nofollow,
+    hugetlbfs_pages,
+    populate_file,
+    reserve_pages,
+)
 from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
 
+TYPE_CHECKING = False  # the domain model is imported by prepare's caller; start never builds it
+if TYPE_CHECKING:
+    from vfiotask.integrations.libvirt.domain import Domain
 
-@dataclass
+
 class HookContext:
-    """Everything the phases touch on the host, so tests can point it at fixtures."""
+    """Everything the phases touch on the host, so tests can point it at fixtures.
 
-    journal: GuestJournal = field(default_factory=GuestJournal)
-    conf: Path | None = None
-    host_root: Path = Path("/")
-    log: Callable[[str], None] = lambda message: None
+    A plain class, not a dataclass: importing dataclasses and building one costs the hook
+    milliseconds on every start.
+    """
+
+    def __init__(self, *, journal: GuestJournal | None = None, conf: Path | None = None,
+                 host_root: Path = Path("/"), log: Callable[[str], None] | None = None) -> None:
+        self.journal = journal or GuestJournal()
+        self.conf = conf
+        self.host_root = host_root
+        self.log: Callable[[str], None] = log or (lambda message: None)
 
     def reserver(self) -> Any:
         from vfiotask.host.hugepages import HugepagePools
@@ -79,10 +92,10 @@ def guest_ram(domain: Domain) -> int:
 
 
 def check_memlock(domain: Domain) -> None:
+    if not domain.hostdevs:
+        return  # nothing will be pinned; and the accountant's imports (psutil) cost every start
     from vfiotask.memory.accountant import LockedMemoryAccountant
 
-    if not domain.hostdevs:
-        return
     ram = guest_ram(domain)
     try:
         LockedMemoryAccountant.for_budget(qemu_memlock_limit(domain), owner="QEMU").check(ram, "the guest's RAM")
@@ -131,6 +144,8 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
         ctx.log(f"{name}: undoing a preparation that was never released")
         release(name, ctx)
     if domain.config.fail:
+        from vfiotask.engine.faults import FAIL_ENV  # the engine package, only when injecting
+
         os.environ[FAIL_ENV] = domain.config.fail
     record: dict[str, Any] = {"id": domain.id, "uuid": domain.uuid, "began": time.time(),
                               "files": [], "dirs": [], "hugepages": []}
@@ -182,12 +197,22 @@ def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
 
 def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
                     undo: list[Callable[[], object]]) -> None:
-    from vfiotask.host.mounts import is_ram_filesystem
+    from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
     base = paths.require_backing_dir(ctx.conf)
-    if not is_ram_filesystem(base, ctx.host_root):
+    fstype = filesystem_type(base, ctx.host_root)
+    if fstype not in RAM_FILESYSTEMS:
         ctx.log(f"{domain.name}: memory_backing_dir {base} is not tmpfs or hugetlbfs; RAM files left to QEMU")
         return
+    rams = paths.ram_files(domain)
+    if fstype == "hugetlbfs":
+        page_size, pages = hugetlbfs_pages(base, rams)
+        owner = hugepage_owner(domain.name, page_size)
+        held, new = reserve_pages(owner, page_size, pages, ctx.reserver)
+        if new:
+            undo.append(partial(ctx.reserver().release, owner))
+        record["hugepages"].append(held)
+        ctx.journal.put_guest(domain.name, record)
     guest_dir = paths.guest_dir(domain, ctx.conf)
     record["guest_dir"] = str(guest_dir)
     for directory in reversed([guest_dir, *guest_dir.parents]):
@@ -198,7 +223,7 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
         undo.append(partial(_rmdir, directory))
     staged = ctx.journal.staged(domain.name) or {}
     staged_files = {Path(f["path"]).name: FileRecord.from_json(f) for f in staged.get("files", [])}
-    for ram in paths.ram_files(domain):
+    for ram in rams:
         target = guest_dir / ram.name
         ahead = staged_files.pop(ram.name, None)
         if ahead is not None and ahead.size == ram.size and ahead.still_ours() and not os.path.lexists(target):
@@ -238,17 +263,17 @@ def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
         ) from exc
 
 
-def start(domain: Domain, ctx: HookContext) -> dict[str, Any] | None:
-    """Give the prepared files to QEMU's uid:gid and record how much of each is populated."""
-    record = ctx.journal.guest(domain.name)
+def start(name: str, label: tuple[str, str] | None, ctx: HookContext) -> dict[str, Any] | None:
+    """Give the prepared files to QEMU's uid:gid (`label`: the user and group of the guest's DAC
+    seclabel) and record how much of each is populated."""
+    record = ctx.journal.guest(name)
     if record is None:
         return None
-    label = domain.dac_label
     files = [FileRecord.from_json(f) for f in record.get("files", [])]
     at_start: dict[str, Any] = {}
     if label is not None:
-        uid = _resolve_id(label.user, pwd.getpwnam, "user")
-        gid = _resolve_id(label.group, grp.getgrnam, "group")
+        uid = _resolve_id(label[0], pwd.getpwnam, "user")
+        gid = _resolve_id(label[1], grp.getgrnam, "group")
         if record.get("guest_dir") in record.get("dirs", []):
             with contextlib.suppress(FileNotFoundError):
                 os.chown(record["guest_dir"], uid, gid, follow_symlinks=False)
@@ -258,7 +283,7 @@ def start(domain: Domain, ctx: HookContext) -> dict[str, Any] | None:
     at_start["allocated"] = {file.path: allocated_bytes(file.path) for file in files}
     at_start["inodes"] = {file.path: os.lstat(file.path).st_ino for file in files if os.path.lexists(file.path)}
     at_start["time"] = time.time()
-    ctx.journal.update_guest(domain.name, at_start=at_start)
+    ctx.journal.update_guest(name, at_start=at_start)
     return at_start
 
 

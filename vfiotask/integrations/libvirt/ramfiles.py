@@ -11,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vfiotask.errors import HostStateError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from vfiotask.engine import Engine
+    from vfiotask.integrations.libvirt.paths import RamFile
 
 
-@dataclass(frozen=True)
-class FileRecord:
+class FileRecord(NamedTuple):
     """A RAM file vfiotask made: where, how big, which node, and its identity."""
 
     path: str
@@ -36,11 +37,11 @@ class FileRecord:
     staged_from: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FileRecord:
-        fields = {name: data.get(name) for name in cls.__dataclass_fields__}
+        fields = {name: data.get(name) for name in cls._fields}
         return cls(**fields)  # type: ignore[arg-type]
 
     def still_ours(self) -> bool:
@@ -112,3 +113,32 @@ def allocated_bytes(path: str) -> int:
         return os.lstat(path).st_blocks * 512
     except FileNotFoundError:
         return 0
+
+
+def hugetlbfs_pages(directory: Path, rams: Iterable[RamFile]) -> tuple[int, dict[int | None, int]]:
+    """(page size, pages per host node) the files need in `directory`, a hugetlbfs mount.
+
+    Files on hugetlbfs can only be populated from pages the pool has, so the hook and
+    `prepin --domain` reserve them first: a start then fails at once with a clear message when
+    the pool cannot grow, instead of QEMU failing to map its RAM (or being killed later).
+    """
+    page_size = os.statvfs(directory).f_bsize
+    pages: dict[int | None, int] = {}
+    for ram in rams:
+        pages[ram.node] = pages.get(ram.node, 0) + -(-ram.size // page_size)
+    return page_size, pages
+
+
+def reserve_pages(owner: str, page_size: int, pages: dict[int | None, int],
+                  reserver: Callable[[], Any]) -> tuple[dict[str, Any], bool]:
+    """Hold `pages` for `owner` (already held: nothing to do); returns the record and whether it is new."""
+    from vfiotask.integrations.libvirt.guestjournal import hugepages_held
+
+    if hugepages_held(owner, page_size, pages):
+        nodes = {"any" if node is None else str(node): count for node, count in pages.items()}
+        return {"owner": owner, "page_size": page_size, "pages": nodes, "bytes": page_size * sum(pages.values()),
+                "already_held": True}, False
+    demands = {node: count * page_size for node, count in pages.items()}
+    held = reserver().reserve(owner, demands, page_size, use_free=True)  # the file takes them at once
+    return held.to_json(), not held.already_held
+

@@ -1,0 +1,99 @@
+"""Whether a domain definition is one the hook acts on, decided with expat alone.
+
+libvirtd runs the hook on every phase of every guest and waits for it, so for the guests that
+are not ours the answer must cost next to nothing: expat (a C parser, imported in well under a
+millisecond) walks the document once and looks for what makes a guest ours, a PCI `<hostdev>`
+under `<devices>` or vfiotask's `<config>` under `<metadata>`; ElementTree and the domain model
+are imported only for guests that are ours.  The same input checks as for a full parse apply
+(size, encoding, declarations, well-formedness), so bad input is refused the same way.
+"""
+
+from __future__ import annotations
+
+from vfiotask.errors import UsageError
+
+NAMESPACE = "https://vfiotask.org/xmlns/1"
+_SEPARATOR = " "
+_CONFIG = f"{NAMESPACE}{_SEPARATOR}config"
+
+
+class Scan:
+    """What one expat pass over a domain definition tells the hook: whether the guest is ours,
+    its `<name>`, and the user and group of its DAC `<seclabel>` (libvirt adds it at `start`).
+    A plain class: the hook's `start begin` needs nothing more, and no model is built for it."""
+
+    __slots__ = ("dac", "name", "ours")
+
+    def __init__(self) -> None:
+        self.ours = False
+        self.name: str | None = None
+        self.dac: tuple[str, str] | None = None
+
+
+def scan(data: bytes | str, *, what: str = "domain XML") -> Scan:
+    """One pass of expat over `data`; UsageError for bad input, as a full parse would give."""
+    from xml.parsers import expat
+
+    from vfiotask.integrations.libvirt.xmlsafe import validated_text
+
+    text = validated_text(data, what=what)
+    parser = expat.ParserCreate(namespace_separator=_SEPARATOR)
+    found = Scan()
+    path: list[str] = []
+    texts: list[str] = []
+    dac_seclabel = [False]
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        path.append(name)
+        texts.clear()
+        if len(path) == 2 and path[0] == "domain" and name == "seclabel":
+            dac_seclabel[0] = attrs.get("model") == "dac" and found.dac is None
+        if len(path) != 3 or path[0] != "domain":
+            return
+        if path[1] == "devices" and name == "hostdev":
+            if attrs.get("mode", "subsystem") == "subsystem" and attrs.get("type") == "pci":
+                found.ours = True
+        elif path[1] == "metadata" and name == _CONFIG:
+            found.ours = True
+
+    def end(name: str) -> None:
+        content = "".join(texts).strip()
+        if path == ["domain", "name"] and found.name is None:
+            found.name = content
+        elif path == ["domain", "seclabel", "label"] and dac_seclabel[0] and ":" in content:
+            user, _, group = content.partition(":")
+            found.dac = (user, group)
+        path.pop()
+        texts.clear()
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = texts.append
+    try:
+        parser.Parse(text, True)
+    except expat.ExpatError as exc:
+        raise UsageError(f"{what} is malformed ({exc})", hint="check that the whole definition was passed") from exc
+    return found
+
+
+def is_ours(data: bytes | str, *, what: str = "domain XML") -> bool:
+    """True when `data` has a PCI hostdev or vfiotask settings; UsageError for bad input."""
+    return scan(data, what=what).ours
+
+
+def validate_name(name: str) -> str:
+    """Refuse names that could escape a directory or break a log line."""
+    bad = (
+        not name
+        or "/" in name
+        or ".." in name
+        or name.startswith(".")
+        or not name.isascii()
+        or not name.isprintable()
+    )
+    if bad:
+        raise UsageError(
+            f"guest name {name!r} is not usable by vfiotask",
+            hint="use printable ASCII without '/', '..' or a leading dot",
+        )
+    return name

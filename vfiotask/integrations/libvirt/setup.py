@@ -1,0 +1,391 @@
+"""`vfiotask setup memory-backing`: guest RAM files on hugetlbfs, put in place and taken away exactly.
+
+The recommended configuration for a VFIO guest is file-backed RAM (`<source type='file'/>`) in a
+memory_backing_dir on hugetlbfs: the hook (or `prepin --domain`) populates the file before QEMU
+starts, QEMU maps it aligned to its huge page size (one PMD or PUD entry per page, where a
+tmpfs file is mapped in 4 KiB PTEs whatever pages it holds), and the VFIO pin walks those few
+entries.  Putting it in place is three host changes, each journaled before it is made so that
+`--undo` (or another process after a crash) reverts exactly what was done:
+  1. a hugetlbfs mount of the page size at /dev/hugepages2M (or 1G), as a systemd .mount unit in
+     /etc/systemd/system (enabled for local-fs.target) so that it survives a reboot, and mounted now;
+  2. memory_backing_dir in qemu.conf pointing at it (the diff is shown; a backup is kept);
+  3. nothing else: libvirtd reads qemu.conf only at start, so the command says to restart it.
+The journal lives beside the configuration it describes (`var/lib/vfiotask`), not in /run, because
+the change outlives a reboot.  Every path is under `root` so tests run against a private tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vfiotask.errors import HostStateError, UsageError
+from vfiotask.journal import Journal
+from vfiotask.units import GiB, MiB, format_size
+
+JOURNAL_NAME = "memory-backing"
+LIB_DIR_ENV = "VFIOTASK_LIB_DIR"
+
+
+def lib_dir(root: Path = Path("/")) -> Path:
+    """Where undo records of lasting changes live (they outlive /run): var/lib/vfiotask under `root`,
+    or VFIOTASK_LIB_DIR on the real root (tests)."""
+    if root == Path("/") and os.environ.get(LIB_DIR_ENV):
+        return Path(os.environ[LIB_DIR_ENV])
+    return root / "var/lib/vfiotask"
+
+MARKER = "# vfiotask setup memory-backing"
+PAGE_SIZES = {2 * MiB: "2M", GiB: "1G"}
+_SETTING = re.compile(r'^\s*memory_backing_dir\s*=')
+_COMMENTED = re.compile(r'^\s*#\s*memory_backing_dir\s*=')
+
+
+@dataclass(frozen=True)
+class SetupPaths:
+    """Where each change goes, all under `root` (`/` on a real host)."""
+
+    root: Path
+    page_size: int
+
+    @property
+    def label(self) -> str:
+        return PAGE_SIZES[self.page_size]
+
+    @property
+    def mountpoint(self) -> Path:
+        """Where it is mounted as the host sees it (what qemu.conf and the unit name)."""
+        return Path(f"/dev/hugepages{self.label}")
+
+    @property
+    def local_mountpoint(self) -> Path:
+        return self.root / self.mountpoint.relative_to("/")
+
+    @property
+    def unit_name(self) -> str:
+        return f"dev-hugepages{self.label}.mount"  # systemd's escaping of the mount point
+
+    @property
+    def unit_dir(self) -> Path:
+        return self.root / "etc/systemd/system"
+
+    @property
+    def wants_dir(self) -> Path:
+        return self.unit_dir / "local-fs.target.wants"
+
+    @property
+    def qemu_conf(self) -> Path:
+        if self.root == Path("/"):
+            from vfiotask.integrations.libvirt.paths import qemu_conf
+
+            return qemu_conf()
+        return self.root / "etc/libvirt/qemu.conf"
+
+    @property
+    def backup(self) -> Path:
+        return self.qemu_conf.with_name(self.qemu_conf.name + ".vfiotask-backup")
+
+    @property
+    def journal_dir(self) -> Path:
+        return lib_dir(self.root)
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.root / f"sys/kernel/mm/hugepages/hugepages-{self.page_size >> 10}kB"
+
+
+def parse_page_size(text: str | None) -> int:
+    if text is None:
+        return 2 * MiB
+    for size, label in PAGE_SIZES.items():
+        if text.upper() in (label, label + "B", label + "IB"):
+            return size
+    raise UsageError(f"--page-size {text!r} is not 2M or 1G", hint="give 2M (any host) or 1G (where the CPU has them)")
+
+
+def unit_text(paths: SetupPaths) -> str:
+    return f"""{MARKER}: guest RAM files on {format_size(paths.page_size)} hugepages
+[Unit]
+Description=Hugepages of {format_size(paths.page_size)} for libvirt guest RAM (memory_backing_dir)
+DefaultDependencies=no
+Before=sysinit.target libvirtd.service virtqemud.service
+ConditionPathExists=/sys/kernel/mm/hugepages/hugepages-{paths.page_size >> 10}kB
+
+[Mount]
+What=hugetlbfs
+Where={paths.mountpoint}
+Type=hugetlbfs
+Options=pagesize={paths.label},mode=0755
+
+[Install]
+WantedBy=local-fs.target
+"""
+
+
+def configured_conf(text: str, directory: Path) -> str:
+    """qemu.conf with memory_backing_dir set to `directory`: the active setting replaced, else added
+    after libvirt's commented default, else at the end."""
+    setting = [MARKER, f'memory_backing_dir = "{directory}"']  # the marker on its own line: libvirt's parser
+    lines = text.splitlines()
+    if setting[1] in lines and MARKER in lines:
+        return text
+    active = [i for i, current in enumerate(lines) if _SETTING.match(current)]
+    for index in active:
+        lines[index] = "#" + lines[index]
+    commented = [i for i, current in enumerate(lines) if _COMMENTED.match(current)]
+    at = commented[-1] + 1 if commented else len(lines)
+    lines[at:at] = setting
+    return "\n".join(lines) + "\n"
+
+
+def conf_diff(before: str, after: str, path: Path) -> str:
+    return "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), str(path),
+                                          f"{path} (vfiotask)", lineterm=""))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- writing without following links ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _directory(path: Path) -> Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replace `path` atomically, never through a link, keeping the old file's owner and mode."""
+    with _directory(path.parent) as dfd:
+        try:
+            old = os.stat(path.name, dir_fd=dfd, follow_symlinks=False)
+            mode, owner = old.st_mode & 0o7777, (old.st_uid, old.st_gid)
+        except FileNotFoundError:
+            owner = None
+        tmp = f".{path.name}.vfiotask-tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        try:
+            os.write(fd, text.encode())
+            os.fchmod(fd, mode)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        with _directory(path.parent) as dfd:
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            with os.fdopen(fd) as handle:
+                return handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HostStateError(f"cannot read {path}: {exc.strerror}", hint="check that it is a plain file") from exc
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError), _directory(path.parent) as dfd:
+        os.unlink(path.name, dir_fd=dfd)
+
+
+# -- the changes -----------------------------------------------------------------------------
+
+
+def _mounted_at(path: Path) -> str | None:
+    from vfiotask.host.mounts import mounts
+
+    found = None
+    for mount in mounts():
+        if mount.mountpoint == path:
+            found = mount.fstype
+    return found
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise HostStateError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.returncode}",
+                             hint="see the message; nothing after this step was changed")
+
+
+def _systemd_running(root: Path) -> bool:
+    return root == Path("/") and Path("/run/systemd/system").is_dir()
+
+
+@dataclass
+class Plan:
+    """What apply would do, for the dry run and for the journal."""
+
+    paths: SetupPaths
+    conf_before: str
+    conf_after: str
+    make_mountpoint: bool
+    write_unit: bool
+    mount_now: bool
+
+    def describe(self) -> list[str]:
+        lines = []
+        if self.make_mountpoint:
+            lines.append(f"create {self.paths.local_mountpoint}")
+        if self.write_unit:
+            lines.append(f"write {self.paths.unit_dir / self.paths.unit_name} and enable it for local-fs.target")
+        if self.mount_now:
+            lines.append(f"mount hugetlbfs (pagesize={self.paths.label}) on {self.paths.local_mountpoint}")
+        if self.conf_before != self.conf_after:
+            lines.append(f"set memory_backing_dir in {self.paths.qemu_conf} (backup: {self.paths.backup}):")
+            lines.append(conf_diff(self.conf_before, self.conf_after, self.paths.qemu_conf))
+        return lines
+
+
+def plan(paths: SetupPaths) -> Plan:
+    if not paths.pool_dir.is_dir():
+        raise UsageError(f"this host has no {format_size(paths.page_size)} hugepages ({paths.pool_dir} is missing)",
+                         hint="use --page-size 2M, or enable the page size on the kernel command line")
+    unit = _read(paths.unit_dir / paths.unit_name)
+    if unit is not None and MARKER not in unit:
+        raise UsageError(f"{paths.unit_dir / paths.unit_name} exists and is not vfiotask's",
+                         hint="remove it or point memory_backing_dir at its mount by hand")
+    mounted = _mounted_at(paths.local_mountpoint)
+    if mounted not in (None, "hugetlbfs"):
+        raise UsageError(f"{paths.local_mountpoint} is a {mounted} mount", hint="unmount it first")
+    before = _read(paths.qemu_conf)
+    if before is None:
+        raise HostStateError(f"{paths.qemu_conf} does not exist", hint="install libvirt-daemon-system first")
+    return Plan(paths, before, configured_conf(before, paths.mountpoint),
+                make_mountpoint=not paths.local_mountpoint.exists(), write_unit=unit != unit_text(paths),
+                mount_now=mounted is None)
+
+
+def applied(root: Path) -> dict[str, Any] | None:
+    record: dict[str, Any] | None = Journal(JOURNAL_NAME, lib_dir(root)).read().get("applied")
+    return record
+
+
+def apply(paths: SetupPaths) -> tuple[Plan, bool]:
+    """Make the changes; returns the plan and False when everything was already in place."""
+    journal = Journal(JOURNAL_NAME, paths.journal_dir)
+    held = journal.read().get("applied")
+    if held is not None and held.get("page_size") != paths.page_size:
+        raise UsageError(f"memory-backing is already set up with {format_size(held['page_size'])} pages",
+                         hint="run 'vfiotask setup memory-backing --undo' first")
+    todo = plan(paths)
+    if held is not None and not (todo.make_mountpoint or todo.write_unit or todo.mount_now
+                                 or todo.conf_before != todo.conf_after):
+        return todo, False
+    if os.geteuid() != 0 and todo.mount_now:
+        raise UsageError("mounting hugetlbfs needs root", hint="run it as root, or with --dry-run to see the changes")
+
+    def step(name: str, **data: Any) -> None:
+        with journal.locked() as state:
+            record = state.setdefault("applied", {"page_size": paths.page_size, "root": str(paths.root),
+                                                  "steps": []})
+            record["steps"].append({"step": name, **data})
+
+    if todo.make_mountpoint:
+        step("mountpoint", path=str(paths.local_mountpoint))
+        paths.local_mountpoint.mkdir(mode=0o755, parents=True)
+    if todo.write_unit:
+        unit = paths.unit_dir / paths.unit_name
+        link = paths.wants_dir / paths.unit_name
+        step("unit", path=str(unit), link=str(link))
+        paths.wants_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _write(unit, unit_text(paths))
+        if not os.path.lexists(link):
+            os.symlink(f"../{paths.unit_name}", link)
+        if _systemd_running(paths.root):
+            _run("systemctl", "daemon-reload")
+    if todo.mount_now:
+        step("mount", path=str(paths.local_mountpoint))
+        _run("mount", "-t", "hugetlbfs", "-o", f"pagesize={paths.label},mode=0755", "hugetlbfs",
+             str(paths.local_mountpoint))
+    if todo.conf_before != todo.conf_after:
+        step("qemu.conf", path=str(paths.qemu_conf), backup=str(paths.backup),
+             before=_digest(todo.conf_before), after=_digest(todo.conf_after))
+        _write(paths.backup, todo.conf_before, 0o600)
+        _write(paths.qemu_conf, todo.conf_after)
+    return todo, True
+
+
+def undo(root: Path) -> list[str]:
+    """Revert every journaled step, newest first; returns what was done.  Idempotent."""
+    journal = Journal(JOURNAL_NAME, lib_dir(root))
+    record = journal.read().get("applied")
+    if record is None:
+        return []
+    done: list[str] = []
+    for step in reversed(record["steps"]):
+        done.extend(_undo_step(step, root))
+        with journal.locked() as state:  # each step leaves the journal as soon as it is reverted
+            state["applied"]["steps"].remove(step)
+    with journal.locked() as state:
+        state.pop("applied", None)
+    return done
+
+
+def _undo_step(step: dict[str, Any], root: Path) -> list[str]:
+    path = Path(step["path"])
+    kind = step["step"]
+    if kind == "qemu.conf":
+        now = _read(path)
+        backup = _read(Path(step["backup"]))
+        if now is not None and _digest(now) == step["before"]:
+            return []  # never written, or already reverted
+        if now is None or _digest(now) != step["after"] or backup is None or _digest(backup) != step["before"]:
+            raise HostStateError(f"{path} changed since 'setup memory-backing' wrote it; it was left alone",
+                                 hint=f"restore memory_backing_dir by hand (the original is in {step['backup']})")
+        _write(path, backup)
+        return [f"restored {path} from {step['backup']}"]
+    if kind == "mount":
+        if _mounted_at(path) != "hugetlbfs":
+            return []
+        result = subprocess.run(["umount", str(path)], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise HostStateError(f"cannot unmount {path}: {result.stderr.strip()}",
+                                 hint="stop the guests whose RAM is there, then run --undo again")
+        return [f"unmounted {path}"]
+    if kind == "unit":
+        link = Path(step["link"])
+        out = []
+        if os.path.islink(link):
+            _unlink(link)
+        unit = _read(path)
+        if unit is not None and MARKER in unit:
+            _unlink(path)
+            out.append(f"removed {path}")
+        with contextlib.suppress(OSError):
+            link.parent.rmdir()  # only when empty
+        if _systemd_running(root):
+            _run("systemctl", "daemon-reload")
+        return out
+    if kind == "mountpoint":
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HostStateError(f"cannot remove {path}: {exc.strerror}",
+                                 hint="empty it, then run --undo again") from exc
+        return [f"removed {path}"]
+    raise HostStateError(f"unknown step {kind!r} in the memory-backing journal", hint="undo it by hand")
+
+
+RESTART = ("restart libvirtd so that it reads memory_backing_dir (systemctl restart libvirtd); "
+           "guests already running keep their RAM where it is until they stop")
