@@ -6,7 +6,7 @@ DEBIAN_PACKAGES := qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt
 # What building iommufd and vfio against Debian's 6.12 headers needs (tests/nested/iommufd_build.py).
 DEBIAN_PACKAGES += gcc-12 make binutils xz-utils libelf1 libssl3
 
-.PHONY: run test venv test-venv debian-packages nested-kernels lint typecheck pytest bench clean
+.PHONY: run test venv test-venv debian-packages nested-kernels lint typecheck pytest bench clean install uninstall generate
 
 $(BIN)/vfiotask: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,3 +64,36 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# A real install, independent of this checkout: a venv under $(PREFIX) with the wheel built from
+# here, the command linked into $(BINDIR), the manual page, completions and systemd unit where
+# man, the shells and systemd look.  Then: vfiotask hook install (docs/quickstart.md).
+PREFIX ?= /opt/vfiotask
+BINDIR ?= /usr/local/bin
+SHAREDIR ?= /usr/local/share
+UNITDIR ?= /etc/systemd/system
+
+install:
+	$(PYTHON) -m venv --clear $(PREFIX)
+	$(PREFIX)/bin/pip install -q --upgrade pip
+	$(PREFIX)/bin/pip install -q .
+	@if pkg-config --exists libvirt 2>/dev/null; then $(PREFIX)/bin/pip install -q '.[libvirt]'; fi
+	install -d $(BINDIR)
+	ln -sf $(PREFIX)/bin/vfiotask $(BINDIR)/vfiotask
+	install -D -m 644 $(PREFIX)/share/man/man1/vfiotask.1 $(SHAREDIR)/man/man1/vfiotask.1
+	install -D -m 644 $(PREFIX)/share/bash-completion/completions/vfiotask \
+	  $(SHAREDIR)/bash-completion/completions/vfiotask
+	install -D -m 644 $(PREFIX)/share/zsh/site-functions/_vfiotask $(SHAREDIR)/zsh/site-functions/_vfiotask
+	install -D -m 644 $(PREFIX)/lib/systemd/system/vfiotask-stage@.service $(UNITDIR)/vfiotask-stage@.service
+	@if [ "$(UNITDIR)" = /etc/systemd/system ] && command -v systemctl >/dev/null; then systemctl daemon-reload; fi
+	@echo "installed vfiotask in $(PREFIX); next: $(BINDIR)/vfiotask hook install && systemctl restart libvirtd"
+
+uninstall:
+	-$(BINDIR)/vfiotask hook uninstall
+	rm -f $(BINDIR)/vfiotask $(SHAREDIR)/man/man1/vfiotask.1 $(SHAREDIR)/bash-completion/completions/vfiotask \
+	  $(SHAREDIR)/zsh/site-functions/_vfiotask $(UNITDIR)/vfiotask-stage@.service
+	rm -rf $(PREFIX)
+
+# The manual page and completions are generated from the parser (a test checks they are current).
+generate: test-venv
+	$(BIN)/python -m vfiotask.integrations.cli.generate

@@ -80,6 +80,13 @@ class HostStateError(VfiotaskError):
     """The host is not in the state an operation expects (journal, mounts, services)."""
 
 
+class NeedsRoot(HostStateError):
+    """The file or interface is root's: a normal user gets this line, not a PermissionError."""
+
+    def __init__(self, what: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{what} needs root", hint=hint or "run it as root (sudo vfiotask ...)")
+
+
 class TaskFailed(VfiotaskError):
     """A chunk of an engine task failed; the completed chunks were undone.
 

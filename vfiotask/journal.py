@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vfiotask.errors import HostStateError
+from vfiotask.errors import HostStateError, NeedsRoot
 from vfiotask.statedir import state_dir
 
 
@@ -39,18 +39,29 @@ class Journal:
     def locked(self) -> Iterator[dict[str, Any]]:
         """Yield the journal's content under the lock; what the caller leaves in it is saved."""
         directory = self.path.parent
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(directory / f"{self.name}.lock", "a") as lock:
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = open(directory / f"{self.name}.lock", "a")  # noqa: SIM115 (closed by the with below)
+        except PermissionError as exc:
+            raise NeedsRoot(f"changing {self.path}") from exc
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = self._load()
             yield data
             self._save(data)
+
+    def save(self, data: dict[str, Any]) -> None:
+        """Write `data` now, from inside `locked()`, before a step that must be on record before
+        it is made (a mount); the lock's exit writes it again with what followed."""
+        self._save(data)
 
     def _load(self) -> dict[str, Any]:
         try:
             text = self.path.read_text()
         except FileNotFoundError:
             return {}
+        except PermissionError as exc:
+            raise NeedsRoot(f"reading {self.path}") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -16,8 +16,11 @@ STATE_DIR_ENV = "VFIOTASK_STATE_DIR"
 
 
 def state_dir(create: bool = True) -> Path:
-    """The state directory, from VFIOTASK_STATE_DIR or /run/vfiotask, created 0700 on demand."""
-    path = Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    """The state directory, from VFIOTASK_STATE_DIR, else state_dir in the config file, else
+    /run/vfiotask; created 0700 on demand."""
+    from vfiotask.config import get
+
+    path = Path(os.environ.get(STATE_DIR_ENV) or get("state_dir"))
     if create:
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)

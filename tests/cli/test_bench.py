@@ -150,3 +150,11 @@ def test_plot_draws_a_png_or_says_in_one_line_that_matplotlib_is_missing(tmp_pat
     drawn = run_cli(*args)
     assert drawn.returncode == 0, drawn.stderr
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hugepages_suite_refuses_a_size_beyond_the_benchmark_budget_before_touching_anything() -> None:
+    pools = {path: path.read_text() for path in Path("/sys/kernel/mm/hugepages").glob("hugepages-*/nr_hugepages")}
+    result = run_cli("bench", "hugepages", "--size", "20G")
+    assert result.returncode == 3
+    assert result.stderr.startswith("vfiotask: --size 20.0 GiB keeps more than a benchmark may take")
+    assert {path: path.read_text() for path in pools} == pools

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 from tests.devices.helpers import sysfs
 
@@ -14,8 +16,25 @@ def test_lists_groups_with_viability_and_why_not() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "IOMMU group 1: not viable: 0000:01:00.1 [1002:aaf0] is bound to host driver snd_hda_intel" in out
-    assert "0000:01:00.0  [1002:67df]  class 0x030000  driver vfio-pci" in out
-    assert "host uses it: it is the boot VGA device showing the text console" in out
+    assert out.splitlines()[0].split() == ["group", "address", "ids", "vendor", "model", "class", "driver", "node",
+                                           "host", "uses"]
+    gpu = next(line for line in out.splitlines() if "0000:01:00.0" in line)
+    assert gpu.split()[:3] == ["1", "0000:01:00.0", "1002:67df"] and "vfio-pci" in gpu
+    assert "it is the boot VGA device showing the text console" in out
+    assert f"to fix: bind the whole group to vfio-pci: vfiotask bind 0000:01:00.1 --sysfs-root {sysfs('sibling')}" \
+        in out
+    assert "to fix: none while the host uses 0000:00:02.0" in out
+
+
+def test_names_come_from_the_hardware_database() -> None:
+    """lspci's names (pci.ids through udev's hwdb) where the host has the database."""
+    from vfiotask.devices.names import pci_names
+
+    if pci_names(0x8086, 0x1521) == (None, None):
+        pytest.skip("no udev hardware database on this host")
+    data = json.loads(run_cli("devices", "--json", "--sysfs-root", str(sysfs("wide"))).stdout)
+    nic = next(d for g in data["groups"] for d in g["devices"] if d["address"] == "0000:06:00.0")
+    assert nic["vendor_name"] == "Intel Corporation" and "I350" in nic["model_name"]
 
 
 def test_json_from_the_environment_variable() -> None:
@@ -44,7 +63,7 @@ def test_this_host() -> None:
     data = json.loads(result.stdout)
     assert data["source"] == "pyudev"
     if not data["iommu"]:
-        assert data["ungrouped"] and run_cli("devices").stdout.startswith("no IOMMU group (the IOMMU is off")
+        assert data["ungrouped"] and "no IOMMU group (the IOMMU is off" in run_cli("devices").stdout
 
 
 def test_not_a_sysfs_tree(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,23 +14,35 @@ from tests.libvirt.xmls import guest_xml
 
 def test_install_is_idempotent_and_uninstall_removes(tmp_path: Path) -> None:
     hooks = tmp_path / "hooks"
+    hooks.mkdir()
     first = run_cli("hook", "install", "--hooks-dir", str(hooks))
     assert first.returncode == 0, first.stderr
     installed = hooks / "qemu.d" / "50-vfiotask"
     assert f"installed {installed}" in first.stdout
     assert installed.stat().st_mode & 0o777 == 0o755
-    assert installed.read_text().splitlines()[0] == f"#!{sys.executable} -IS"
+    assert installed.read_text().splitlines()[0] == "#!/bin/sh"
+    assert "systemctl restart libvirtd" in first.stdout
 
     again = run_cli("hook", "install", "--hooks-dir", str(hooks))
     assert again.returncode == 0 and "already installed" in again.stdout
 
-    removed = run_cli("hook", "uninstall", "--hooks-dir", str(hooks))
+    removed = run_cli("hook", "uninstall", "--hooks-dir", str(hooks), "--json")
     assert removed.returncode == 0 and not installed.exists()
-    assert "not installed" in run_cli("hook", "uninstall", "--hooks-dir", str(hooks)).stdout
+    assert json.loads(removed.stdout) == {"path": str(installed), "changed": True}
+    nothing = run_cli("hook", "uninstall", "--hooks-dir", str(hooks))
+    assert nothing.returncode == 0 and "not installed" in nothing.stdout
+
+
+def test_a_hooks_dir_that_does_not_exist_is_refused_and_not_made(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexist" / "deep"
+    result = run_cli("hook", "install", "--hooks-dir", str(missing))
+    assert result.returncode == 2 and f"{missing} does not exist" in result.stderr
+    assert not (tmp_path / "nonexist").exists()
 
 
 def test_installed_hook_runs_with_libvirtds_bare_environment(tmp_path: Path) -> None:
     hooks = tmp_path / "hooks"
+    hooks.mkdir()
     assert run_cli("hook", "install", "--hooks-dir", str(hooks)).returncode == 0
     result = subprocess.run(
         [str(hooks / "qemu.d" / "50-vfiotask"), "plain", "prepare", "begin", "-"],
@@ -41,15 +54,72 @@ def test_installed_hook_runs_with_libvirtds_bare_environment(tmp_path: Path) -> 
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
 
 
-def test_the_installed_hook_is_the_repository_script_with_this_interpreter(tmp_path: Path) -> None:
+def test_the_installed_hook_runs_the_repository_script_with_this_interpreter(tmp_path: Path) -> None:
     assert run_cli("hook", "install", "--hooks-dir", str(tmp_path)).returncode == 0
     installed = (tmp_path / "qemu.d" / "50-vfiotask").read_text()
-    script = (REPO / "hooks" / "qemu").read_text()
-    first, rest = installed.split("\n", 1)
-    assert first == f"#!{sys.executable} -IS"  # no site processing: libvirtd waits for every phase
-    path_lines = [line for line in rest.splitlines(keepends=True) if line.startswith("sys.path[:0] = ")]
-    assert len(path_lines) == 1 and rest.replace(path_lines[0], "") == script.split("\n", 1)[1]
+    assert f"PYTHON='{sys.executable}'" in installed and f"HOOK='{REPO / 'hooks' / 'qemu'}'" in installed
     assert os.access(REPO / "hooks" / "qemu", os.X_OK)
+
+
+def test_the_shim_starts_the_hook_with_no_site_processing(tmp_path: Path) -> None:
+    """libvirtd waits for the hook on every phase: the interpreter gets -I -S and the import paths."""
+    from vfiotask.integrations.libvirt.hookinstall import hook_text
+
+    argv_file = tmp_path / "argv"
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_file}\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    shim = tmp_path / "50-vfiotask"
+    shim.write_text(hook_text(str(python)))
+    shim.chmod(0o755)
+    result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", "prepare", "begin", "-")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    argv = argv_file.read_text().splitlines()
+    assert argv[:3] == ["-I", "-S", "-c"]
+    assert argv[4:] == [str(REPO / "hooks" / "qemu"), "plain", "prepare", "begin", "-"]
+
+
+def shim_with_vfiotask_gone(tmp_path: Path) -> Path:
+    """An installed hook whose python went away (vfiotask removed, its venv deleted)."""
+    from vfiotask.integrations.libvirt.hookinstall import hook_text
+
+    shim = tmp_path / "50-vfiotask"
+    shim.write_text(hook_text(str(tmp_path / "gone" / "bin" / "python3")))
+    shim.chmod(0o755)
+    return shim
+
+
+def run_shim(shim: Path, xml: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(shim), *args], input=xml.encode(), capture_output=True, timeout=60,
+                          env={"LC_ALL": "C", "PATH": "/usr/bin:/bin", "HOME": "/root"})
+
+
+def test_with_vfiotask_gone_other_guests_still_start(tmp_path: Path) -> None:
+    """Fails open: libvirtd runs the hook for every guest, and a removed vfiotask must not stop
+    guests that never asked for it (a python shebang would exit 127 for all of them)."""
+    shim = shim_with_vfiotask_gone(tmp_path)
+    for phase in (("prepare", "begin", "-"), ("start", "begin", "-"), ("release", "end", "-")):
+        result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", *phase)
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def test_with_vfiotask_gone_its_own_guests_fail_with_one_line(tmp_path: Path) -> None:
+    shim = shim_with_vfiotask_gone(tmp_path)
+    result = run_shim(shim, guest_xml("ours", 64, id=1, config={"threads": "2"}), "ours", "prepare", "begin", "-")
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().count("\n") == 1 and "guest ours asks for vfiotask" in result.stderr.decode()
+    released = run_shim(shim, guest_xml("ours", 64, id=1, config={"threads": "2"}), "ours", "release", "end", "-")
+    assert released.returncode == 0
+
+
+def test_check_catches_a_hook_whose_vfiotask_is_gone(tmp_path: Path) -> None:
+    from vfiotask.integrations.check.host import Probe, hook_findings
+
+    (tmp_path / "qemu.d").mkdir()
+    shim = shim_with_vfiotask_gone(tmp_path)
+    shim.rename(tmp_path / "qemu.d" / "50-vfiotask")
+    findings = hook_findings(Probe(hooks_dir=tmp_path))
+    assert findings[0].level == "fail" and "gone" in findings[0].seen and "make install" in (findings[0].fix or "")
 
 
 def test_the_checkout_hook_runs_with_a_python_that_lacks_vfiotask(tmp_path: Path) -> None:

@@ -73,10 +73,11 @@ def test_json_fields() -> None:
     result = run_cli("prepin", *SMALL, "--json", "--backing", "anon")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    for key in ("bytes", "page_size", "threads", "chunks", "prefault_seconds", "pin_seconds", "seconds",
+    for key in ("size_bytes", "page_size_bytes", "threads", "chunks", "prefault_seconds", "pin_seconds", "seconds",
                 "gib_per_s", "locked_bytes"):
         assert key in data
-    assert (data["bytes"], data["page_size"], data["locked_bytes"], data["pin"]) == (32 * MiB, 4096, 32 * MiB, "mlock")
+    assert (data["size_bytes"], data["page_size_bytes"], data["locked_bytes"], data["pin"]) == (
+        32 * MiB, 4096, 32 * MiB, "mlock")
     assert data["chunks"] >= 2 and data["threads"] >= 1
     assert data["seconds"] == pytest.approx(data["prefault_seconds"] + data["pin_seconds"], abs=1e-5)
     for plan in (data["plan"], data["pin_plan"]):
@@ -218,7 +219,7 @@ def test_hugetlbfs_backing(hugetlbfs_mount: Path) -> None:
     result = run_cli("prepin", *SMALL, "--backing", str(path), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert (data["page_size"], data["locked_bytes"]) == (2 * MiB, 32 * MiB)
+    assert (data["page_size_bytes"], data["locked_bytes"]) == (2 * MiB, 32 * MiB)
     assert pools.state(2 * MiB).free == free - 16  # the file keeps its pages
     path.unlink()
 
@@ -321,3 +322,29 @@ def test_a_full_output_is_one_line_and_nothing_stays_locked() -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "standard output" in lines[0] and "ENOSPC" in lines[0] and "released" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--group", "2"], "--group only apply to --pin vfio or --pin mock"),
+        (["--device", "0000:01:00.0", "--pin", "mlock"], "--device only apply to --pin vfio or --pin mock"),
+        (["--iova", "0x0"], "--iova only apply"),
+        (["--domain", "g", "--size", "2G"], "--size do not apply to prepin --domain"),
+        (["--domain", "g", "--hold"], "--hold do not apply to prepin --domain"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused(args: list[str], needle: str, state_dir: Path) -> None:
+    """Not ignored: the user meant something by them.  Nothing is prepared."""
+    result = run_cli("prepin", *args)
+    assert result.returncode == 2, result.stdout
+    assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_prepin_says_which_file_it_kept(shm_dir: Path) -> None:
+    path = shm_dir / "guest.ram"
+    result = run_cli("prepin", "--size", "4M", "--backing", str(path), "--pin", "none", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kept_files"] == [{"path": str(path), "size_bytes": 4 * MiB}]
+    assert f"kept {path} (4.0 MiB)" in result.stderr and path.exists()

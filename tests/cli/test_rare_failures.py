@@ -75,7 +75,7 @@ def test_a_populate_the_kernel_broke_off_is_asked_again(
     path = shm_dir / "guest.ram"
     assert main(["prepin", *STEADY, "--backing", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["bytes"] == 32 << 20 and data["locked_bytes"] == 32 << 20
+    assert data["size_bytes"] == 32 << 20 and data["locked_bytes"] == 32 << 20
     assert path.stat().st_blocks * 512 == 32 << 20  # every page of the file was populated
 
 

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 from vfiotask.host import libc
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "sysfs"
-TREES = ("viable", "sibling", "bridge", "wide")
+TREES = ("viable", "sibling", "bridge", "wide", "doctor")
 
 
 def sysfs(tree: str) -> Path:

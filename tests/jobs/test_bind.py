@@ -126,8 +126,9 @@ def test_a_tree_bound_through_a_symlink_is_unbound_through_its_real_path(tmp_pat
 
 def test_unbind_without_a_record(tmp_path: Path, state_dir: Path) -> None:
     root = copy_tree("viable", tmp_path)
-    with pytest.raises(UsageError, match="nothing to unbind"):
-        unbind(["0000:01:00.0"], sysfs_root=root)
+    before = snapshot(root.parent)
+    result = unbind(["0000:01:00.0"], sysfs_root=root)
+    assert result.bound == [] and snapshot(root.parent) == before
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -293,3 +294,33 @@ def test_a_device_failing_inside_an_unbind_chunk_takes_the_whole_chunk_again(
     assert drivers(root) == bound
     assert snapshot(root.parent) == tree
     assert sorted(bindings_journal().read()[str(root)]) == WIDE
+
+
+def _held_gpu(tmp_path: Path) -> Path:
+    """The doctor host's GPU, no longer the boot VGA device, so only its holders stand in the way."""
+    root = copy_tree("doctor", tmp_path)
+    (root / "devices/pci0000:00/0000:00:01.0/0000:01:00.0/boot_vga").write_text("0\n")
+    return root
+
+
+def test_a_held_device_is_refused_with_its_holders_named_and_nothing_changes(tmp_path: Path, state_dir: Path) -> None:
+    root = _held_gpu(tmp_path)
+    before = snapshot(root.parent)
+    with pytest.raises(DeviceError) as caught:
+        bind(["0000:01:00.0"], sysfs_root=root)
+    text = caught.value.one_line()
+    assert "0000:01:00.0 is held by Xorg (pid 1234): /dev/dri/card1 open" in text
+    assert "gpu-monitor (pid 2345)" in text and "fbcon: vtcon1" in text and "efifb: boot framebuffer" in text
+    assert "kills nothing" in text and caught.value.exit_status == 4
+    assert snapshot(root.parent) == before and bindings_journal().read() == {}
+
+
+def test_force_binds_a_held_device_and_leaves_its_holders_alone(tmp_path: Path, state_dir: Path) -> None:
+    root = _held_gpu(tmp_path)
+    result = bind(["0000:01:00.0"], sysfs_root=root, force=True)
+    assert [r.address for r in result.bound] == ["0000:01:00.0", "0000:01:00.1"]
+    assert discover(root).device("0000:01:00.0").driver == "vfio-pci"
+    proc = root.parent / "proc"
+    assert (proc / "1234/comm").read_text() == "Xorg\n" and (proc / "1234/fd/12").is_symlink()
+    unbind(["0000:01:00.0"], sysfs_root=root)
+    assert discover(root).device("0000:01:00.0").driver == "amdgpu"

@@ -154,3 +154,61 @@ def test_real_pool_that_cannot_grow_is_left_as_it_was(hugepage_pools: None, tmp_
     # Refused before the pool was asked: the kernel never handed out (and took back) host memory.
     assert pools.state(gib).total == before
     assert r.owners() == []
+
+
+class FragmentedPools(KernelLikePools):
+    """A node that holds `capacity` pages until it is compacted, and `after` pages once it is."""
+
+    def __init__(self, root: Path, capacity: dict[int | None, int], after: dict[int | None, int]) -> None:
+        super().__init__(root, capacity)
+        self.after = after
+
+    def make_room(self, node: int | None = None) -> None:
+        super().make_room(node)  # writes the tree's drop_caches and compact files, as on a host
+        self.capacity[node] = self.after.get(node, self.capacity.get(node, 0))
+
+
+def fragmented_root(tmp_path: Path) -> Path:
+    root = make_sysfs(tmp_path / "root")
+    (root / "proc/sys/vm").mkdir(parents=True)
+    for node in (0, 1):
+        (root / f"sys/devices/system/node/node{node}/compact").write_text("")
+    (root / "proc/buddyinfo").write_text(
+        "Node 0, zone   Normal    500    300    100     50     20     10      5      2      1      0      0\n"
+        "Node 1, zone   Normal      0      0      0      0      0      0      0      0      0      0     64\n")
+    return root
+
+
+def test_a_short_node_is_compacted_and_asked_again_before_failing(tmp_path: Path) -> None:
+    root = fragmented_root(tmp_path)
+    pools = FragmentedPools(root, {0: 3}, after={0: 10})
+    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+
+    held = r.reserve("guest1", {0: 8 * MiB2})
+
+    assert held.pages == {0: 8} and pool_count(root, 0) == 8
+    assert (root / "proc/sys/vm/drop_caches").read_text() == "1\n"
+    assert (root / "sys/devices/system/node/node0/compact").read_text() == "1\n"
+    assert (root / "sys/devices/system/node/node1/compact").read_text() == ""
+
+
+def test_when_compaction_is_not_enough_the_error_says_what_it_won_and_what_is_fragmented(tmp_path: Path) -> None:
+    root = fragmented_root(tmp_path)
+    pools = FragmentedPools(root, {0: 3}, after={0: 5})
+    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+
+    with pytest.raises(HugepageShortageError) as caught:
+        r.reserve("guest1", {0: 8 * MiB2})
+
+    text = caught.value.one_line()
+    assert "node 0 gave 5 of 8 hugepages of 2.0 MiB asked for, 2 of them won by dropping clean caches" in text
+    assert "node 0 has 13.2 MiB free, 13.2 MiB of it in blocks smaller than 2.0 MiB" in text
+    assert "(free blocks by order 0-10: 500 300 100 50 20 10 5 2 1 0 0)" in text
+    assert pool_count(root, 0) == 0 and r.owners() == []
+
+
+def test_a_host_that_cannot_compact_fails_as_before(tmp_path: Path) -> None:
+    r = reserver(tmp_path, {0: 3})  # no drop_caches or compact files: make_room fails, nothing is won
+    with pytest.raises(HugepageShortageError, match=r"gave 3 of 8 .* 0 of them won"):
+        r.reserve("guest1", {0: 8 * MiB2})
+    assert pool_count(r.pools.root, 0) == 0

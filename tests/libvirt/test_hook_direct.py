@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -170,6 +171,8 @@ def test_viable_hostdev_passes_and_release_clears_it(hook_host: HookHost) -> Non
     result = hook_host.run("ok", "prepare", "begin", xml, **env)
     assert (result.returncode, result.stderr) == (0, b"")
     assert "ok" in hook_host.journal()["guests"]  # type: ignore[operator]
+    placement = hook_host.journal()["guests"]["ok"]["placement"]  # type: ignore[index]
+    assert placement == {"node": None, "reason": "the host has one NUMA node"}  # this VM: NUMA from the device is moot
     assert hook_host.run("ok", "release", "end", xml, **env).returncode == 0
     assert hook_host.journal()["guests"] == {}
 
@@ -295,7 +298,12 @@ def test_status_and_unstage_from_the_command_line(hook_host: HookHost, monkeypat
     monkeypatch.setenv("VFIOTASK_LIBVIRT_QEMU_CONF", str(hook_host.conf))
     assert "holds nothing" in run_cli("hook", "status").stdout
     files, _ = stage(parse_domain(guest_xml("st", 32, file_backed=True, config=OURS)))
-    assert "st: staged 32.0 MiB in 1 file(s)" in run_cli("hook", "status").stdout
+    status = run_cli("hook", "status").stdout.splitlines()
+    assert status[0].split()[:3] == ["guest", "state", "files"] and status[1].split()[:5] == ["st", "staged", "1",
+                                                                                            "32.0", "MiB"]
+    shown = json.loads(run_cli("hook", "status", "--json").stdout)
+    assert shown["staged"][0]["name"] == "st" and shown["staged"][0]["files"][0]["size_bytes"] == 32 << 20
+    assert shown["staged"][0]["staged"].endswith("+00:00")  # ISO 8601, UTC
     assert "freed 32.0 MiB" in run_cli("hook", "unstage", "--domain", "st").stdout
     assert not Path(files[0].path).exists()
     assert "nothing is staged" in run_cli("hook", "unstage", "--domain", "st").stdout

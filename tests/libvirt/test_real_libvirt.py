@@ -213,3 +213,25 @@ def test_tune_shows_the_diff_then_changes_the_persistent_definition(lab) -> None
         assert "nothing to change" in again.stdout
     finally:
         stop_guest(name)
+
+
+def test_check_reads_a_defined_guest_over_a_read_only_connection(lab) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import run_cli
+
+    name = PREFIX + "doctor"
+    lab.define(guest_xml(name, 512, file_backed=True, config={}))
+    try:
+        result = run_cli("check", "--domain", name)
+        assert "Traceback" not in result.stderr and result.stderr == "", result.stderr
+        lines = result.stdout.splitlines()
+        failed = [text for text in lines if text.startswith("fail")]
+        assert result.returncode in (0, 1, 4) and (result.returncode == 0) == (not failed)
+        assert any(text.startswith("ok    memory: RAM 512.0 MiB") for text in lines), lines
+        ahead = next(text for text in lines if " prepared ahead: " in text)
+        assert f"file-backed in {lab.backing_dir}" in ahead
+        hook = [text for text in lines if " hook: " in text]
+        assert hook and not any("is not installed" in text for text in hook)
+    finally:
+        stop_guest(name)
+    missing = run_cli("check", "--domain", PREFIX + "nope")
+    assert missing.returncode == 2 and "no libvirt domain named" in missing.stderr

@@ -50,7 +50,8 @@ def group_viability(group: IommuGroup, *, managed: Iterable[str] = ()) -> Viabil
     return Viability(group.number, not reasons, reasons, blocking)
 
 
-def not_viable_error(host: Host, viability: Viability, what: str) -> DeviceError:
+def viability_fix(host: Host, viability: Viability) -> str:
+    """The command that makes a group viable: bind it (all of it) to vfio-pci."""
     addresses = [d.address for d in viability.blocking]
     if addresses:
         fix = f"bind the whole group to vfio-pci: vfiotask bind {' '.join(addresses)}"
@@ -59,7 +60,12 @@ def not_viable_error(host: Host, viability: Viability, what: str) -> DeviceError
         fix = f"bind the group to vfio-pci: vfiotask bind {members}".rstrip()
     if host.paths.fixture:
         fix += f" --sysfs-root {host.paths.sys}"
-    return DeviceError(f"{what}: IOMMU group {viability.group} is not viable: {'; '.join(viability.reasons)}", hint=fix)
+    return fix
+
+
+def not_viable_error(host: Host, viability: Viability, what: str) -> DeviceError:
+    return DeviceError(f"{what}: IOMMU group {viability.group} is not viable: {'; '.join(viability.reasons)}",
+                       hint=viability_fix(host, viability))
 
 
 def check_devices_usable(addresses: Iterable[str], sysfs_root: Path | None = None, *, managed: bool = False) -> None:

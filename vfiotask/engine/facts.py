@@ -18,7 +18,8 @@ from typing import Protocol, runtime_checkable
 class CpuFacts:
     """A snapshot of the CPUs a task may use, taken right before it runs (CPUs come and go).
 
-    `allowed`: the caller's affinity (its cpuset) among online CPUs.  `online`: every online CPU,
+    `allowed`: the caller's affinity (its cpuset) among online CPUs, less those others own (isolated,
+    nohz_full, running guests' pinned vCPUs); helpers run only there.  `online`: every online CPU,
     which sizes the host-wide helper caps.  `quota`: the cgroup CPU quota in CPUs (1.5 = 150 ms
     per 100 ms), None when unlimited.  `busy`: per CPU, the fraction of a recent window spent on
     work other than this process's own.  `governors`: per CPU, the cpufreq governor (empty when

@@ -176,7 +176,7 @@ class Engine:
         helpers: list[Helper] = []
         processes: list[ProcessHelper] = []
         for number, node in enumerate(helper_nodes, start=1):
-            cpus = None
+            cpus = facts.allowed or None  # never a CPU the facts withheld (isolated, another guest's)
             if node is not None:
                 cpus = (facts.nodes[node] & chosen.cpus) or (facts.nodes[node] & facts.allowed) or None
             name = f"helper-{number}"

@@ -21,6 +21,7 @@ from typing import Any
 from vfiotask.engine import CpuFacts, Engine
 from vfiotask.host.cgroups import cpu_quota
 from vfiotask.host.cpulist import parse_cpu_list
+from vfiotask.host.cpuowners import cpu_owners
 from vfiotask.host.numa import node_cpus, online_ids
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,7 @@ class HostCpuFacts:
         allowed = caller_affinity(self.root)
         if online:
             allowed = (allowed & online) or online
+        allowed = withhold_owned(allowed, self.root)
         quota = cpu_quota(self.root)
         try:
             busy = self.sampler.sample(allowed)
@@ -261,6 +263,16 @@ class HostCpuFacts:
             governors=governors(allowed, self.root),
             nodes=nodes,
         )
+
+
+def withhold_owned(allowed: frozenset[int], root: Path = REAL_ROOT) -> frozenset[int]:
+    """`allowed` without isolated, nohz_full and guest-pinned CPUs; unchanged when that leaves
+    none (the caller's own affinity then says where it may run, and it is already running there)."""
+    owners = cpu_owners(root)
+    free = allowed - owners.taken
+    if free != allowed:
+        log.debug("helpers stay off CPUs %s: %s", sorted(allowed - free), owners.reasons())
+    return free or allowed
 
 
 _SAMPLERS: dict[Path, BusySampler] = {}

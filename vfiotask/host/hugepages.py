@@ -92,6 +92,23 @@ class HugepagePools:
         (directory / "nr_hugepages").write_text(f"{count}\n")
         return self._read(directory, "nr_hugepages")
 
+    def make_room(self, node: int | None = None) -> None:
+        """Drop clean page cache, then compact `node` (every node for the global pool).
+
+        The kernel's own attempt when a pool grows gives up after a few rounds of reclaim and
+        compaction; a full compaction of the node moves every movable page, and dropping clean
+        page cache first (`drop_caches` = 1) gives it room to move them to and frees the blocks
+        that cache held.  1, not 2 or 3: clean file pages are free to drop and are read again on
+        demand, dirty ones are never dropped, and slab objects (2) are unmovable and rarely
+        free whole blocks while their loss slows every path lookup.  The drop is host-wide:
+        the kernel offers no per-node drop.
+        """
+        (self.root / "proc/sys/vm/drop_caches").write_text("1\n")
+        if node is None:
+            (self.root / "proc/sys/vm/compact_memory").write_text("1\n")
+        else:
+            (self.root / NODE_ROOT / f"node{node}" / "compact").write_text("1\n")
+
     def default_page_size(self) -> int | None:
         """Hugepagesize from /proc/meminfo (the size `MFD_HUGETLB` and plain hugetlbfs mounts use)."""
         path = self.root / "proc/meminfo"

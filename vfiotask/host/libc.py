@@ -124,3 +124,19 @@ def touch_pages(addr: int, length: int, page_size: int) -> None:
     for offset in range(0, length, page_size):
         cell = ctypes.c_ubyte.from_address(addr + offset)
         cell.value = cell.value
+
+
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+UMOUNT_NOFOLLOW = 0x8
+
+
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()), f"mount {target}")
+
+
+def umount(target: str) -> None:
+    """Unmount `target` without following a link put in its place."""
+    _check(_libc.umount2(target.encode(), UMOUNT_NOFOLLOW), f"umount {target}")

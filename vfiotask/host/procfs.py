@@ -77,3 +77,30 @@ def memlock_limit_from_limits(pid: int | None = None, *, proc_root: Path = PROC)
             soft, hard = (RLIM_INFINITY if v == "unlimited" else int(v) for v in values[:2])
             return soft, hard
     raise ValueError(f"no 'Max locked memory' line in {_pid_dir(pid, proc_root) / 'limits'}")
+
+
+def pids_named(names: frozenset[str] | set[str], *, proc_root: Path = PROC) -> list[int]:
+    """Processes whose command (`comm`) is one of `names`."""
+    found = []
+    for entry in sorted(proc_root.iterdir()) if proc_root.is_dir() else []:
+        if not (entry.name.isascii() and entry.name.isdigit()):
+            continue
+        try:
+            if (entry / "comm").read_text().strip() in names:
+                found.append(int(entry.name))
+        except OSError:
+            continue  # ended meanwhile
+    return sorted(found)
+
+
+def process_start_time(pid: int, *, proc_root: Path = PROC) -> float:
+    """When a process started, in seconds since the epoch: boot time plus its `stat` start ticks."""
+    import os
+
+    boot = 0
+    for line in (proc_root / "stat").read_text().splitlines():
+        if line.startswith("btime "):
+            boot = int(line.split()[1])
+    text = (_pid_dir(pid, proc_root) / "stat").read_text()
+    ticks = int(text[text.rindex(")") + 2 :].split()[19])  # field 22, counted after the command
+    return boot + ticks / os.sysconf("SC_CLK_TCK")

@@ -14,6 +14,7 @@ including the one that failed, and completed chunks are undone by the engine.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +27,10 @@ from vfiotask.devices.viability import ENABLE_IOMMU_HINT
 from vfiotask.engine import Task, TaskReport
 from vfiotask.errors import DeviceError, UsageError, describe_exception
 from vfiotask.host.cpus import host_engine
+from vfiotask.host.holders import holders_of
 from vfiotask.journal import Journal
+
+log = logging.getLogger(__name__)
 
 BIND_TASK = "bind"
 UNBIND_TASK = "unbind"
@@ -161,6 +165,26 @@ def _take(control: DriverControl, record: BindRecord) -> None:
         raise
 
 
+def _refuse_held(host: Host, devices: list[PciDevice], force: bool) -> None:
+    """A device something holds (open or mapped files, a console, a boot framebuffer) does not
+    unbind cleanly: the driver's remove waits for its users.  Refused with the holders named;
+    `force` goes ahead anyway and kills nothing."""
+    held = []
+    for device in devices:
+        scan = holders_of(host.paths.sys, host.paths.proc, device.sys_path, device.iommu_group)
+        held += [f"{device.address} is held by {holder.describe()}" for holder in scan.holders]
+    if not held:
+        return
+    if force:
+        log.warning("binding although %s (--force; nothing is killed)", "; ".join(held))
+        return
+    raise DeviceError(
+        f"refusing to take devices something holds: {'; '.join(held)}",
+        hint="stop those processes or free the console, then bind again; --force binds anyway (the driver "
+        "waits for them to let go) and kills nothing; nothing was changed",
+    )
+
+
 def _all_or_none(records: list[BindRecord], do: Callable[[BindRecord], None],
                  undo: Callable[[BindRecord], None]) -> None:
     """One chunk of bind or unbind: every device of it, or none.
@@ -191,8 +215,12 @@ def _all_or_none(records: list[BindRecord], do: Callable[[BindRecord], None],
 
 
 def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path | None = None,
-         journal: Journal | None = None, control: DriverControl | None = None) -> BindResult:
-    """Bind the whole IOMMU group of each address to `driver`, recording what it had."""
+         journal: Journal | None = None, control: DriverControl | None = None, force: bool = False,
+         dry_run: bool = False) -> BindResult:
+    """Bind the whole IOMMU group of each address to `driver`, recording what it had.
+
+    `dry_run` makes every check a real bind makes and returns what it would change, touching
+    neither the devices nor the journal."""
     if not addresses:
         raise UsageError("no device given", hint="give one or more PCI addresses, e.g. 0000:01:00.0")
     _check_driver_name(driver)
@@ -211,7 +239,10 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     journal = journal or bindings_journal()
     records = [BindRecord(d.address, d.iommu_group, d.driver, d.driver_override, driver)
                for d in members if _needs_rebind(d, driver)]
+    _refuse_held(host, [d for d in members if _needs_rebind(d, driver)], force)
     already = [d.address for d in members if d.driver == driver]
+    if dry_run:
+        return BindResult(groups, records, already, None, driver)
     key = _root_key(host)
 
     def take(record: BindRecord) -> None:
@@ -251,11 +282,8 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
     key = _root_key(host)
     recorded = journal.read().get(key, {})
     records = [BindRecord(**recorded[d.address]) for d in members if d.address in recorded]
-    if not records:
-        raise UsageError(
-            f"nothing to unbind: vfiotask has no record of binding {' '.join(wanted)} (or their groups)",
-            hint=f"only devices bound by 'vfiotask bind' are restored; see {journal.path}",
-        )
+    if not records:  # nothing to do is not an error: the caller says so (exit 0, like every command)
+        return BindResult(groups, [], [], None, DEFAULT_DRIVER)
     control = control or driver_control(host.paths)
 
     def give_back(record: BindRecord) -> None:

@@ -11,13 +11,16 @@ reservations across processes, and an owner that reserves again gets what it alr
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.engine import Engine, Part, Task
+from vfiotask.engine import Engine, Part, ProgressFn, Task
 from vfiotask.errors import (
     HostStateError,
     HugepageShortageError,
@@ -27,10 +30,14 @@ from vfiotask.errors import (
     describe_exception,
 )
 from vfiotask.host.cpus import host_engine
+from vfiotask.host.freemem import free_memory
 from vfiotask.host.hugepages import HugepagePools, PoolState
+from vfiotask.host.hugetlbfs import HugepageHolder, hugepage_holders
 from vfiotask.host.meminfo import meminfo
 from vfiotask.journal import Journal
 from vfiotask.units import format_size
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "hugepages"
 JOURNAL_NAME = "hugepages"
@@ -76,6 +83,20 @@ class Reservation:
         return cls(owner, int(record["page_size"]), {_node_of(k): int(v) for k, v in record["pages"].items()})
 
 
+@dataclass(frozen=True)
+class Release:
+    """What a release asked the pools to drop, what they really gave back, and what holds the rest."""
+
+    held: Reservation
+    freed_pages: int
+    holders: list[HugepageHolder]
+    unmounted: str | None = None
+
+    @property
+    def kept_pages(self) -> int:
+        return max(sum(self.held.pages.values()) - self.freed_pages, 0)
+
+
 def validate_owner(owner: str) -> str:
     if not owner or len(owner) > 200 or not owner.isascii() or not owner.isprintable():
         raise UsageError(f"owner {owner!r} is not usable", hint="use a short printable ASCII name, e.g. the guest's")
@@ -90,10 +111,12 @@ class HugepageReserver:
         pools: HugepagePools | None = None,
         journal: Journal | None = None,
         engine: Engine | None = None,
+        progress: ProgressFn | None = None,
     ) -> None:
         self.pools = pools or HugepagePools()
         self.journal = journal or Journal(JOURNAL_NAME)
         self.engine = engine
+        self.progress = progress  # (bytes of the pools grown so far, bytes asked for), per node done
 
     # -- choosing ------------------------------------------------------------------------------
 
@@ -119,7 +142,7 @@ class HugepageReserver:
     # -- reserving -----------------------------------------------------------------------------
 
     def reserve(self, owner: str, demands: Mapping[int | None, int], page_size: int | None = None,
-                *, use_free: bool = False) -> Reservation:
+                mount: Path | None = None, *, use_free: bool = False) -> Reservation:
         """Give `owner` at least `demands[node]` bytes of hugepages on each node, or nothing at all.
 
         `use_free`: count the pool's available pages first (those no other owner's reservation
@@ -127,6 +150,9 @@ class HugepageReserver:
         the pool at boot are used before the pool grows; the reservation then holds (and its
         release gives back) only the pages it added.  For pages the caller faults in at once
         (the hook's RAM files), not for pages a later mapping will take.
+
+        `mount`: also mount a hugetlbfs of the page size there (made if missing), as
+        dpdk-hugepages.py does, so that files of that size can be made; release unmounts it.
         """
         validate_owner(owner)
         size = self.resolve_page_size(page_size)
@@ -151,9 +177,22 @@ class HugepageReserver:
                 )
             grow = self._shortfall(size, wanted, owners) if use_free else dict(wanted)
             self._check_memory(size, grow)
+            if mount is not None:
+                self._check_mount_point(mount)
             if any(grow.values()):
                 self._grow(size, {node: count for node, count in grow.items() if count > 0})
-            owners[owner] = {**Reservation(owner, size, grow).to_json(), "wanted": _pages_json(wanted)}
+            record = {**Reservation(owner, size, grow).to_json(), "wanted": _pages_json(wanted)}
+            if mount is not None:
+                owners[owner] = {**record, "mount": str(mount), "mount_made_dir": not mount.exists()}
+                data["owners"] = owners  # written down before the mount: a crash leaves it to undo
+                self.journal.save(data)
+                try:
+                    self._mount(mount, size)
+                except BaseException:
+                    self._shrink(Reservation(owner, size, grow))
+                    self._remove_mount_record(owners, owner)
+                    raise
+            owners[owner] = owners.get(owner) or record
         return Reservation(owner, size, grow)
 
     def _shortfall(self, page_size: int, wanted: dict[int | None, int],
@@ -167,6 +206,37 @@ class HugepageReserver:
             spare = max(self.pools.state(page_size, node).available - others, 0)
             grow[node] = max(count - spare, 0)
         return grow
+
+    def _check_mount_point(self, mount: Path) -> None:
+        from vfiotask.host.mounts import mounts
+
+        if not mount.is_absolute():
+            raise UsageError(f"--mount {mount} is not an absolute path",
+                             hint="give a directory such as /dev/hugepages1G")
+        if mount.is_symlink() or (mount.exists() and not mount.is_dir()):
+            raise UsageError(f"--mount {mount} is not a directory", hint="give a directory, or a path to create")
+        if mount.exists() and any(mount.iterdir()):
+            raise UsageError(f"--mount {mount} is not empty", hint="give an empty or missing directory")
+        if any(m.mountpoint == mount for m in mounts(self.pools.root)):
+            raise UsageError(f"something is already mounted on {mount}", hint="give another directory")
+
+    def _mount(self, mount: Path, page_size: int) -> None:
+        from vfiotask.host import libc
+
+        try:
+            mount.mkdir(mode=0o755, parents=True, exist_ok=True)
+            libc.mount("hugetlbfs", str(mount), "hugetlbfs", libc.MS_NOSUID | libc.MS_NODEV,
+                       f"pagesize={page_size // 1024}K")
+        except OSError as exc:
+            raise HostStateError(f"cannot mount a hugetlbfs on {mount}: {describe_exception(exc)}",
+                                 hint="run as root; nothing was kept") from exc
+
+    @staticmethod
+    def _remove_mount_record(owners: dict[str, Any], owner: str) -> None:
+        record = owners.pop(owner, None) or {}
+        if record.get("mount_made_dir"):
+            with contextlib.suppress(OSError):
+                Path(record["mount"]).rmdir()
 
     def _check_memory(self, page_size: int, wanted: dict[int | None, int]) -> None:
         """Refuse a request the host's available memory cannot cover, before touching a pool.
@@ -198,16 +268,22 @@ class HugepageReserver:
                 node = order[index]
                 before = self.pools.state(page_size, node).total
                 got = self.pools.set_total(page_size, before + wanted[node], node) - before
+                won = 0
+                if got < wanted[node]:
+                    got, won = self._retry_after_compaction(page_size, node, before, wanted[node], got)
                 if got < wanted[node]:
                     self.pools.set_total(page_size, before, node)
                     where = "the global pool" if node is None else f"node {node}"
                     raise HugepageShortageError(
                         f"{where} gave {max(got, 0)} of {wanted[node]} hugepages of {format_size(page_size)} "
-                        f"asked for; nothing was kept",
+                        f"asked for, {won} of them won by dropping clean caches and compacting; nothing was kept"
+                        + self._fragmentation(page_size, node),
                         hint="free memory or reserve at boot (hugepages= on the kernel command line), then retry",
                     )
                 with lock:
                     added[index] = got
+                    if self.progress is not None:
+                        self.progress(sum(added.values()) * page_size, sum(wanted.values()) * page_size)
 
         def shrink(start: int, end: int) -> None:
             for index in range(start, end):
@@ -234,30 +310,94 @@ class HugepageReserver:
                 hint="check the pools with 'vfiotask hugepages status' and the kernel log",
             ) from exc
 
+    def _retry_after_compaction(self, page_size: int, node: int | None, before: int, wanted: int,
+                                got: int) -> tuple[int, int]:
+        """A short pool: drop clean caches, compact the node, ask once more.  (pages got, pages won)."""
+        where = "every node" if node is None else f"node {node}"
+        log.info("hugepages: %s gave %d of %d pages; dropping clean caches and compacting it", where, got, wanted)
+        try:
+            self.pools.make_room(node)
+        except OSError as exc:
+            log.info("hugepages: cannot compact %s: %s", where, describe_exception(exc))
+            return got, 0
+        again = self.pools.set_total(page_size, before + wanted, node) - before
+        log.info("hugepages: compaction won %d pages on %s", again - got, where)
+        return again, again - got
+
+    def _fragmentation(self, page_size: int, node: int | None) -> str:
+        """What is fragmented, from the free lists, for the error (empty where they are not shown)."""
+        try:
+            free = free_memory(self.pools.root)
+        except OSError:
+            return ""
+        memories = list(free.values()) if node is None else [m for n, m in free.items() if n == node]
+        return "".join(f"; {memory.fragmentation(page_size)}" for memory in memories)
+
     # -- releasing -----------------------------------------------------------------------------
 
     def release(self, owner: str) -> Reservation | None:
         """Give back what `owner` holds; None when it holds nothing (releasing twice is harmless)."""
+        done = self.release_report(owner)
+        return done.held if done else None
+
+    def release_report(self, owner: str) -> Release | None:
+        """Release, and measure what the pools really gave back: a page a file on hugetlbfs keeps
+        or a process maps stays (as a surplus page) however far the pool is shrunk."""
         validate_owner(owner)
         with self.journal.locked() as data:
             record = data.get("owners", {}).get(owner)
             if record is None:
                 return None
             held = Reservation.from_journal(owner, record)
-            failures = []
-            for node, count in held.pages.items():
-                try:
-                    total = self.pools.state(held.page_size, node).total
-                    self.pools.set_total(held.page_size, max(total - count, 0), node)
-                except OSError as exc:
-                    failures.append(f"node {_node_key(node)}: {describe_exception(exc)}")
+            unmounted = self._unmount(record)
+            before = self._pages(held)
+            failures = self._shrink(held)
+            freed = before - self._pages(held)
             del data["owners"][owner]
         if failures:
             raise HostStateError(
                 f"could not shrink every pool for {owner!r}: {'; '.join(failures)}",
                 hint="check the pools with 'vfiotask hugepages status'",
             )
-        return held
+        kept = sum(held.pages.values()) - freed
+        holders = hugepage_holders(self.pools.root, self.pools.default_page_size()) if kept > 0 else []
+        return Release(held, max(freed, 0), holders, unmounted)
+
+    def _pages(self, held: Reservation) -> int:
+        """Every page of the pools `held` touched (nr_hugepages counts surplus pages too)."""
+        total = 0
+        for node in held.pages:
+            with contextlib.suppress(OSError):
+                total += self.pools.state(held.page_size, node).total
+        return total
+
+    def _shrink(self, held: Reservation) -> list[str]:
+        failures = []
+        for node, count in held.pages.items():
+            try:
+                total = self.pools.state(held.page_size, node).total
+                self.pools.set_total(held.page_size, max(total - count, 0), node)
+            except OSError as exc:
+                failures.append(f"node {_node_key(node)}: {describe_exception(exc)}")
+        return failures
+
+    def _unmount(self, record: Mapping[str, Any]) -> str | None:
+        """Unmount the hugetlbfs `reserve --mount` made; one still in use stays, and is named."""
+        from vfiotask.host import libc
+
+        mount = record.get("mount")
+        if not mount:
+            return None
+        try:
+            libc.umount(mount)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: not mounted any more
+                log.warning("hugepages: %s stays mounted: %s", mount, describe_exception(exc))
+                return None
+        if record.get("mount_made_dir"):
+            with contextlib.suppress(OSError):
+                Path(mount).rmdir()
+        return str(mount)
 
     # -- showing -------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ def test_prepin_maps_through_the_container_and_gives_everything_back(
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["pin"] == ("vfio" if flavor == "type1" else "iommufd")
-    assert report["locked_bytes"] == report["bytes"]
+    assert report["locked_bytes"] == report["size_bytes"]
     with open_container("vfio", [bound_edu]) as box:  # the group is free again and its IOVA space empty
         assert box.mappings() == []
 

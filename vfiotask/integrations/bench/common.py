@@ -80,9 +80,27 @@ class Variant:
     info: dict[str, object] = field(default_factory=dict)
 
 
+_progress: list[Callable[[int, int], None]] = []
+
+
+@contextlib.contextmanager
+def reporting(progress: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Runs of `interleave` inside report (runs done, runs in all) to `progress` (a terminal line):
+    one place for every suite, which need not pass it down."""
+    if progress is None:
+        yield
+        return
+    _progress.append(progress)
+    try:
+        yield
+    finally:
+        _progress.remove(progress)
+
+
 def interleave(variants: Sequence[Variant], repeat: int, warm: Callable[[], object]) -> dict[str, list[float]]:
     """Run every variant `repeat` times, one round at a time, the order rotated each round."""
     times: dict[str, list[float]] = {v.name: [] for v in variants}
+    runs, done = repeat * len(variants), 0
     for round_index in range(repeat):
         shift = round_index % max(len(variants), 1)
         for variant in [*variants[shift:], *variants[:shift]]:
@@ -92,6 +110,9 @@ def interleave(variants: Sequence[Variant], repeat: int, warm: Callable[[], obje
                 times[variant.name].append(variant.run())
             finally:
                 variant.cleanup()
+            done += 1
+            for progress in _progress:
+                progress(done, runs)
     return times
 
 

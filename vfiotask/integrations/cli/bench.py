@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vfiotask.integrations.cli.output import print_json
 from vfiotask.units import MAX_THREADS, parse_count, parse_size
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ SUITES = {
     "engine": "engine",
     "vfio": "vfio",
     "libvirt": "libvirt_start",
+    "hugepages": "fragmentation",
 }
 
 
@@ -46,9 +47,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+APPLIES = {
+    "prefault": {"size", "backing", "threads", "repeat", "no_qemu"},
+    "engine": {"repeat"},
+    "vfio": {"size", "threads", "repeat"},
+    "libvirt": {"size", "repeat"},
+    "hugepages": {"size"},
+}
+"""The options each suite reads; one it does not read is refused rather than silently ignored."""
+
+
 def options(args: argparse.Namespace) -> BenchOptions:
     """The options every suite takes, checked here once for all of them."""
+    from vfiotask.errors import UsageError
     from vfiotask.integrations.bench.common import DEFAULT_REPEAT, BenchOptions
+
+    given = [name for name in ("size", "backing", "threads", "repeat", "no_qemu") if getattr(args, name)]
+    ignored = [f"--{name.replace('_', '-')}" for name in given if name not in APPLIES[args.suite]]
+    if ignored:
+        raise UsageError(f"{', '.join(ignored)} do not apply to bench {args.suite}",
+                         hint=f"it takes {', '.join('--' + n.replace('_', '-') for n in sorted(APPLIES[args.suite]))}")
 
     threads = None
     if args.threads is not None:
@@ -64,6 +82,9 @@ def options(args: argparse.Namespace) -> BenchOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vfiotask.integrations.bench.common import reporting
+    from vfiotask.integrations.progress import TerminalLine
+
     checked = options(args)
     plot = getattr(args, "plot", None)
     if plot is not None:
@@ -74,8 +95,19 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--plot draws the prefault suite, not {args.suite}", hint="leave out --plot")
         require_matplotlib()
     module = importlib.import_module(f"vfiotask.integrations.bench.{SUITES[args.suite]}")
-    result: dict[str, Any] = module.run(checked)
-    print(json.dumps(result, sort_keys=True) if args.json else module.render(result), flush=True)
+    line = TerminalLine(enabled=not args.quiet)
+    meter = line.meter(f"bench {args.suite}")
+    per_run = checked.size or 4 << 30
+    runs = (lambda done, total: meter(done * per_run, total * per_run)) if meter else None
+    try:
+        with reporting(runs):
+            result: dict[str, Any] = module.run(checked)
+    finally:
+        line.clear()
+    if args.json:
+        print_json(result)
+    else:
+        print(module.render(result), flush=True)
     if plot is not None:
         from vfiotask.integrations.bench.plot import plot as draw
 

@@ -4,12 +4,14 @@ group can be handed to VFIO now, and why not."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from vfiotask.devices import SYSFS_ROOT_ENV, discover, group_viability, sysfs_root_from_env, uses_of
-from vfiotask.devices.viability import ENABLE_IOMMU_HINT
+from vfiotask.devices.model import PciDevice
+from vfiotask.devices.names import pci_names
+from vfiotask.devices.viability import ENABLE_IOMMU_HINT, viability_fix
+from vfiotask.integrations.cli.output import print_json, table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,44 +26,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def _device(device: PciDevice, host: Any) -> dict[str, Any]:
+    vendor, model = pci_names(int(device.vendor, 16), int(device.device, 16))
+    return {**device.to_dict(), "vendor_name": vendor, "model_name": model, "host_uses": uses_of(device, host.paths)}
+
+
 def collect(sysfs_root: Path | None) -> dict[str, Any]:
     host = discover(sysfs_root)
     groups = []
     for _number, group in sorted(host.groups.items()):
         verdict = group_viability(group)
-        groups.append({
-            **verdict.to_dict(),
-            "devices": [{**d.to_dict(), "host_uses": uses_of(d, host.paths)} for d in group.devices],
-        })
-    ungrouped = [{**d.to_dict(), "host_uses": uses_of(d, host.paths)}
-                 for d in host.devices.values() if d.iommu_group is None]
+        devices = [_device(d, host) for d in group.devices]
+        used = [d["address"] for d in devices if d["host_uses"]]
+        fix = None if verdict.viable else viability_fix(host, verdict)
+        if used and not verdict.viable:  # bind refuses these: say so rather than suggest it
+            fix = f"none while the host uses {' '.join(used)}: give the guest another device"
+        groups.append({**verdict.to_dict(), "fix": fix, "devices": devices})
+    ungrouped = [_device(d, host) for d in host.devices.values() if d.iommu_group is None]
     return {"sysfs": str(host.paths.sys), "source": host.source, "groups": groups, "ungrouped": ungrouped,
             "iommu": bool(host.groups)}
 
 
-def _device_line(device: dict[str, Any]) -> str:
-    node = "" if device["numa_node"] is None else f"  node {device['numa_node']}"
-    uses = f"  (host uses it: {'; '.join(device['host_uses'])})" if device["host_uses"] else ""
-    return (f"    {device['address']}  [{device['vendor_device']}]  class {device['class']}  "
-            f"driver {device['driver'] or '-'}{node}{uses}")
+HEADERS = ["group", "address", "ids", "vendor", "model", "class", "driver", "node", "host uses"]
+
+
+def _row(group: object, device: dict[str, Any]) -> list[object]:
+    return [group, device["address"], device["vendor_device"], device["vendor_name"] or "-",
+            device["model_name"] or "-", device["class"], device["driver"] or "-",
+            "-" if device["numa_node"] is None else device["numa_node"], "; ".join(device["host_uses"]) or "-"]
 
 
 def render(data: dict[str, Any]) -> str:
-    lines = []
+    """One table like lspci's, a row per device; then each group's verdict and, for one that is not
+    viable, the command that makes it so."""
+    rows = [_row(g["group"], d) for g in data["groups"] for d in g["devices"]]
+    rows += [_row("-", d) for d in data["ungrouped"]]
+    if not rows:
+        return f"no PCI devices under {data['sysfs']}"
+    lines = [table(HEADERS, rows), ""]
     for group in data["groups"]:
         state = "viable" if group["viable"] else "not viable: " + "; ".join(group["reasons"])
         lines.append(f"IOMMU group {group['group']}: {state}")
-        lines += [_device_line(d) for d in group["devices"]]
+        if group["fix"]:
+            lines.append(f"  to fix: {group['fix']}")
     if data["ungrouped"]:
-        lines.append("no IOMMU group (the IOMMU is off: VFIO cannot use these devices; "
-                     f"to fix: {ENABLE_IOMMU_HINT})")
-        lines += [_device_line(d) for d in data["ungrouped"]]
-    if not lines:
-        lines.append(f"no PCI devices under {data['sysfs']}")
+        lines.append(f"no IOMMU group (the IOMMU is off: VFIO cannot use these devices; to fix: {ENABLE_IOMMU_HINT})")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     data = collect(sysfs_root_from_env(args.sysfs_root))
-    print(json.dumps(data, indent=1) if args.json else render(data))
+    if args.json:
+        print_json(data)
+    else:
+        print(render(data))
     return 0

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+from vfiotask.integrations.cli.output import EXIT_NOTHING, iso_time, print_json, table
 from vfiotask.integrations.libvirt.hookinstall import HOOK_NAME, HOOKS_DIR, hook_path, install, libvirtd_pids, uninstall
 
 
@@ -18,11 +20,15 @@ def _hooks_dir(text: str) -> Path:
     return Path(text)
 
 
+RESTART = "systemctl restart libvirtd"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "hook",
         help="install or remove the libvirt qemu hook",
-        description=f"Install vfiotask's qemu hook (hooks/qemu) as HOOKS_DIR/qemu.d/{HOOK_NAME}, or remove it.",
+        description=f"Install vfiotask's qemu hook (a shim running hooks/qemu) as HOOKS_DIR/qemu.d/{HOOK_NAME}, "
+        "or remove it; show what it holds; free staged RAM.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
@@ -30,57 +36,88 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   ("uninstall", run_uninstall, "remove the hook")):
         sub = actions.add_parser(action, help=text)
         sub.add_argument("--hooks-dir", type=_hooks_dir, default=HOOKS_DIR,
-                         help=f"libvirt's hooks directory (default {HOOKS_DIR})")
+                         help=f"libvirt's hooks directory, which must exist (default {HOOKS_DIR})")
+        sub.add_argument("--json", action="store_true", help="print what was done as one JSON object")
         sub.set_defaults(handler=handler)
     status = actions.add_parser("status", help="show what the hook holds per guest, and what is staged")
-    status.add_argument("--json", action="store_true", help="print the journal as JSON")
+    status.add_argument("--json", action="store_true", help="print the guests and staged files as JSON")
     status.set_defaults(handler=run_status)
     unstage = actions.add_parser("unstage", help="free the RAM files 'prepin --domain' staged for a guest")
-    unstage.add_argument("--domain", required=True, metavar="NAME")
+    unstage.add_argument("--domain", required=True, metavar="NAME", help="the guest whose staged RAM is freed")
+    unstage.add_argument("--json", action="store_true", help="print what was freed as one JSON object")
     unstage.set_defaults(handler=run_unstage)
 
 
 def run_install(args: argparse.Namespace) -> int:
     target, state = install(args.hooks_dir)
+    pids = libvirtd_pids()
+    restart = state == "new" and bool(pids)
+    if args.json:
+        print_json({"path": str(target), "state": state, "changed": state != "unchanged",
+                    "libvirtd_pids": pids, "restart_needed": restart, "restart_command": RESTART if restart else None})
+        return 0 if state != "unchanged" else EXIT_NOTHING
     if state == "unchanged":
         print(f"{target} is already installed and up to date")
-        return 0
+        return EXIT_NOTHING
     print(f"{'installed' if state == 'new' else 'updated'} {target}")
-    pids = libvirtd_pids()
-    if state == "new" and pids:
-        print(f"libvirtd (pid {', '.join(map(str, pids))}) sees a new hook only after a restart: restart libvirtd")
+    if restart:
+        print(f"libvirtd (pid {', '.join(map(str, pids))}) runs a new hook only after a restart: {RESTART}")
     elif state == "new":
-        print("libvirtd will run it from its next start")
+        print(f"libvirtd runs it from its next start ({RESTART})")
     return 0
 
 
 def run_uninstall(args: argparse.Namespace) -> int:
     removed = uninstall(args.hooks_dir)
-    print(f"removed {removed}" if removed else f"{hook_path(args.hooks_dir)} is not installed; nothing to remove")
-    return 0
+    if args.json:
+        print_json({"path": str(hook_path(args.hooks_dir)), "changed": removed is not None})
+    elif removed:
+        print(f"removed {removed}; libvirtd stops running it at its next start ({RESTART})")
+    else:
+        print(f"{hook_path(args.hooks_dir)} is not installed; nothing to remove")
+    return 0 if removed else EXIT_NOTHING
+
+
+def _files(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"path": f.get("path"), "size_bytes": f.get("size"), "node": f.get("node"),
+             "allocated_bytes": f.get("allocated"), "seconds": f.get("seconds"), "threads": f.get("threads")}
+            for f in record.get("files", [])]
+
+
+def status_json(guests: dict[str, Any], staged: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "guests": [{"name": name, "id": r.get("id"), "uuid": r.get("uuid"), "began": iso_time(r.get("began")),
+                    "prepared": iso_time(r.get("prepared")), "files": _files(r),
+                    "hugepages_bytes": sum(h.get("bytes", 0) for h in r.get("hugepages", [])),
+                    "placement": r.get("placement")}
+                   for name, r in sorted(guests.items())],
+        "staged": [{"name": name, "uuid": r.get("uuid"), "staged": iso_time(r.get("staged")), "files": _files(r)}
+                   for name, r in sorted(staged.items())],
+    }
 
 
 def run_status(args: argparse.Namespace) -> int:
-    import json
-
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
     from vfiotask.units import format_size
 
     data = GuestJournal().journal.read()
     guests, staged = data.get("guests", {}), data.get("staged", {})
     if args.json:
-        print(json.dumps({"guests": guests, "staged": staged}, indent=1, sort_keys=True))
+        print_json(status_json(guests, staged))
         return 0
     if not guests and not staged:
         print("the hook holds nothing for any guest")
-    for name, record in sorted(guests.items()):
-        files = record.get("files", [])
-        pages = sum(h.get("bytes", 0) for h in record.get("hugepages", []))
-        print(f"{name} (id {record.get('id')}): {len(files)} RAM file(s), "
-              f"{format_size(sum(f['size'] for f in files))}; hugepages {format_size(pages)}")
-    for name, record in sorted(staged.items()):
-        files = record.get("files", [])
-        print(f"{name}: staged {format_size(sum(f['size'] for f in files))} in {len(files)} file(s) for its next start")
+        return 0
+    shown = status_json(guests, staged)
+    rows: list[list[object]] = []
+    for guest in shown["guests"]:
+        size = sum(f["size_bytes"] or 0 for f in guest["files"])
+        rows.append([guest["name"], "running" if guest["prepared"] else "preparing", len(guest["files"]),
+                     format_size(size), format_size(guest["hugepages_bytes"]), guest["began"] or "-"])
+    for entry in shown["staged"]:
+        size = sum(f["size_bytes"] or 0 for f in entry["files"])
+        rows.append([entry["name"], "staged", len(entry["files"]), format_size(size), "-", entry["staged"] or "-"])
+    print(table(["guest", "state", "files", "RAM files", "hugepages", "since"], rows))
     return 0
 
 
@@ -90,8 +127,12 @@ def run_unstage(args: argparse.Namespace) -> int:
     from vfiotask.units import format_size
 
     files = unstage(validate_name(args.domain))
-    if not files:
+    freed = sum(f.size for f in files)
+    if args.json:
+        print_json({"domain": args.domain, "changed": bool(files), "freed_bytes": freed,
+                    "files": [f.path for f in files]})
+    elif not files:
         print(f"nothing is staged for {args.domain}")
     else:
-        print(f"freed {format_size(sum(f.size for f in files))} staged for {args.domain}")
-    return 0
+        print(f"freed {format_size(freed)} staged for {args.domain}")
+    return 0 if files else EXIT_NOTHING

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
+from pathlib import Path
+from typing import Any
 
+from vfiotask.errors import HostStateError, NeedsRoot
+from vfiotask.integrations.cli.output import EXIT_NOTHING, note, print_json, table
+from vfiotask.integrations.progress import TerminalLine
 from vfiotask.units import format_size, parse_node, parse_size
+
+MOST_OF_RAM = 0.5
+"""A reservation above this share of the host's RAM is warned about: hugepages are taken from
+everything else, page cache and other guests included, until they are released."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,21 +32,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reserve.add_argument("--page-size", help="2M or 1G (default: the kernel's default hugepage size)")
     reserve.add_argument("--node", metavar="N", help="NUMA node whose pool grows (default: the global pool)")
     reserve.add_argument("--owner", required=True, help="who holds the pages, e.g. the guest's name")
+    reserve.add_argument("--mount", type=Path, metavar="DIR",
+                         help="also mount a hugetlbfs of the page size on DIR (made if missing); release unmounts it")
     reserve.add_argument("--json", action="store_true", help="print the reservation as JSON")
     reserve.set_defaults(handler=run_reserve)
 
     release = actions.add_parser("release", help="give an owner's hugepages back")
-    release.add_argument("--owner", required=True)
-    release.add_argument("--json", action="store_true")
+    release.add_argument("--owner", required=True, help="the owner given to 'hugepages reserve'")
+    release.add_argument("--json", action="store_true", help="print what was given back as JSON")
     release.set_defaults(handler=run_release)
 
     status = actions.add_parser("status", help="show the pools and the reservations")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the pools and reservations as JSON")
     status.set_defaults(handler=run_status)
 
 
 def _describe(pages: int, page_size: int) -> str:
     return f"{pages} pages of {format_size(page_size)} ({format_size(pages * page_size)})"
+
+
+def _require_root(verb: str) -> None:
+    if os.geteuid() != 0:
+        raise HostStateError(f"hugepages {verb} changes the host's pools and needs root",
+                             hint=f"run 'sudo vfiotask hugepages {verb} ...'; 'vfiotask hugepages status' "
+                             "shows the pools to any user")
+
+
+def _pages_json(pages: dict[int | None, int]) -> list[dict[str, Any]]:
+    return [{"node": node, "pages": count} for node, count in pages.items()]
+
+
+def reservation_json(reservation: Any) -> dict[str, Any]:
+    return {"owner": reservation.owner, "page_size_bytes": reservation.page_size,
+            "pages": _pages_json(dict(reservation.pages)), "size_bytes": reservation.size}
+
+
+def _warn_most_of_ram(size: int) -> None:
+    from vfiotask.host.meminfo import meminfo
+
+    try:
+        info = meminfo()
+    except OSError:
+        return
+    total, available = info.get("MemTotal", 0), info.get("MemAvailable", 0)
+    if total and MOST_OF_RAM * total < size <= available:  # beyond what is available it is refused anyway
+        note(f"warning: {format_size(size)} of hugepages is {size * 100 // total}% of this host's "
+             f"{format_size(total)} of RAM: page cache and every other process get only the rest until "
+             "'vfiotask hugepages release'")
 
 
 def run_reserve(args: argparse.Namespace) -> int:
@@ -46,27 +87,51 @@ def run_reserve(args: argparse.Namespace) -> int:
     size = parse_size(args.size, what="--size")
     page_size = parse_size(args.page_size, what="--page-size") if args.page_size is not None else None
     node = parse_node(args.node, "--node") if args.node is not None else None
-    reservation = HugepageReserver().reserve(args.owner, {node: size}, page_size)
+    _require_root("reserve")
+    _warn_most_of_ram(size)
+    line = TerminalLine(enabled=not args.quiet)
+    try:
+        reservation = HugepageReserver(progress=line.meter(f"hugepages for {args.owner}")).reserve(
+            args.owner, {node: size}, page_size, mount=args.mount)
+    finally:
+        line.clear()
     if args.json:
-        print(json.dumps(reservation.to_json(), indent=1))
-        return 0
+        print_json({**reservation_json(reservation), "changed": not reservation.already_held,
+                    "mount": str(args.mount) if args.mount else None})
+        return 0 if not reservation.already_held else EXIT_NOTHING
     for node, pages in reservation.pages.items():
         where = "the global pool" if node is None else f"node {node}"
         verb = "already holds" if reservation.already_held else "reserved"
         print(f"{reservation.owner} {verb} {_describe(pages, reservation.page_size)} on {where}")
-    return 0
+    if args.mount and not reservation.already_held:
+        print(f"mounted a hugetlbfs of {format_size(reservation.page_size)} pages on {args.mount}")
+    return 0 if not reservation.already_held else EXIT_NOTHING
 
 
 def run_release(args: argparse.Namespace) -> int:
     from vfiotask.jobs.hugepages import HugepageReserver
 
-    released = HugepageReserver().release(args.owner)
+    _require_root("release")
+    done = HugepageReserver().release_report(args.owner)
     if args.json:
-        print(json.dumps({"owner": args.owner, "released": released.to_json() if released else None}, indent=1))
-    elif released is None:
+        data: dict[str, Any] = {"owner": args.owner, "changed": done is not None}
+        if done is not None:
+            data.update(reservation=reservation_json(done.held), freed_pages=done.freed_pages,
+                        freed_bytes=done.freed_pages * done.held.page_size, kept_pages=done.kept_pages,
+                        kept_by=[{"kind": h.what, "name": h.name, "size_bytes": h.bytes} for h in done.holders],
+                        unmounted=done.unmounted)
+        print_json(data)
+        return 0 if done else EXIT_NOTHING
+    if done is None:
         print(f"{args.owner} holds no hugepages; nothing to release")
-    else:
-        print(f"released {_describe(sum(released.pages.values()), released.page_size)} held by {args.owner}")
+        return EXIT_NOTHING
+    if done.unmounted:
+        print(f"unmounted {done.unmounted}")
+    size = done.held.page_size
+    print(f"released {_describe(done.freed_pages, size)} held by {args.owner}")
+    if done.kept_pages:
+        holders = "; ".join(h.describe() for h in done.holders) or "nothing vfiotask can see (another user's process?)"
+        print(f"{_describe(done.kept_pages, size)} stay in use as surplus pages until their holders let go: {holders}")
     return 0
 
 
@@ -75,37 +140,29 @@ def run_status(args: argparse.Namespace) -> int:
 
     reserver = HugepageReserver()
     pools = reserver.pools_state()
-    owners = reserver.owners()
+    try:
+        owners: list[Any] | None = reserver.owners()
+    except NeedsRoot:  # the journal is root's: show the pools, say where the rest is
+        owners = None
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "pools": [
-                        {
-                            "page_size": p.page_size,
-                            "node": p.node,
-                            "total": p.total,
-                            "free": p.free,
-                            "surplus": p.surplus,
-                            "reserved": p.reserved,
-                        }
-                        for p in pools
-                    ],
-                    "owners": [o.to_json() for o in owners],
-                },
-                indent=1,
-            )
-        )
+        print_json({
+            "pools": [{"page_size_bytes": p.page_size, "node": p.node, "total_pages": p.total,
+                       "free_pages": p.free, "surplus_pages": p.surplus, "reserved_pages": p.reserved}
+                      for p in pools],
+            "owners": None if owners is None else [reservation_json(o) for o in owners],
+        })
         return 0
-    print(f"{'pool':<10} {'node':<6} {'total':>7} {'free':>7} {'surplus':>8} {'reserved':>9}")
-    for p in pools:
-        node = "all" if p.node is None else str(p.node)
-        print(f"{format_size(p.page_size):<10} {node:<6} {p.total:>7} {p.free:>7} {p.surplus:>8} {p.reserved:>9}")
-    if not owners:
+    print(table(["page size", "node", "total", "free", "surplus", "reserved"],
+                [(format_size(p.page_size), "all" if p.node is None else p.node, p.total, p.free, p.surplus,
+                  p.reserved) for p in pools]))
+    if owners is None:
+        print("reservations: only root can read them (sudo vfiotask hugepages status)")
+    elif not owners:
         print("no reservations")
-    for owner in owners:
-        spread = ", ".join(
-            f"{'all' if node is None else f'node {node}'}: {count}" for node, count in owner.pages.items()
-        )
-        print(f"{owner.owner}: {format_size(owner.size)} in pages of {format_size(owner.page_size)} ({spread})")
+    else:
+        print()
+        print(table(["owner", "size", "page size", "pages per node"],
+                    [(o.owner, format_size(o.size), format_size(o.page_size),
+                      ", ".join(f"{'all' if n is None else n}: {c}" for n, c in o.pages.items()))
+                     for o in owners]))
     return 0

@@ -9,6 +9,7 @@ shows its traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
@@ -18,7 +19,16 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from vfiotask.errors import EXIT_USAGE, Interrupted, Terminated, VfiotaskError, describe_exception
+from vfiotask import __version__
+from vfiotask.errors import (
+    EXIT_USAGE,
+    Interrupted,
+    NeedsRoot,
+    TaskFailed,
+    Terminated,
+    VfiotaskError,
+    describe_exception,
+)
 
 COMMAND_MODULES = (
     "prepin",
@@ -28,25 +38,83 @@ COMMAND_MODULES = (
     "hugepages",
     "hook",
     "tune",
+    "check",
+    "config",
     "setup",
 )
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors are one line and exit 2 like every other bad input."""
+    """argparse, but its errors are one line and exit 2 like every other bad input, and a
+    mistyped option or command is answered with the nearest one (Python 3.11's argparse has no
+    suggest_on_error)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"vfiotask: {message}; see '{self.prog} --help'\n")
+        self.exit(EXIT_USAGE, f"vfiotask: {message}{self._suggestion(message)}; see '{self.prog} --help'\n")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """A command's own parser reports the options it does not know, so that the suggestion
+        comes from that command's options, not the top level's."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and not self._subcommands():
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    def _subcommands(self) -> dict[str, argparse.ArgumentParser]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    def _suggestion(self, message: str) -> str:
+        if message.startswith("unrecognized arguments: "):
+            options = [o for o in self._option_string_actions if o.startswith("--")]
+            for word in message.split(": ", 1)[1].split():
+                if word.startswith("--"):
+                    close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.6)
+                    if close:
+                        return f" (did you mean {close[0]}?)"
+            return ""
+        if "invalid choice: " in message:
+            word = message.split("invalid choice: ", 1)[1].split(" ", 1)[0].strip("'")
+            names = list(self._subcommands()) or [c for a in self._actions for c in (a.choices or ())]
+            close = difflib.get_close_matches(word, [str(n) for n in names], n=1, cutoff=0.6)
+            if close:
+                return f" (did you mean {close[0]}?)"
+        return ""
+
+
+def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-v and -q before or after the command: the command's copies leave the value the top level
+    parsed alone unless they are given."""
+    default = 0 if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=default, help="log more (twice for debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=default,
+                        help="print only errors: no warnings, no progress line")
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += [sub, *_all_parsers(sub)]
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vfiotask", description="Parallel preparation of VFIO guest memory.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (twice for debug)")
+    parser.add_argument("--version", action="version", version=f"vfiotask {__version__}",
+                        help="print the version and exit")
+    _add_common(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"vfiotask.integrations.cli.{name}")
         module.register(subparsers)
+    for sub in _all_parsers(parser):
+        _add_common(sub, top=False)
     return parser
 
 
@@ -91,15 +159,20 @@ def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    level = logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="vfiotask: %(levelname)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     stdout, sys.stdout = sys.stdout, _GuardedOutput(sys.stdout)
     try:
         return int(args.handler(args))
     except VfiotaskError as exc:
+        if isinstance(exc, TaskFailed) and isinstance(exc.cause, PermissionError):
+            exc = NeedsRoot(f"{exc.message} (permission denied)")
         print(f"vfiotask: {exc.one_line()}", file=sys.stderr)
         return exc.exit_status
+    except PermissionError as exc:  # a root-only file or interface reached by a normal user: not a bug
+        print(f"vfiotask: {NeedsRoot(describe_exception(exc)).one_line()}", file=sys.stderr)
+        return NeedsRoot("").exit_status
     except Terminated as exc:
         print("vfiotask: terminated; everything taken was released", file=sys.stderr)
         return Interrupted("terminated", signum=exc.signum).exit_status

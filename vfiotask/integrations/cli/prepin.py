@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,17 @@ from typing import Any
 from vfiotask.devices.discovery import SYSFS_ROOT_ENV
 from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
-from vfiotask.errors import MemlockLimitError
+from vfiotask.errors import MemlockLimitError, UsageError
 from vfiotask.host.cpus import host_engine
+from vfiotask.integrations.cli.output import note, print_json
+from vfiotask.integrations.progress import TerminalLine
 from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
 from vfiotask.memory.accountant import LockedMemoryAccountant
 from vfiotask.memory.region import Region, RegionSpec, open_region
 from vfiotask.units import MAX_THREADS, format_size, parse_address, parse_count, parse_node, parse_size
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SIZE = "1G"
 DEFAULT_BACKING = "memfd"
@@ -42,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "With no arguments: 1 GiB memfd, pinned when the memlock limit allows.",
     )
     add_arguments(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, defaults={a.dest: a.default for a in parser._actions})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,14 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--page-size", metavar="SIZE", help="hugetlb page size for a memfd (2M, 1G)")
     parser.add_argument("--node", metavar="N", help="bind the region to NUMA node N")
-    parser.add_argument("--threads", default="auto", metavar="auto|N", help="most workers to use (default auto)")
+    parser.add_argument("--threads", metavar="auto|N",
+                        help="most workers to use (default: max_threads in the config file, else auto)")
     parser.add_argument(
         "--helpers", default="auto", choices=("auto", "thread", "process"),
         help="helper threads or processes for the prefault (default: threads)",
     )
     parser.add_argument(
-        "--helper-nice", default=str(LOWEST), metavar="N",
-        help="priority helpers start at (default 19, the lowest: yield to the host's other work)",
+        "--helper-nice", metavar="N",
+        help="priority helpers start at (default: helper_nice in the config file, else 19, the lowest: yield to "
+        "the host's other work)",
     )
     parser.add_argument("--min-chunk", metavar="SIZE", help=f"smallest chunk (default {format_size(MIN_CHUNK)})")
     parser.add_argument(
@@ -105,16 +110,55 @@ def parse_threads(text: str) -> int:
     return 0 if text == "auto" else parse_count(text, "--threads", maximum=MAX_THREADS)
 
 
+DEVICE_OPTIONS = ("group", "device")
+REGION_OPTIONS = ("size", "backing", "page_size", "node", "pin", "group", "device", "min_chunk", "hold", "force",
+                  "helpers", "helper_nice", "iova")
+
+
+def refuse_ignored(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
+    """An option that does not apply to the mode asked for is refused, not silently ignored: a user
+    who wrote --group 2 believes the region goes through that group's IOMMU."""
+    def given(name: str) -> bool:
+        return getattr(args, name, None) != parser_defaults.get(name)
+
+    if args.domain:
+        extra = [f"--{n.replace('_', '-')}" for n in REGION_OPTIONS if given(n)]
+        if extra:
+            raise UsageError(f"{', '.join(extra)} do not apply to prepin --domain (the guest's XML says what to "
+                             "prepare)", hint="drop them, or prepare a region without --domain")
+        return
+    if args.pin not in ("vfio", "mock"):
+        extra = [f"--{n}" for n in (*DEVICE_OPTIONS, "iova") if given(n)]
+        if extra:
+            raise UsageError(f"{', '.join(extra)} only apply to --pin vfio or --pin mock (now --pin {args.pin})",
+                             hint="add --pin vfio (or mock), or drop them")
+    elif args.group is not None and args.device is not None:
+        raise UsageError("--group and --device both name the IOMMU group", hint="give one of them")
+
+
+def effective_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file's defaults with this command's flags over them."""
+    from vfiotask.config import effective
+
+    threads = None if args.threads is None else parse_threads(args.threads)
+    nice = None if args.helper_nice is None else parse_count(args.helper_nice, "--helper-nice", minimum=-20,
+                                                              maximum=LOWEST)
+    values = effective({"max_threads": threads, "helper_nice": nice})
+    for value in values.values():
+        log.info("%s = %s (%s)", value.key, value.value, value.source)
+    return values
+
+
 def options(args: argparse.Namespace) -> Options:
     size = parse_size(args.size, what="--size")
     page_size = parse_size(args.page_size, what="--page-size") if args.page_size is not None else None
     node = parse_node(args.node, "--node") if args.node is not None else None
     helpers = None if args.helpers == "auto" else HelperKind(args.helpers)
-    helper_nice = parse_count(args.helper_nice, "--helper-nice", minimum=-20, maximum=LOWEST)
+    settings = effective_settings(args)
     return Options(
         spec=RegionSpec(size=size, backing=args.backing, page_size=page_size, node=node, force=args.force),
-        max_threads=parse_threads(args.threads),
-        engine=host_engine(policy=CpuPolicy(helper_nice=helper_nice)),
+        max_threads=settings["max_threads"].value,
+        engine=host_engine(policy=CpuPolicy(helper_nice=settings["helper_nice"].value)),
         helpers=helpers,
         min_chunk=parse_size(args.min_chunk, what="--min-chunk") if args.min_chunk is not None else MIN_CHUNK,
         pin=args.pin,
@@ -155,9 +199,9 @@ def result(region: Region, report: PrefaultReport, pinning: Pinning | None, note
     pin_seconds = pinning.report.seconds if pinning else 0.0
     seconds = report.seconds + pin_seconds
     return {
-        "bytes": region.size,
+        "size_bytes": region.size,
         "backing": region.kind if region.path is None else str(region.path),
-        "page_size": region.page_size,
+        "page_size_bytes": region.page_size,
         "threads": report.threads,
         "chunks": report.chunks,
         "helpers": report.helpers,
@@ -179,8 +223,8 @@ def result(region: Region, report: PrefaultReport, pinning: Pinning | None, note
 def render_table(data: dict[str, Any]) -> str:
     headers = ["size", "page size", "threads", "chunks", "prefault s", "pin s", "GiB/s", "locked"]
     row = [
-        format_size(data["bytes"]),
-        format_size(data["page_size"]),
+        format_size(data["size_bytes"]),
+        format_size(data["page_size_bytes"]),
         f"{data['threads']} {data['helpers']}{'s' if data['threads'] != 1 else ''}",
         str(data["chunks"]),
         f"{data['prefault_seconds']:.3f}",
@@ -211,16 +255,22 @@ def run_domain(args: argparse.Namespace) -> int:
     """`prepin --domain NAME`: stage a stopped guest's RAM files for its next start."""
     from vfiotask.integrations.libvirt.ahead import stage_defined
 
-    files, new = stage_defined(args.domain, threads=parse_threads(args.threads))
+    line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+    try:
+        files, new = stage_defined(args.domain, threads=0 if args.threads is None else parse_threads(args.threads),
+                                   progress=line.meter)
+    finally:
+        line.clear()
     name = args.domain
     data: dict[str, Any] = {
         "domain": name,
         "staged": new,
-        "files": [{"path": f.path, "size": f.size, "node": f.node, "seconds": round(f.seconds, 6),
+        "changed": new,
+        "files": [{"path": f.path, "size_bytes": f.size, "node": f.node, "seconds": round(f.seconds, 6),
                    "threads": f.threads} for f in files],
     }
     if args.json:
-        print(json.dumps(data, sort_keys=True))
+        print_json(data)
         return 0
     verb = "populated" if new else "already staged"
     for f in files:
@@ -231,6 +281,8 @@ def run_domain(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if hasattr(args, "defaults"):
+        refuse_ignored(args, args.defaults)
     if args.domain:
         return run_domain(args)
     opts = options(args)
@@ -238,21 +290,35 @@ def run(args: argparse.Namespace) -> int:
         region = open_region(opts.spec)
         stack.push(region.__exit__)  # on an error or signal the created file goes too
         accountant = LockedMemoryAccountant()
-        do_pin, note = _decide_pin(opts.pin, region.size, accountant)
-        if note:
-            print(f"vfiotask: {note}", file=sys.stderr, flush=True)
+        do_pin, why_not = _decide_pin(opts.pin, region.size, accountant)
+        if why_not:
+            note(why_not)
         backend: PinBackend | None = stack.enter_context(_open_backend(args, opts)) if do_pin else None
+        line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+        stack.callback(line.clear)
         report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
-                          min_chunk=opts.min_chunk)
+                          min_chunk=opts.min_chunk, progress=line.meter("prefault"))
         pinning = None
         if backend is not None:
             pinning = pin(region, backend, accountant, engine=opts.engine, max_threads=opts.max_threads,
-                          min_chunk=opts.min_chunk)
+                          min_chunk=opts.min_chunk, progress=line.meter(f"pin ({backend.name})"))
             stack.callback(pinning.release)
-        data = result(region, report, pinning, note, backend.name if backend else "none")
+        line.clear()
+        data = result(region, report, pinning, why_not, backend.name if backend else "none")
+        data["kept_files"] = ([{"path": str(region.path), "size_bytes": region.size}]
+                              if region.created and region.path is not None else [])
         # With --hold, a signal from the moment the report is out is the expected end: release, exit 0.
         with contextlib.suppress(KeyboardInterrupt) if args.hold else contextlib.nullcontext():
-            print(json.dumps(data, sort_keys=True) if args.json else render_table(data), flush=True)
+            if args.json:
+                print_json(data)
+            else:
+                print(render_table(data), flush=True)
+            if data["kept_files"]:
+                note(f"kept {region.path} ({format_size(region.size)}): the memory stays used until it is removed "
+                     f"(rm {region.path})")
             if args.hold:
+                held = f"{format_size(data['locked_bytes'])} pinned ({data['pin']})" if pinning else \
+                    f"{format_size(region.size)} prefaulted"
+                note(f"holding {held} in pid {os.getpid()}; release with Ctrl-C or kill {os.getpid()}")
                 _hold()
     return 0

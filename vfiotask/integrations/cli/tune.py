@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from vfiotask.integrations.cli.output import EXIT_NOTHING, print_json
 from vfiotask.integrations.libvirt.tune import QEMU_MAX_PREALLOC_THREADS
 from vfiotask.units import parse_count
 
@@ -25,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the recommended configuration (see 'vfiotask setup memory-backing')")
     parser.add_argument("--undo", action="store_true", help="with --prepared: put back the definition it replaced")
     parser.add_argument("--dry-run", action="store_true", help="show the diff, change nothing")
+    parser.add_argument("--json", action="store_true", help="print what changed (and the diff) as one JSON object")
     parser.add_argument("--uri", default="qemu:///system", help="libvirt connection URI (default qemu:///system)")
     parser.set_defaults(handler=run)
 
@@ -39,9 +41,14 @@ def run(args: argparse.Namespace) -> int:
     name = args.domain
     threads, before, after = tune_defined(name, wanted, file_backed=args.file_backed, dry_run=args.dry_run,
                                           uri=args.uri)
+    changed = before != after and not args.dry_run
+    if args.json:
+        print_json({"domain": name, "threads": threads, "file_backed": args.file_backed, "dry_run": args.dry_run,
+                    "changed": changed, "diff": diff(before, after, name) or None})
+        return 0 if changed or args.dry_run else EXIT_NOTHING
     if before == after:
         print(f"{name} already has <allocation mode='immediate' threads='{threads}'/>; nothing to change")
-        return 0
+        return EXIT_NOTHING
     print(diff(before, after, name))
     print(f"dry run: {name} was not changed" if args.dry_run
           else f"{name}: persistent definition updated; it takes effect at the next start")

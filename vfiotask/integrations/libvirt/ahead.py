@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vfiotask.engine import ProgressFn
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
@@ -22,7 +24,8 @@ from vfiotask.jobs.hugepages import HugepageReserver
 
 
 def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
-          journal: GuestJournal | None = None) -> tuple[list[FileRecord], bool]:
+          journal: GuestJournal | None = None, progress: Callable[[str], ProgressFn | None] | None = None,
+          ) -> tuple[list[FileRecord], bool]:
     """Populate `domain`'s RAM files in its staging directory; returns them and whether they were new."""
     from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
@@ -61,7 +64,8 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
                 path.mkdir(mode=0o700)
                 made.append(path)
         for ram in wanted:
-            done.append(populate_file(directory / ram.name, ram.size, ram.node, threads=threads))
+            meter = progress(f"{domain.name}: {ram.name}") if progress else None
+            done.append(populate_file(directory / ram.name, ram.size, ram.node, threads=threads, progress=meter))
     except BaseException:
         for record in done:
             record.remove()
@@ -90,11 +94,16 @@ def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecor
     return files
 
 
-def stage_defined(name: str, *, threads: int = 0, uri: str | None = None) -> tuple[list[FileRecord], bool]:
+def stage_defined(name: str, *, threads: int = 0, uri: str | None = None,
+                  progress: Callable[[str], ProgressFn | None] | None = None) -> tuple[list[FileRecord], bool]:
     """Stage the RAM files of the defined, stopped guest `name`, read from libvirt at `uri`."""
+    from vfiotask.config import config_path, get
     from vfiotask.integrations.libvirt import connection
 
     name = validate_name(name)
+    if get("staging") == "off":
+        raise UsageError(f"staging is off in {config_path()}: prepin --domain prepares nothing ahead of a start",
+                         hint="set staging = \"on\" there, or let the hook prepare the guest at its start")
     conn = connection.open_connection(uri or connection.URI, readonly=True)
     try:
         dom = connection.lookup(conn, name)
@@ -104,4 +113,4 @@ def stage_defined(name: str, *, threads: int = 0, uri: str | None = None) -> tup
         domain = parse_domain(connection.inactive_xml(dom))
     finally:
         connection.close(conn)
-    return stage(domain, threads=threads)
+    return stage(domain, threads=threads or get("max_threads"), progress=progress)

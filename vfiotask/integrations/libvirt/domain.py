@@ -116,6 +116,10 @@ class Numatune(NamedTuple):
     nodeset: tuple[int, ...] = ()
     memnodes: dict[int, tuple[int, ...]] = {}  # noqa: RUF012 - never changed, like every field here
 
+    @property
+    def present(self) -> bool:
+        return bool(self.mode or self.nodeset or self.memnodes)
+
     def host_node(self, cell: int | None) -> int | None:
         """The one host node a guest cell's memory must come from, or None when not pinned to one."""
         nodes = self.memnodes[cell] if cell is not None and cell in self.memnodes else self.nodeset
@@ -138,6 +142,7 @@ class Config(NamedTuple):
     threads: int = 0  # 0: the engine's policy
     prefault: bool = True
     hugepages: bool = True
+    device_numa: bool = True  # no <numatune>: RAM and hugepages on the passed-through devices' node
     fail: str = ""
 
 
@@ -159,6 +164,7 @@ class Domain(NamedTuple):
     config: Config
     dac_label: DacLabel | None
     has_viommu: bool = False
+    vcpu_cpus: tuple[int, ...] = ()  # host CPUs the vCPUs are pinned to (<vcpu cpuset>, <vcpupin>)
 
     @property
     def ours(self) -> bool:
@@ -245,9 +251,11 @@ def _numatune(root: ET.Element) -> Numatune:
 
 
 def _config(root: ET.Element) -> Config:
+    from vfiotask.config import get
+
     node = root.find(f"./metadata/{CONFIG_TAG}")
     if node is None:
-        return Config()
+        return Config(device_numa=bool(get("numa_from_device")))
 
     def flag(key: str, default: bool) -> bool:
         value = node.get(key)
@@ -266,8 +274,21 @@ def _config(root: ET.Element) -> Config:
         threads=count,
         prefault=flag("prefault", True),
         hugepages=flag("hugepages", True),
+        device_numa=flag("device-numa", bool(get("numa_from_device"))),
         fail=node.get("fail", ""),
     )
+
+
+def _vcpu_cpus(root: ET.Element) -> tuple[int, ...]:
+    """Host CPUs the vCPUs may run on: every <vcpupin>, else <vcpu cpuset>; empty when unpinned."""
+    pins = [pin.get("cpuset", "") for pin in root.findall("./cputune/vcpupin")]
+    if not pins:
+        vcpu = root.find("./vcpu")
+        pins = [vcpu.get("cpuset", "")] if vcpu is not None else []
+    cpus: set[int] = set()
+    for text in filter(None, pins):
+        cpus.update(parse_nodeset(text, what="vCPU cpuset"))
+    return tuple(sorted(cpus))
 
 
 def _dac_label(root: ET.Element) -> DacLabel | None:
@@ -312,6 +333,7 @@ def domain_from_element(root: ET.Element) -> Domain:
         config=_config(root),
         dac_label=_dac_label(root),
         has_viommu=root.find("./devices/iommu") is not None,
+        vcpu_cpus=_vcpu_cpus(root),
     )
 
 

@@ -5,7 +5,7 @@ needs and nothing more: phases with nothing to do leave after reading argv; for 
 not ours expat alone decides (`ours.is_ours`); the domain model, the journal and the memory
 code are imported only for a guest that is ours, and the jobs only when there is work.  The
 installed hook starts Python with `-I -S` (no site processing, a fixed sys.path), see
-`vfiotask.integrations.cli.hook`.  The hook never writes to stdout (in qemu.d the output of one
+`vfiotask.integrations.libvirt.hookinstall`.  The hook never writes to stdout (in qemu.d the output of one
 script can be the input of the next), never calls libvirt (libvirtd is blocked on us), logs to
 syslog, and prints one line on stderr when it fails a start: libvirt shows that line to the user
 who ran `virsh start`.

@@ -1,17 +1,19 @@
 """Putting the qemu hook where libvirtd runs it, and taking it away again.
 
-What is installed is `hooks/qemu` itself, with its first line rewritten to the interpreter that
-installs it, started with `-I -S`, and one line naming where this vfiotask and that
-interpreter's site-packages are.  libvirtd runs the hook on every phase of every guest and waits
-for it, and site processing (site-packages, .pth files, an editable install's finder) cost more
-than the hook's own work on most phases; naming the paths also keeps libvirtd's bare
-environment (LC_ALL, PATH, HOME only) and any PYTHON* variable out of the hook.  The script is
-found beside the package in a checkout or an editable install, and under
-`<prefix>/share/vfiotask/hooks/` in a wheel install.
+What is installed is a small /bin/sh shim that runs `hooks/qemu` with the interpreter that
+installs it, started with `-I -S` and told where this vfiotask and that interpreter's
+site-packages are.  libvirtd runs the hook on every phase of every guest and waits for it, and
+site processing (site-packages, .pth files, an editable install's finder) cost more than the
+hook's own work on most phases; naming the paths also keeps libvirtd's bare environment
+(LC_ALL, PATH, HOME only) and any PYTHON* variable out of the hook.  The shim, not a python
+shebang, is what libvirtd runs so that it fails open for other guests when that interpreter or
+the script is gone (see `hook_text`).  The script is found beside the package in a checkout or
+an editable install, and under `<prefix>/share/vfiotask/hooks/` in a wheel install.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -44,12 +46,66 @@ def import_paths() -> list[str]:
     return list(dict.fromkeys(found))
 
 
+SHIM = """#!/bin/sh
+# libvirt qemu hook of vfiotask: runs {hook} with {python} -I -S.
+# Written by `vfiotask hook install`; `vfiotask hook uninstall` removes it.
+# When that python or script is gone (vfiotask removed, its venv deleted), guests that are not
+# vfiotask's start as before (a syslog line says the hook is stale); a guest whose XML carries
+# vfiotask's metadata fails its start, since what it asks for cannot be done.
+PYTHON='{python}'
+HOOK='{hook}'
+if [ -x "$PYTHON" ] && [ -f "$HOOK" ]; then
+    # -I -S: no site processing, which costs more than most phases' work; the paths it would
+    # have found are set by the -c line, which then runs $HOOK as __main__.
+    exec "$PYTHON" -I -S -c '{bootstrap}' "$HOOK" "$@"
+fi
+case "$2 $3" in
+    "prepare begin"|"start begin") ;;
+    *) exit 0 ;;
+esac
+if grep -q '{namespace}'; then
+    echo "vfiotask: guest $1 asks for vfiotask, but $PYTHON or $HOOK is gone; reinstall vfiotask (make install)" \\
+        "and run 'vfiotask hook install', or remove <vfiotask:config> from the guest" >&2
+    logger -t vfiotask-hook -p daemon.err "guest $1: $PYTHON or $HOOK is gone; start refused" 2>/dev/null
+    exit 1
+fi
+logger -t vfiotask-hook -p daemon.warning "guest $1 is not vfiotask's and starts as before, but $PYTHON or" \\
+    "$HOOK is gone: reinstall vfiotask, or remove $0 (vfiotask hook uninstall)" 2>/dev/null
+exit 0
+"""
+
+
+def _bootstrap(paths: list[str]) -> str:
+    """What `python -I -S -c` runs: the import paths site processing would have set, then the
+    script named by its first argument, as `python SCRIPT ARGS` would run it.  Double quotes only:
+    the shim holds it in single ones."""
+    return (f"import sys; sys.path[:0] = {json.dumps(paths)}; sys.argv.pop(0); f = sys.argv[0]; "
+            'exec(compile(open(f, "rb").read(), f, "exec"), {"__name__": "__main__", "__file__": f})')
+
+
+def shim_paths(text: str) -> tuple[str, str] | None:
+    """(python, script) an installed shim runs; None for a file that is not one."""
+    values = dict(line.split("=", 1) for line in text.splitlines() if line.startswith(("PYTHON=", "HOOK=")))
+    if "PYTHON" not in values or "HOOK" not in values:
+        return None
+    return values["PYTHON"].strip("'"), values["HOOK"].strip("'")
+
+
 def hook_text(interpreter: str | None = None) -> str:
-    """hooks/qemu started by `interpreter` (default: this one) with `-I -S`, its import paths set
-    on the line after `import sys`, where site processing would have set them."""
-    body = hook_script().read_text().split("\n", 1)[1]
-    line = f"sys.path[:0] = {import_paths()!r}  # -S: no site processing\n"
-    return f"#!{interpreter or sys.executable} -IS\n" + body.replace("import sys\n", f"import sys\n{line}", 1)
+    """The file libvirtd runs: a /bin/sh shim that runs hooks/qemu with `interpreter` (default: this
+    one), and fails open for other guests when either is gone.
+
+    A python shebang cannot fail open: with its interpreter gone the kernel refuses to run the file
+    and libvirtd fails every guest's start with 127.  The shim knows a guest is vfiotask's without
+    vfiotask, from the metadata namespace in the XML libvirtd writes to its stdin.
+    """
+    from vfiotask.integrations.libvirt.domain import NAMESPACE
+
+    python, script, paths = interpreter or sys.executable, str(hook_script()), import_paths()
+    for value in (python, script, *paths):
+        if "'" in value or "\n" in value:
+            raise UsageError(f"cannot write a hook naming {value!r}", hint="install vfiotask under a plainer path")
+    return SHIM.format(python=python, hook=script, namespace=NAMESPACE, bootstrap=_bootstrap(paths))
 
 
 def hook_path(hooks_dir: Path) -> Path:
@@ -57,8 +113,15 @@ def hook_path(hooks_dir: Path) -> Path:
 
 
 def install(hooks_dir: Path, interpreter: str | None = None) -> tuple[Path, str]:
-    """Write the hook (atomically, mode 0755); returns its path and "new", "updated" or "unchanged"."""
-    if hooks_dir.is_symlink() or (hooks_dir.exists() and not hooks_dir.is_dir()):
+    """Write the hook (atomically, mode 0755); returns its path and "new", "updated" or "unchanged".
+
+    The hooks directory must exist: libvirt's packages make it, and a mistyped --hooks-dir made
+    here would hold a hook no libvirtd ever runs."""
+    if not hooks_dir.exists():
+        raise UsageError(f"{hooks_dir} does not exist",
+                         hint="install libvirt (it makes /etc/libvirt/hooks) or give its hooks directory with "
+                         "--hooks-dir")
+    if hooks_dir.is_symlink() or not hooks_dir.is_dir():
         raise UsageError(f"{hooks_dir} is not a directory", hint="give libvirt's hooks directory with --hooks-dir")
     target = hook_path(hooks_dir)
     text = hook_text(interpreter)

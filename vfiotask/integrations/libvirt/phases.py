@@ -155,6 +155,7 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
         if domain.hostdevs:
             check_devices(domain)
         check_memlock(domain)
+        domain = _place(domain, ctx, record)
         if domain.backing.uses_hugepages and domain.config.hugepages:
             _reserve_hugepages(domain, ctx, record, undo)
         if domain.backing.file_backed and domain.config.prefault:
@@ -172,6 +173,18 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
         raise HostStateError(f"preparing guest {name} failed: {describe_exception(exc)}",
                              hint="everything taken was given back; fix the cause and start it again") from exc
     return record
+
+
+def _place(domain: Domain, ctx: HookContext, record: dict[str, Any]) -> Domain:
+    """Apply NUMA from the device (placement.py) and note the choice in the log and the record."""
+    from vfiotask.integrations.libvirt.placement import device_placement, placed
+
+    placement = device_placement(domain, ctx.host_root)
+    if domain.hostdevs:
+        where = "left to the kernel" if placement.node is None else f"node {placement.node}"
+        ctx.log(f"{domain.name}: memory placement: {where} ({placement.reason})")
+    record["placement"] = placement.to_dict()
+    return placed(domain, placement)
 
 
 def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
@@ -232,7 +245,10 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
             undo.append(partial(os.rename, done.path, ahead.path))
             ctx.log(f"{domain.name}: moved staged {ram.name} into place")
         else:
-            done = populate_file(target, ram.size, ram.node, threads=domain.config.threads)
+            from vfiotask.integrations.progress import hook_meter
+
+            done = populate_file(target, ram.size, ram.node, threads=domain.config.threads,
+                                 progress=hook_meter(f"{domain.name}: populating {ram.name}", ram.size, ctx.log))
             undo.append(done.remove)
             ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
                     f"in {done.seconds:.2f} s with {done.threads} thread(s)")

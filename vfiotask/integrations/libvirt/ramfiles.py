@@ -19,7 +19,7 @@ from vfiotask.errors import HostStateError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from vfiotask.engine import Engine
+    from vfiotask.engine import Engine, ProgressFn
     from vfiotask.integrations.libvirt.paths import RamFile
 
 
@@ -63,7 +63,7 @@ class FileRecord(NamedTuple):
 
 
 def populate_file(path: Path, size: int, node: int | None, *, threads: int = 0,
-                  engine: Engine | None = None) -> FileRecord:
+                  engine: Engine | None = None, progress: ProgressFn | None = None) -> FileRecord:
     """Create `path` at `size` and populate every page in parallel on `node`; nothing left on failure."""
     from vfiotask.jobs.prefault import prefault
     from vfiotask.memory.region import RegionSpec, open_region
@@ -75,7 +75,7 @@ def populate_file(path: Path, size: int, node: int | None, *, threads: int = 0,
         )
     region = open_region(RegionSpec(size=size, backing=str(path), node=node, create=True))
     try:
-        report = prefault(region, engine=engine, max_threads=threads)
+        report = prefault(region, engine=engine, max_threads=threads, progress=progress)
         info = os.fstat(region.fd) if region.fd is not None else os.lstat(path)
     except BaseException:
         region.close(remove_created=True)

@@ -1,0 +1,135 @@
+"""Host-wide defaults from /etc/vfiotask/config.toml.
+
+An administrator sets them once instead of on every command line and in every guest: the most
+helper threads, the helpers' nice value, the state directory, whether a guest's RAM follows its
+device's NUMA node, and whether RAM may be staged ahead of a start.  Each setting is taken from,
+in order: a command-line flag, the environment (only where one exists), the file, the default;
+`vfiotask config show` says which.  A file that is wrong in any way (syntax, an unknown key, a
+wrong type, a number out of range) is one error naming the file and the key: a typo in a setting
+must not silently leave the default in force.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vfiotask.errors import UsageError
+
+DEFAULT_CONFIG = Path("/etc/vfiotask/config.toml")
+CONFIG_ENV = "VFIOTASK_CONFIG"
+STAGING_POLICIES = ("on", "off")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    kind: type
+    help: str
+    low: int | None = None
+    high: int | None = None
+    env: str | None = None
+    choices: tuple[str, ...] = ()
+
+
+SETTINGS = (
+    Setting("max_threads", 0, int, "most helper threads a job uses (0: as many as the CPU policy allows)", 0, 4096),
+    Setting("helper_nice", 19, int, "nice value helpers start at (19: yield to everything else)", -20, 19),
+    Setting("state_dir", "/run/vfiotask", str, "where journals and bind records live", env="VFIOTASK_STATE_DIR"),
+    Setting("numa_from_device", True, bool, "a guest with host devices and no <numatune> gets its RAM on the "
+            "device's NUMA node"),
+    Setting("staging", "on", str, "on: 'prepin --domain' may stage a stopped guest's RAM ahead of its start; off: "
+            "it refuses", choices=STAGING_POLICIES),
+)
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Value:
+    key: str
+    value: Any
+    source: str  # "default", "file", "env" or "flag"
+    where: str = ""  # the file's path or the variable's name
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def _bad(path: Path, what: str, hint: str) -> UsageError:
+    return UsageError(f"config file {path}: {what}", hint=f"{hint}; 'vfiotask config show' lists the settings")
+
+
+_KIND_NAMES = {int: "a whole number", bool: "true or false", str: "a quoted string"}
+
+
+def _check(path: Path, setting: Setting, value: Any) -> Any:
+    """The file's value, of the setting's type and within its bounds."""
+    if not isinstance(value, setting.kind) or (setting.kind is int and isinstance(value, bool)):
+        raise _bad(path, f"{setting.key} = {value!r} is not {_KIND_NAMES[setting.kind]}",
+                   f"write {setting.key} = {_toml(setting.default)}")
+    if isinstance(value, int) and setting.low is not None and setting.high is not None \
+            and not setting.low <= value <= setting.high:
+        raise _bad(path, f"{setting.key} = {value} is out of range", f"give {setting.low} to {setting.high}")
+    if setting.choices and value not in setting.choices:
+        raise _bad(path, f"{setting.key} = {value!r} is not one of {', '.join(setting.choices)}",
+                   f"write {setting.key} = {_toml(setting.default)}")
+    if setting.key == "state_dir" and not Path(str(value)).is_absolute():
+        raise _bad(path, f"state_dir = {value!r} is not an absolute path", 'write e.g. state_dir = "/run/vfiotask"')
+    return value
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def read_file(path: Path | None = None) -> dict[str, Any]:
+    """The settings the file sets, checked; {} when there is no file."""
+    path = path or config_path()
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise _bad(path, f"not valid TOML ({exc})", "fix the line it names") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _bad(path, f"cannot be read ({exc})", "make it readable, or remove it") from exc
+    for key, value in data.items():
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(_BY_KEY), n=1)
+            raise _bad(path, f"unknown key {key!r}" + (f" (did you mean {close[0]}?)" if close else ""),
+                       f"the keys are {', '.join(_BY_KEY)}")
+        _check(path, setting, value)
+    return data
+
+
+def effective(flags: dict[str, Any] | None = None) -> dict[str, Value]:
+    """Every setting with the value in force and where it came from."""
+    path = config_path()
+    from_file = read_file(path)
+    values: dict[str, Value] = {}
+    for setting in SETTINGS:
+        if flags and flags.get(setting.key) is not None:
+            values[setting.key] = Value(setting.key, flags[setting.key], "flag")
+        elif setting.env and os.environ.get(setting.env):
+            values[setting.key] = Value(setting.key, os.environ[setting.env], "env", setting.env)
+        elif setting.key in from_file:
+            values[setting.key] = Value(setting.key, from_file[setting.key], "file", str(path))
+        else:
+            values[setting.key] = Value(setting.key, setting.default, "default")
+    return values
+
+
+def get(key: str) -> Any:
+    """One setting's value in force (flags are the caller's to apply)."""
+    return effective()[key].value
