@@ -66,6 +66,7 @@ def qemu_command(kernel: Kernel, initrd: Path, results: Path, console: Path) -> 
         "-append", "console=ttyS0 intel_iommu=on panic=-1 loglevel=4",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={results},mount_tag=results,security_model=none,multidevs=remap",
+        "-virtfs", f"local,path={REPO},mount_tag=checkout,security_model=none,readonly=on,multidevs=remap",
         "-device", "edu,addr=0x10",
         "-device", "pcie-pci-bridge,id=pcibr,addr=0x11",
         "-device", "edu,bus=pcibr,addr=0x1",
@@ -80,6 +81,7 @@ def run_script(kernel: Kernel, workdir: Path, script: str, *, timeout: float) ->
     its exit status lands in results/rc."""
     results = workdir / "results"
     results.mkdir(parents=True, exist_ok=True)
+    (results / "checkout").write_text(str(REPO))  # where init mounts the checkout, also below /tmp
     initrd = initramfs.build(kernel, workdir / "initrd.cpio")
     (results / "run.sh").write_text(
         f"cd {shlex.quote(str(REPO))}\n"

@@ -18,10 +18,17 @@ if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host
     mkdir -p /host/dev/shm /host/tmp/results
     mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /host/tmp/results
+    # The checkout may lie below a directory the tmpfs mounts above hide (/tmp, /run): mount it
+    # again at its own path.
+    checkout=$(cat /host/tmp/results/checkout)
+    mkdir -p "/host$checkout" 2>/dev/null
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose checkout "/host$checkout" \
+        || say "cannot mount the checkout at $checkout"
     say "running run.sh"
     chroot /host /bin/sh /tmp/results/run.sh
     say "run.sh exit $?"
     sync
+    umount "/host$checkout" 2>/dev/null
     umount /host/tmp/results
 else
     say "cannot mount the host's root"

@@ -21,7 +21,7 @@ def run_sequence(kind: str, group: int) -> list[tuple[str, str, int]]:
     return [tuple(step) for step in json.loads(done.stdout)]  # type: ignore[misc]
 
 
-def test_type1_answers_the_sequence_as_the_mock_does(bound_edu: int, flavor: str, entry_limit: Path) -> None:
+def test_type1_and_iommufd_answer_the_sequence_as_the_mock_does(bound_edu: int, flavor: str, entry_limit: Path) -> None:
     entry_limit.write_text(str(sequence.ENTRY_LIMIT))
     got = run_sequence(flavor, bound_edu)
     (REPORT_DIR / f"sequence-{flavor}.json").write_text(json.dumps(got, indent=1))
