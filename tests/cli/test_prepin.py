@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -146,8 +147,16 @@ def test_backing_directory_the_user_may_not_write_is_one_line(shm_dir: Path) -> 
     locked.mkdir(mode=0o555)
     shm_dir.chmod(0o755)
     # root writes anywhere: the refusal is only seen as another user
-    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if is_root() else []
-    result = run_cli("prepin", "--size", "8M", "--backing", str(locked / "guest.ram"), prefix=prefix)
+    prefix: list[str] = []
+    env: dict[str, str] = {}
+    if is_root():
+        prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        own_state = shm_dir / "state"  # the user's own state dir, so that only the backing directory is refused
+        own_state.mkdir(mode=0o700)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(own_state, nobody.pw_uid, nobody.pw_gid)
+        env = {"VFIOTASK_STATE_DIR": str(own_state)}
+    result = run_cli("prepin", "--size", "8M", "--backing", str(locked / "guest.ram"), prefix=prefix, env=env)
     assert_one_line(result, 2, "Permission denied")
     assert os.listdir(locked) == []
 
