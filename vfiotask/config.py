@@ -12,10 +12,8 @@ must not silently leave the default in force.
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vfiotask.errors import UsageError
 
@@ -24,8 +22,7 @@ CONFIG_ENV = "VFIOTASK_CONFIG"
 STAGING_POLICIES = ("on", "off")
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):  # NamedTuples, not dataclasses: the hook reads settings on every start
     key: str
     default: Any
     kind: type
@@ -48,8 +45,7 @@ SETTINGS = (
 _BY_KEY = {s.key: s for s in SETTINGS}
 
 
-@dataclass(frozen=True)
-class Value:
+class Value(NamedTuple):
     key: str
     value: Any
     source: str  # "default", "file", "env" or "flag"
@@ -93,10 +89,16 @@ def read_file(path: Path | None = None) -> dict[str, Any]:
     """The settings the file sets, checked; {} when there is no file."""
     path = path or config_path()
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        handle = open(path, "rb")  # noqa: SIM115 - closed below; tomllib is imported only once it opened
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise _bad(path, f"cannot be read ({exc})", "make it readable, or remove it") from exc
+    import tomllib  # here: most hosts have no file, and the hook reads settings on every start
+
+    try:
+        with handle:
+            data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise _bad(path, f"not valid TOML ({exc})", "fix the line it names") from exc
     except (OSError, UnicodeDecodeError) as exc:

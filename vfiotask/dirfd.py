@@ -17,7 +17,6 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -37,12 +36,21 @@ def identity_of(info: os.stat_result) -> Identity:
     return (info.st_dev, info.st_ino)
 
 
-@dataclass
 class Dir:
-    """An open directory; `path` is for messages and records only, never passed to a syscall."""
+    """An open directory; `path` is for messages and records only, never passed to a syscall.
 
-    fd: int
-    path: Path
+    A plain class, not a dataclass: the hook opens directories on every start, and importing
+    dataclasses (with inspect) costs it milliseconds.
+    """
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Dir(fd={self.fd}, path={str(self.path)!r})"
 
     # -- lifetime ------------------------------------------------------------------------------
 

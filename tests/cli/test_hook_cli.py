@@ -79,6 +79,28 @@ def test_the_shim_starts_the_hook_with_no_site_processing(tmp_path: Path) -> Non
     assert argv[4:] == [str(REPO / "hooks" / "qemu"), "plain", "prepare", "begin", "-"]
 
 
+def test_phases_with_no_work_end_in_the_shim_without_python(tmp_path: Path) -> None:
+    """`started` and the others are waited for by libvirtd like every phase: the shim ends them
+    before an interpreter starts, for our guests too; the phases with work still reach Python."""
+    from vfiotask.integrations.libvirt.hookinstall import hook_text
+
+    started_python = tmp_path / "python-ran"
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {started_python}\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    shim = tmp_path / "50-vfiotask"
+    shim.write_text(hook_text(str(python)))
+    shim.chmod(0o755)
+    xml = guest_xml("ours", 64, id=1, config={"prefault": "off"})
+    for phase in (("started", "begin"), ("stopped", "end"), ("reconnect", "begin"), ("attach", "begin"),
+                  ("migrate", "begin"), ("restore", "begin")):
+        result = run_shim(shim, xml, "ours", *phase, "-")
+        assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), phase
+    assert not started_python.exists()
+    result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", "prepare", "begin", "-")
+    assert result.returncode == 0 and started_python.read_text().count("\n") == 1
+
+
 def shim_with_vfiotask_gone(tmp_path: Path) -> Path:
     """An installed hook whose python went away (vfiotask removed, its venv deleted)."""
     from vfiotask.integrations.libvirt.hookinstall import hook_text

@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vfiotask.engine import ProgressFn
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
@@ -27,9 +26,11 @@ from vfiotask.integrations.libvirt.ramfiles import (
     reserve_pages,
     staged_owner,
 )
-from vfiotask.jobs.hugepages import HugepageReserver
 from vfiotask.journal import undo_recorded
 from vfiotask.units import format_size
+
+if TYPE_CHECKING:  # the hook imports this module to take a staging over: no engine, no jobs
+    from vfiotask.engine import ProgressFn
 
 HUGEPAGES_KIND = "hugepages"  # a staging's reservation, recorded beside its files
 
@@ -102,6 +103,8 @@ def _reserve_staged(journal: GuestJournal, name: str, base: Path, wanted: list[p
     owner = hugepage_owner(name, page_size)
     with journal.journal.locked() as data:
         entry = journal.journal.intend(data, staged_owner(name), HUGEPAGES_KIND, hugepages_owner=owner)
+    from vfiotask.jobs.hugepages import HugepageReserver
+
     held, new = reserve_pages(owner, page_size, pages, HugepageReserver)
     with journal.journal.locked() as data:
         if new:
@@ -124,7 +127,7 @@ def give_back_staged_hugepages(journal: GuestJournal, name: str, *, orphaned: bo
         if journal.guest(name) is None:
             if dry_run:
                 actions.append(f"would release {owner}'s hugepages staged for {name}")
-            elif (held := HugepageReserver().release(owner)) is not None:
+            elif (held := _reserver().release(owner)) is not None:
                 actions.append(f"released {owner}'s {format_size(held.size)} of hugepages staged for {name}")
         if not dry_run:
             with journal.journal.locked() as data:
@@ -152,3 +155,9 @@ def stage_defined(name: str, *, threads: int = 0, uri: str | None = None,
     finally:
         connection.close(conn)
     return stage(domain, threads=threads or get("max_threads"), progress=progress)
+
+
+def _reserver() -> Any:
+    from vfiotask.jobs.hugepages import HugepageReserver
+
+    return HugepageReserver()

@@ -11,9 +11,9 @@ are logged by the hook and shown by `vfiotask check`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 from vfiotask.integrations.libvirt.domain import Domain, Numatune
 from vfiotask.units import format_size
@@ -21,8 +21,7 @@ from vfiotask.units import format_size
 REAL_ROOT = Path("/")
 
 
-@dataclasses.dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):  # not a dataclass: built on every start of a guest that is ours
     """The host node chosen for the guest's memory (None: the guest or the kernel decides) and why."""
 
     node: int | None
@@ -61,16 +60,16 @@ def _room(domain: Domain, node: int, host_root: Path, ram: int) -> tuple[int, in
 
 
 def device_placement(domain: Domain, host_root: Path = REAL_ROOT) -> Placement:
-    from vfiotask.devices import discover
-    from vfiotask.host.numa import online_nodes
-    from vfiotask.integrations.libvirt.phases import guest_ram
-
     if not domain.hostdevs:
         return Placement(None, "it passes no PCI device through")
     if domain.numatune.present:
         return Placement(None, "its <numatune> places its memory")
     if not domain.config.device_numa:
         return Placement(None, "device-numa='off' in its <vfiotask:config>")
+    from vfiotask.devices import discover
+    from vfiotask.host.numa import online_nodes
+    from vfiotask.integrations.libvirt.phases import guest_ram
+
     host = discover(sysfs_for(host_root))
     nodes: Counter[int] = Counter()
     for dev in domain.hostdevs:
