@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from tests.conftest import requires_root
 from vfiotask.errors import HugepageShortageError, UsageError, VfiotaskError
@@ -212,3 +213,34 @@ def test_a_host_that_cannot_compact_fails_as_before(tmp_path: Path) -> None:
     with pytest.raises(HugepageShortageError, match=r"gave 3 of 8 .* 0 of them won"):
         r.reserve("guest1", {0: 8 * MiB2})
     assert pool_count(r.pools.root, 0) == 0
+
+
+@requires_root
+def test_a_link_put_at_the_mount_point_after_the_check_is_not_followed(
+    hugepage_pools: None, tmp_path: Path, mocker: MockerFixture
+) -> None:
+    """`reserve --mount /tmp/X`: someone who can write /tmp swaps X for a link between the check
+    and the mount.  The mount goes through the directory's descriptor, so the link is refused,
+    nothing is mounted on its target, and the pool is as it was."""
+    pools = HugepagePools()
+    if MiB2 not in pools.page_sizes():
+        pytest.skip("no 2 MiB hugepage pool on this kernel")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    mount = tmp_path / "huge"
+    check = HugepageReserver._check_mount_point
+
+    def check_then_swap(self: HugepageReserver, path: Path) -> None:
+        check(self, path)
+        path.symlink_to(victim)  # the race, won
+
+    mocker.patch.object(HugepageReserver, "_check_mount_point", check_then_swap)
+    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    before = pools.state(MiB2, None).total
+    with pytest.raises(VfiotaskError, match="link"):
+        r.reserve("swapped", {None: MiB2}, MiB2, mount=mount)
+    mounted = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    assert str(victim) not in mounted and str(mount) not in mounted
+    assert pools.state(MiB2, None).total == before
+    assert mount.is_symlink() and list(victim.iterdir()) == []
+    assert r.owners() == []

@@ -203,6 +203,7 @@ class HugepageReserver:
                 except BaseException:
                     self._shrink(Reservation(owner, size, grow))
                     self._remove_mount_record(owners, owner)
+                    self.journal.save(data)  # the record written before the mount goes too
                     raise
             owners[owner] = owners.get(owner) or record
         return Reservation(owner, size, grow)
@@ -225,6 +226,9 @@ class HugepageReserver:
         if not mount.is_absolute():
             raise UsageError(f"--mount {mount} is not an absolute path",
                              hint="give a directory such as /dev/hugepages1G")
+        if not mount.parent.is_dir():
+            raise UsageError(f"--mount {mount}: {mount.parent} is not a directory",
+                             hint="give a path whose parent directory exists")
         if mount.is_symlink() or (mount.exists() and not mount.is_dir()):
             raise UsageError(f"--mount {mount} is not a directory", hint="give a directory, or a path to create")
         if mount.exists() and any(mount.iterdir()):
@@ -233,12 +237,18 @@ class HugepageReserver:
             raise UsageError(f"something is already mounted on {mount}", hint="give another directory")
 
     def _mount(self, mount: Path, page_size: int) -> None:
+        """Mount through the directory's descriptor: the parent is the administrator's path, but a
+        link put at the last name (in /tmp, say) between the check and the mount is never followed."""
+        from vfiotask.dirfd import open_root
         from vfiotask.host import libc
 
         try:
-            mount.mkdir(mode=0o755, parents=True, exist_ok=True)
-            libc.mount("hugetlbfs", str(mount), "hugetlbfs", libc.MS_NOSUID | libc.MS_NODEV,
-                       f"pagesize={page_size // 1024}K")
+            with open_root(mount.parent) as parent:
+                target = parent.mkdir(mount.name, 0o755) if parent.lstat(mount.name) is None \
+                    else parent.sub(mount.name)
+                with target:
+                    libc.mount("hugetlbfs", f"/proc/self/fd/{target.fd}", "hugetlbfs",
+                               libc.MS_NOSUID | libc.MS_NODEV, f"pagesize={page_size // 1024}K")
         except OSError as exc:
             raise HostStateError(f"cannot mount a hugetlbfs on {mount}: {describe_exception(exc)}",
                                  hint="run as root; nothing was kept") from exc
@@ -247,8 +257,7 @@ class HugepageReserver:
     def _remove_mount_record(owners: dict[str, Any], owner: str) -> None:
         record = owners.pop(owner, None) or {}
         if record.get("mount_made_dir"):
-            with contextlib.suppress(OSError):
-                Path(record["mount"]).rmdir()
+            _remove_made_dir(Path(record["mount"]))
 
     def _check_memory(self, page_size: int, wanted: dict[int | None, int]) -> None:
         """Refuse a request the host's available memory cannot cover, before touching a pool.
@@ -414,8 +423,7 @@ class HugepageReserver:
                 log.warning("hugepages: %s stays mounted: %s", mount, describe_exception(exc))
                 return None
         if record.get("mount_made_dir"):
-            with contextlib.suppress(OSError):
-                Path(mount).rmdir()
+            _remove_made_dir(Path(mount))
         return str(mount)
 
     # -- recovering ----------------------------------------------------------------------------
@@ -482,3 +490,12 @@ def reserve(owner: str, demands: Mapping[int | None, int], page_size: int | None
 
 def release(owner: str, *, root: Path = Path("/")) -> Reservation | None:
     return HugepageReserver(HugepagePools(root)).release(owner)
+
+
+def _remove_made_dir(path: Path) -> None:
+    """Remove the mount point `reserve --mount` made, relative to its parent's descriptor and only
+    while it is an empty directory (never a link or a file put at its name)."""
+    from vfiotask.dirfd import open_root
+
+    with contextlib.suppress(OSError, HostStateError), open_root(path.parent) as parent:
+        parent.rmdir(path.name)
