@@ -8,7 +8,6 @@ caller of a task needs no slot: it always runs.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vfiotask import statedir
-from vfiotask.dirfd import Dir, identity_of
+from vfiotask.dirfd import Dir, identity_of, walk
 from vfiotask.errors import HostStateError
 
 log = logging.getLogger(__name__)
@@ -57,14 +56,6 @@ class SlotPool:
         self._directory = directory
         self.shared = shared
 
-    def directory(self) -> Path | None:
-        """Where the slot files are, or None when they are not shared (for messages and tests)."""
-        handle = self._open()
-        if handle is None:
-            return None
-        handle.close()
-        return handle.path
-
     def _open(self) -> Dir | None:
         """The slots directory, opened below the checked state dir without following links."""
         if not self.shared:
@@ -72,12 +63,7 @@ class SlotPool:
         try:
             with statedir.open_state_dir(self._directory.parent if self._directory else None) as base:
                 name = self._directory.name if self._directory else SLOTS_SUBDIR
-                try:
-                    return base.sub(name)
-                except FileNotFoundError:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, 0o700, dir_fd=base.fd)
-                    return base.sub(name)
+                return walk(base, [name], create=True, mode=0o700)
         except (OSError, HostStateError) as exc:  # the state dir says why it cannot be used
             log.debug("helper slots not shared across processes: %s", exc)
             return None
