@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from tests.conftest import requires_root, run_cli
 from vfiotask import statedir
 from vfiotask.errors import HostStateError
+from vfiotask.journal import Journal
 
 
 def test_state_dir_is_created_private(state_dir: Path) -> None:
@@ -78,3 +80,27 @@ def test_a_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     result = run_cli("recover", env={"VFIOTASK_STATE_DIR": str(theirs)})
     assert result.returncode == 3 and "owned by uid 65534" in result.stderr and result.stderr.count("\n") == 1
     assert list(theirs.iterdir()) == []
+
+
+def test_an_intent_is_on_disk_before_its_change_and_written_once(state_dir: Path) -> None:
+    """Write-ahead: the entry is in the file before the caller's change; the end of the lock adds no write."""
+    journal = Journal("probe")
+    with journal.locked() as data:
+        entry = journal.intend(data, "owner", "file")
+        on_disk = json.loads((state_dir / "probe.json").read_text())
+        inode = (state_dir / "probe.json").stat().st_ino
+    assert [item["id"] for item in on_disk["intents"]] == [entry["id"]]
+    assert (state_dir / "probe.json").stat().st_ino == inode  # not rewritten: nothing changed since
+    with journal.locked() as data:
+        data["extra"] = 1  # a change no intend/done/drop saved: the end of the lock saves it
+    assert json.loads((state_dir / "probe.json").read_text())["extra"] == 1
+
+
+def test_a_journal_emptied_and_refilled_under_one_lock_is_saved(state_dir: Path) -> None:
+    journal = Journal("probe")
+    with journal.locked() as data:
+        entry = journal.intend(data, "owner", "file")
+        journal.drop(data, entry)
+        assert not (state_dir / "probe.json").exists()
+        data["intents"] = [entry]
+    assert json.loads((state_dir / "probe.json").read_text())["intents"] == [entry]

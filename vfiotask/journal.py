@@ -122,6 +122,7 @@ class Journal:
         self.directory = directory
         self.name = name
         self._held: Dir | None = None
+        self._saved = b""  # what the file holds now, while locked: a save of the same is skipped
 
     @property
     def path(self) -> Path:
@@ -141,12 +142,14 @@ class Journal:
 
         A journal left with nothing in it takes its lock file away too (while holding it), so an
         undone operation leaves the state dir as it found it; a waiter that then gets the lock of
-        the removed file sees it no longer has the name and takes the lock anew.
+        the removed file sees it no longer has the name and takes the lock anew.  The save at the
+        end writes only what intend/done/drop inside did not already put on disk.
         """
         with self._open_dir() as directory:
             lock = self._lock(directory)
             try:
                 data = self._load(directory)
+                self._saved = _encode(data)
                 self._held = directory
                 try:
                     yield data
@@ -183,14 +186,16 @@ class Journal:
         if not any(data.values()):  # nothing recorded: no file, as before anything was (readers see {})
             if directory.unlink(f"{self.name}.json"):
                 directory.fsync()
+            self._saved = b""
+            return
+        encoded = _encode(data)
+        if encoded == self._saved:  # already on disk (each intend/done/drop saves, then locked() again)
             return
         tmp = f".{self.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         directory.unlink(tmp)  # a leftover of a killed process with this pid: never written through
         fd = directory.create(tmp, 0o600, os.O_WRONLY)
         try:
-            # compact: only then does json use its C encoder (indenting runs it in Python, ~10x the
-            # time, paid on every intent and every done of a hook's prepare)
-            os.write(fd, json.dumps(data, sort_keys=True, separators=(",", ":")).encode())
+            os.write(fd, encoded)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -199,6 +204,7 @@ class Journal:
         os.close(fd)
         directory.replace(tmp, f"{self.name}.json")
         directory.fsync()
+        self._saved = encoded
 
     def _load(self, directory: Dir) -> dict[str, Any]:
         where = directory.path / f"{self.name}.json"
@@ -273,6 +279,12 @@ class Journal:
         if orphaned:
             found = [item for item in found if not holder_alive(item.get("holder"))]
         return list(reversed(found))
+
+
+def _encode(data: dict[str, Any]) -> bytes:
+    # compact: only then does json use its C encoder (indenting runs it in Python, ~10x the
+    # time, paid on every intent and every done of a hook's prepare)
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
 _TEMPORARY = re.compile(r"^\.[A-Za-z0-9_-]+\.([0-9]{1,10})\.[0-9]{1,20}\.tmp$")
