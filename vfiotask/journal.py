@@ -313,6 +313,16 @@ def fs_fields(directory: Dir, root: Path, parts: list[str], name: str) -> dict[s
     return {"root": str(root), "parts": list(parts), "dir": list(directory.identity()), "name": name}
 
 
+def recorded_path(entry: dict[str, Any]) -> Path:
+    """Where a file or directory entry was made, for messages."""
+    return Path(str(entry.get("root")), *[str(p) for p in entry.get("parts", [])], str(entry.get("name")))
+
+
+def open_recorded_dir(entry: dict[str, Any]) -> Dir:
+    """The directory a file or directory entry was made in, reached again without following links."""
+    return open_path(Path(str(entry.get("root"))), [str(p) for p in entry.get("parts", [])])
+
+
 def make_file(journal: Journal, owner: str, directory: Dir, root: Path, parts: list[str], name: str,
               size: int, mode: int = 0o600) -> tuple[int, dict[str, Any]]:
     """A new file `name` of `size` bytes in `directory`, journaled by inode before it has its name.
@@ -354,9 +364,8 @@ def undo_recorded(journal: Journal, owner: str, *, orphaned: bool = False,
                 continue
             action = undo_fs(entry, dry_run=dry_run)
             if action is None:  # nothing there that is ours: only the record goes
-                where_made = Path(str(entry.get("root")), *entry.get("parts", []), str(entry.get("name")))
                 action = (f"{'would drop' if dry_run else 'dropped'} the record of {entry.get('kind')} "
-                          f"{where_made}: it is gone or no longer the one made")
+                          f"{recorded_path(entry)}: it is gone or no longer the one made")
             actions.append(action)
             if not dry_run:
                 journal.drop(data, entry)
@@ -393,10 +402,10 @@ def undo_fs(entry: dict[str, Any], *, dry_run: bool = False) -> str | None:
     if not same_boot(entry.get("holder")):
         return None  # inode numbers of an earlier boot name nothing now: forget, never remove
     kind, name = entry.get("kind"), str(entry.get("name"))
-    where = Path(str(entry.get("root")), *entry.get("parts", []), name)
+    where = recorded_path(entry)
     ident = entry.get("ident")
     try:
-        directory = open_path(Path(str(entry.get("root"))), [str(p) for p in entry.get("parts", [])])
+        directory = open_recorded_dir(entry)
     except (OSError, HostStateError):
         return None
     with directory:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from vfiotask.dirfd import Dir, identity_of, open_path, open_root, walk
 from vfiotask.errors import HostStateError
 from vfiotask.integrations.libvirt.paths import Place
-from vfiotask.journal import Journal, journaled_mkdir, make_file, undo_entry, undo_fs
+from vfiotask.journal import Journal, journaled_mkdir, make_file, open_recorded_dir, undo_entry, undo_fs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -144,7 +144,7 @@ def remove_empty_shared(journal: Journal, *, dry_run: bool = False) -> list[str]
 def _present(entry: dict[str, Any]) -> bool:
     """Whether the recorded directory still has its name (it stays recorded until it is removed)."""
     try:
-        with open_path(Path(str(entry["root"])), [str(p) for p in entry.get("parts", [])]) as directory:
+        with open_recorded_dir(entry) as directory:
             info = directory.lstat(str(entry["name"]))
     except (OSError, HostStateError):
         return False
