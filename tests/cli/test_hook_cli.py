@@ -188,3 +188,16 @@ def test_an_empty_hooks_dir_is_refused_not_taken_as_the_working_directory(tmp_pa
         )
         assert result.returncode == 2 and result.stderr.startswith("vfiotask: ") and "empty path" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_qemu_d_that_is_a_link_is_neither_written_through_nor_emptied(tmp_path: Path) -> None:
+    hooks, elsewhere = tmp_path / "hooks", tmp_path / "elsewhere"
+    hooks.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "50-vfiotask").write_text("#!/bin/sh\n# libvirt qemu hook of vfiotask\n")
+    (hooks / "qemu.d").symlink_to(elsewhere)
+    for action in ("install", "uninstall"):
+        result = run_cli("hook", action, "--hooks-dir", str(hooks))
+        assert result.returncode != 0 and result.stderr.count("\n") == 1 and "symbolic link" in result.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["50-vfiotask"]
+    assert (elsewhere / "50-vfiotask").read_text() == "#!/bin/sh\n# libvirt qemu hook of vfiotask\n"

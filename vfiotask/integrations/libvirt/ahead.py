@@ -76,9 +76,7 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
                 done.append(populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal.journal,
                                           owner=staged_owner(name), threads=threads, progress=meter))
     except BaseException:
-        undo_recorded(journal.journal, staged_owner(name))
-        give_back_staged_hugepages(journal, name)
-        remove_empty_shared(journal.journal)
+        _give_back(journal, name)
         raise
     journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time(),
                               "hugepages": hugepages}, owner=staged_owner(name))
@@ -90,10 +88,15 @@ def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecor
     journal = journal or GuestJournal()
     record = journal.pop_staged(name) or {}
     files = [FileRecord.from_json(f) for f in record.get("files", [])]
+    _give_back(journal, name)
+    return files
+
+
+def _give_back(journal: GuestJournal, name: str) -> None:
+    """Remove what the staging of `name` made and release its hugepages (a failed staging, an unstage)."""
     undo_recorded(journal.journal, staged_owner(name))
     give_back_staged_hugepages(journal, name)
     remove_empty_shared(journal.journal)
-    return files
 
 
 def _reserve_staged(journal: GuestJournal, name: str, base: Path, wanted: list[paths.RamFile]) -> dict[str, Any]:
@@ -103,9 +106,7 @@ def _reserve_staged(journal: GuestJournal, name: str, base: Path, wanted: list[p
     owner = hugepage_owner(name, page_size)
     with journal.journal.locked() as data:
         entry = journal.journal.intend(data, staged_owner(name), HUGEPAGES_KIND, hugepages_owner=owner)
-    from vfiotask.jobs.hugepages import HugepageReserver
-
-    held, new = reserve_pages(owner, page_size, pages, HugepageReserver)
+    held, new = reserve_pages(owner, page_size, pages, _reserver)
     with journal.journal.locked() as data:
         if new:
             journal.journal.done(data, entry)

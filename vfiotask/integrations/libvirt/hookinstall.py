@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
+from vfiotask.dirfd import Dir, identity_of, open_path, open_root, walk
 from vfiotask.errors import HostStateError, UsageError
 
 HOOKS_DIR = Path("/etc/libvirt/hooks")
@@ -121,7 +123,8 @@ def install(hooks_dir: Path, interpreter: str | None = None) -> tuple[Path, str]
     """Write the hook (atomically, mode 0755); returns its path and "new", "updated" or "unchanged".
 
     The hooks directory must exist: libvirt's packages make it, and a mistyped --hooks-dir made
-    here would hold a hook no libvirtd ever runs."""
+    here would hold a hook no libvirtd ever runs.  Root writes here, so `qemu.d` and the hook are
+    reached by descriptor: a link planted at either is refused, never written through."""
     if not hooks_dir.exists():
         raise UsageError(f"{hooks_dir} does not exist",
                          hint="install libvirt (it makes /etc/libvirt/hooks) or give its hooks directory with "
@@ -131,33 +134,52 @@ def install(hooks_dir: Path, interpreter: str | None = None) -> tuple[Path, str]
     target = hook_path(hooks_dir)
     text = hook_text(interpreter)
     try:
-        if target.is_symlink():
-            raise UsageError(f"{target} is a symbolic link; it is not replaced", hint="remove it first")
-        state = "updated" if target.exists() else "new"
-        if state == "updated" and target.read_text() == text:
-            return target, "unchanged"
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        tmp = target.with_name(f".{HOOK_NAME}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, target)
+        with open_root(hooks_dir, follow=False) as hooks, walk(hooks, [target.parent.name], create=True) as qemu_d:
+            info = qemu_d.lstat(HOOK_NAME)
+            if info is not None and stat.S_ISLNK(info.st_mode):
+                raise UsageError(f"{target} is a symbolic link; it is not replaced", hint="remove it first")
+            state = "new" if info is None else "updated"
+            if state == "updated" and _read(qemu_d, HOOK_NAME) == text:
+                return target, "unchanged"
+            tmp = f".{HOOK_NAME}.tmp"
+            qemu_d.unlink(tmp)
+            fd = qemu_d.create(tmp, 0o755, os.O_WRONLY)
+            try:
+                os.write(fd, text.encode())
+                os.fchmod(fd, 0o755)  # whatever the umask
+            finally:
+                os.close(fd)
+            qemu_d.replace(tmp, HOOK_NAME)
     except OSError as exc:
         raise HostStateError(f"cannot install the hook in {target.parent}: {exc.strerror}",
                              hint="run as root, or give a writable --hooks-dir") from exc
     return target, state
 
 
+def _read(directory: Dir, name: str) -> str:
+    fd = directory.open(name, os.O_RDONLY)
+    with os.fdopen(fd, errors="replace") as handle:
+        return handle.read()
+
+
 def uninstall(hooks_dir: Path) -> Path | None:
     """Remove vfiotask's hook; None when it is not there.  Someone else's file is left alone."""
     target = hook_path(hooks_dir)
-    if not target.exists():
-        return None
-    if target.is_symlink() or MARKER not in target.read_text(errors="replace"):
-        raise UsageError(f"{target} is not vfiotask's hook; it was left alone", hint="remove it by hand if unwanted")
     try:
-        target.unlink()
-    except OSError as exc:
-        raise HostStateError(f"cannot remove {target}: {exc.strerror}", hint="run as root") from exc
+        qemu_d = open_path(hooks_dir, [target.parent.name])
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with qemu_d:
+        info = qemu_d.lstat(HOOK_NAME)
+        if info is None:
+            return None
+        if not stat.S_ISREG(info.st_mode) or MARKER not in _read(qemu_d, HOOK_NAME):
+            raise UsageError(f"{target} is not vfiotask's hook; it was left alone",
+                             hint="remove it by hand if unwanted")
+        try:
+            qemu_d.unlink(HOOK_NAME, expect=identity_of(info))
+        except OSError as exc:
+            raise HostStateError(f"cannot remove {target}: {exc.strerror}", hint="run as root") from exc
     return target
 
 
