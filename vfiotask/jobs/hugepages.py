@@ -74,7 +74,7 @@ class Reservation:
         return {
             "owner": self.owner,
             "page_size": self.page_size,
-            "pages": {_node_key(node): count for node, count in self.pages.items()},
+            "pages": _pages_json(self.pages),
             "bytes": self.size,
             "already_held": self.already_held,
         }
