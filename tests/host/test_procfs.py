@@ -61,3 +61,30 @@ def test_reads_this_process() -> None:
 
     real = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     assert (soft, hard) == real
+
+
+def _process(proc: Path, pid: str, comm: str, numa_maps: str = "") -> None:
+    (proc / pid).mkdir(parents=True)
+    (proc / pid / "comm").write_text(f"{comm}\n")
+    (proc / pid / "numa_maps").write_text(numa_maps)
+
+
+def test_processes_are_the_ascii_numbered_directories_in_pid_order(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    for pid, comm in (("1000", "libvirtd"), ("99", "libvirtd"), ("5", "qemu"), ("\uff17", "libvirtd")):
+        _process(proc, pid, comm)
+    (proc / "sys").mkdir()
+    (proc / "self").symlink_to("99")
+    assert [entry.name for entry in procfs.pid_dirs(proc)] == ["5", "99", "1000"]
+    assert procfs.pids_named({"libvirtd"}, proc_root=proc) == [99, 1000]
+    assert procfs.pid_dirs(tmp_path / "missing") == []
+
+
+def test_hugetlb_mappers_name_processes_with_a_huge_mapping(tmp_path: Path) -> None:
+    from vfiotask.host.hugetlbfs import hugetlb_mappers
+
+    proc = tmp_path / "proc"
+    _process(proc, "42", "qemu", "7f0000000000 bind:0 file=/dev/hugepages/ram huge dirty=512 N0=512\n")
+    _process(proc, "43", "bash", "55d000000000 default anon=3 dirty=3 N0=3\n")
+    _process(proc, "\uff14\uff14", "fake", "7f0000000000 default huge\n")
+    assert [holder.describe() for holder in hugetlb_mappers(tmp_path)] == ["process qemu (pid 42)"]

@@ -8,7 +8,7 @@ import pytest
 from pytest_mock import MockerFixture
 
 from tests.conftest import requires_root
-from vfiotask.errors import HugepageShortageError, UsageError, VfiotaskError
+from vfiotask.errors import HostStateError, HugepageShortageError, UsageError, VfiotaskError
 from vfiotask.host.hugepages import HugepagePools
 from vfiotask.jobs.hugepages import HugepageReserver
 from vfiotask.journal import Journal
@@ -244,3 +244,51 @@ def test_a_link_put_at_the_mount_point_after_the_check_is_not_followed(
     assert pools.state(MiB2, None).total == before
     assert mount.is_symlink() and list(victim.iterdir()) == []
     assert r.owners() == []
+
+
+class StuckPools(KernelLikePools):
+    """Pools that grow but refuse to shrink below `floor` pages (a write the kernel refuses)."""
+
+    def __init__(self, root: Path, floor: int) -> None:
+        super().__init__(root, {})
+        self.floor = floor
+
+    def set_total(self, page_size: int, count: int, node: int | None = None) -> int:
+        if count < self.floor:
+            raise OSError(16, "Device or resource busy")
+        return super().set_total(page_size, count, node)
+
+
+def test_a_failed_mount_whose_pools_cannot_shrink_keeps_the_reservation_for_release(
+    tmp_path: Path, mocker: MockerFixture
+) -> None:
+    root = make_sysfs(tmp_path / "root")
+    (root / "proc/self").mkdir()
+    (root / "proc/self/mountinfo").write_text("")
+    pools = StuckPools(root, floor=4)
+    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    mocker.patch.object(HugepageReserver, "_mount", side_effect=HostStateError("cannot mount a hugetlbfs"))
+    mount = tmp_path / "huge"
+
+    with pytest.raises(HostStateError) as caught:
+        r.reserve("guest1", {0: 4 * MiB2}, mount=mount)
+
+    text = caught.value.one_line()
+    assert "cannot mount a hugetlbfs, and the pools it grew could not be shrunk back: node 0:" in text
+    assert "vfiotask hugepages release --owner guest1" in text
+    assert pool_count(root, 0) == 4
+    assert [(o.owner, dict(o.pages)) for o in r.owners()] == [("guest1", {0: 4})]
+    assert "mount" not in r.journal.read()["owners"]["guest1"] and not mount.exists()
+    pools.floor = 0
+    r.release("guest1")
+    assert pool_count(root, 0) == 0 and r.owners() == []
+
+
+def test_a_failed_mount_gives_the_pools_back_and_keeps_no_record(tmp_path: Path, mocker: MockerFixture) -> None:
+    r = reserver(tmp_path)
+    (r.pools.root / "proc/self").mkdir()
+    (r.pools.root / "proc/self/mountinfo").write_text("")
+    mocker.patch.object(HugepageReserver, "_mount", side_effect=HostStateError("cannot mount a hugetlbfs"))
+    with pytest.raises(HostStateError, match=r"^cannot mount a hugetlbfs$"):
+        r.reserve("guest1", {0: 4 * MiB2}, mount=tmp_path / "huge")
+    assert pool_count(r.pools.root, 0) == 0 and r.owners() == []

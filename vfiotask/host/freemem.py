@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vfiotask.host.meminfo import meminfo, parse_meminfo
 from vfiotask.units import format_size
 
 REAL_ROOT = Path("/")
@@ -37,21 +38,11 @@ def parse_buddyinfo(text: str) -> dict[int, list[int]]:
 
 
 def _node_meminfo(root: Path, node: int) -> dict[str, int]:
-    """`Node N Name: X kB` lines of nodeN/meminfo, in bytes; /proc/meminfo on a host without nodes."""
-    path = root / NODE_ROOT / f"node{node}" / "meminfo"
-    values: dict[str, int] = {}
+    """nodeN/meminfo in bytes; /proc/meminfo on a host without nodes."""
     try:
-        text = path.read_text()
+        return parse_meminfo((root / NODE_ROOT / f"node{node}" / "meminfo").read_text())
     except FileNotFoundError:
-        text = (root / "proc/meminfo").read_text()
-    for line in text.splitlines():
-        name, sep, rest = line.partition(":")
-        parts = rest.split()
-        if not sep or not parts or not parts[0].isascii() or not parts[0].isdigit():
-            continue
-        key = name.split()[-1]
-        values[key] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
-    return values
+        return meminfo(root)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vfiotask.host.procfs import command, pid_dirs
+
 SYSFS_FILES = re.compile(r"^(resource\d+(_wc)?|config|rom)$")
 BOOT_FRAMEBUFFERS = ("efifb", "vesafb", "simplefb", "BOOTFB", "simple-framebuffer")
 
@@ -90,19 +92,12 @@ class ProcessScan:
     unreadable: int = 0  # processes whose fds or maps could not be read (not root)
 
 
-def _command(pid_dir: Path) -> str:
-    try:
-        return (pid_dir / "comm").read_text().strip() or "?"
-    except OSError:
-        return "?"
-
-
 def process_holders(files: DeviceFiles, proc_root: Path = Path("/proc")) -> ProcessScan:
     """Every process with one of the device's files open (fd) or mapped (maps)."""
     scan = ProcessScan()
     own = {str(os.getpid())} if proc_root == Path("/proc") else set()
-    for pid_dir in _entries(proc_root):
-        if not (pid_dir.name.isascii() and pid_dir.name.isdigit()) or pid_dir.name in own:
+    for pid_dir in pid_dirs(proc_root):
+        if pid_dir.name in own:
             continue
         held: list[str] = []
         denied = False
@@ -131,7 +126,7 @@ def process_holders(files: DeviceFiles, proc_root: Path = Path("/proc")) -> Proc
             continue
         scan.unreadable += denied
         if held:
-            scan.holders.append(Holder(int(pid_dir.name), _command(pid_dir), ", ".join(held)))
+            scan.holders.append(Holder(int(pid_dir.name), command(pid_dir) or "?", ", ".join(held)))
     return scan
 
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vfiotask.host.meminfo import meminfo
+
 GLOBAL_POOLS = "sys/kernel/mm/hugepages"
 NODE_ROOT = "sys/devices/system/node"
 _POOL_DIR = re.compile(r"^hugepages-(\d+)kB$")
@@ -111,10 +113,6 @@ class HugepagePools:
 
     def default_page_size(self) -> int | None:
         """Hugepagesize from /proc/meminfo (the size `MFD_HUGETLB` and plain hugetlbfs mounts use)."""
-        path = self.root / "proc/meminfo"
-        if not path.exists():
+        if not (self.root / "proc/meminfo").exists():
             return None
-        for line in path.read_text().splitlines():
-            if line.startswith("Hugepagesize:"):
-                return int(line.split()[1]) * 1024
-        return None
+        return meminfo(self.root).get("Hugepagesize")

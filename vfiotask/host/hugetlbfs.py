@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vfiotask.host.mounts import mounts
+from vfiotask.host.procfs import command, pid_dirs
 
 
 @dataclass(frozen=True)
@@ -67,19 +68,14 @@ def hugetlb_mappers(root: Path = Path("/")) -> list[HugepageHolder]:
     """Processes with a hugetlb mapping (numa_maps marks them `huge`): memfds and anonymous
     hugepages show up here even with no file on any mount."""
     found: list[HugepageHolder] = []
-    proc = root / "proc"
-    try:
-        pids = [entry for entry in os.listdir(proc) if entry.isascii() and entry.isdigit()]
-    except OSError:
-        return found
-    for pid in pids:
+    for pid_dir in pid_dirs(root / "proc"):
         try:
-            maps = (proc / pid / "numa_maps").read_text()
-            comm = (proc / pid / "comm").read_text().strip()
+            maps = (pid_dir / "numa_maps").read_text()
         except OSError:  # gone, or another user's process for a normal user
             continue
-        if any(" huge " in f" {line} " for line in maps.splitlines()):
-            found.append(HugepageHolder("process", f"{comm} (pid {pid})", 0, None))
+        comm = command(pid_dir)
+        if comm is not None and any(" huge " in f" {line} " for line in maps.splitlines()):
+            found.append(HugepageHolder("process", f"{comm} (pid {pid_dir.name})", 0, None))
     return found
 
 

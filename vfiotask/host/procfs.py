@@ -7,6 +7,7 @@ files the kernel writes.  `proc_root` lets tests hand in a small fake tree.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,24 +80,30 @@ def memlock_limit_from_limits(pid: int | None = None, *, proc_root: Path = PROC)
     raise ValueError(f"no 'Max locked memory' line in {_pid_dir(pid, proc_root) / 'limits'}")
 
 
+def pid_dirs(proc_root: Path = PROC) -> list[Path]:
+    """Every process's directory under `proc_root`, in pid order; none when it cannot be listed."""
+    try:
+        names = [name for name in os.listdir(proc_root) if name.isascii() and name.isdigit()]
+    except OSError:
+        return []
+    return [proc_root / name for name in sorted(names, key=int)]
+
+
+def command(pid_dir: Path) -> str | None:
+    """A process's command (`comm`); None when it ended meanwhile or may not be read."""
+    try:
+        return (pid_dir / "comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def pids_named(names: frozenset[str] | set[str], *, proc_root: Path = PROC) -> list[int]:
     """Processes whose command (`comm`) is one of `names`."""
-    found = []
-    for entry in sorted(proc_root.iterdir()) if proc_root.is_dir() else []:
-        if not (entry.name.isascii() and entry.name.isdigit()):
-            continue
-        try:
-            if (entry / "comm").read_text().strip() in names:
-                found.append(int(entry.name))
-        except OSError:
-            continue  # ended meanwhile
-    return sorted(found)
+    return [int(entry.name) for entry in pid_dirs(proc_root) if command(entry) in names]
 
 
 def process_start_time(pid: int, *, proc_root: Path = PROC) -> float:
     """When a process started, in seconds since the epoch: boot time plus its `stat` start ticks."""
-    import os
-
     boot = 0
     for line in (proc_root / "stat").read_text().splitlines():
         if line.startswith("btime "):

@@ -279,9 +279,9 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
         raise DeviceError(f"driver {driver} is not loaded (no {host.paths.sys}/bus/pci/drivers/{driver})",
                           hint=f"modprobe {driver}")
     journal = journal or bindings_journal()
-    records = [BindRecord(d.address, d.iommu_group, d.driver, d.driver_override, driver)
-               for d in members if _needs_rebind(d, driver)]
-    _refuse_held(host, [d for d in members if _needs_rebind(d, driver)], force)
+    taken = [d for d in members if _needs_rebind(d, driver)]
+    records = [BindRecord(d.address, d.iommu_group, d.driver, d.driver_override, driver) for d in taken]
+    _refuse_held(host, taken, force)
     already = [d.address for d in members if d.driver == driver]
     if dry_run:
         return BindResult(groups, records, already, None, driver)

@@ -74,7 +74,7 @@ class Reservation:
         return {
             "owner": self.owner,
             "page_size": self.page_size,
-            "pages": {_node_key(node): count for node, count in self.pages.items()},
+            "pages": _pages_json(self.pages),
             "bytes": self.size,
             "already_held": self.already_held,
         }
@@ -200,10 +200,18 @@ class HugepageReserver:
                 self.journal.save(data)
                 try:
                     self._mount(mount, size)
-                except BaseException:
-                    self._shrink(Reservation(owner, size, grow))
+                except BaseException as exc:
+                    failures = self._shrink(Reservation(owner, size, grow))
                     self._remove_mount_record(owners, owner)
-                    self.journal.save(data)  # the record written before the mount goes too
+                    if failures:  # the pools kept the growth: the record (without the mount) stays for release
+                        owners[owner] = record
+                    self.journal.save(data)  # the record written before the mount goes, or loses its mount
+                    if failures and isinstance(exc, Exception):
+                        message = exc.message if isinstance(exc, VfiotaskError) else describe_exception(exc)
+                        raise HostStateError(
+                            f"{message}, and the pools it grew could not be shrunk back: {'; '.join(failures)}",
+                            hint=f"give them back with: vfiotask hugepages release --owner {owner}",
+                        ) from exc
                     raise
             owners[owner] = owners.get(owner) or record
         return Reservation(owner, size, grow)
