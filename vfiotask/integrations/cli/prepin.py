@@ -23,7 +23,7 @@ from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, StateDirError, UsageError
 from vfiotask.host.cpus import host_engine
-from vfiotask.integrations.cli.output import note, print_json
+from vfiotask.integrations.cli.output import note, print_json, table
 from vfiotask.integrations.progress import TerminalLine
 from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
@@ -235,9 +235,7 @@ def render_table(data: dict[str, Any]) -> str:
         f"{data['gib_per_s']:.2f}",
         format_size(data["locked_bytes"]) + (f" ({data['pin']})" if data["pin"] != "none" else ""),
     ]
-    widths = [max(len(h), len(c)) for h, c in zip(headers, row, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in (headers, row)]
-    return "\n".join(lines)
+    return table(headers, [row], numbers_right=False)
 
 
 PINS_JOURNAL = "pins"
@@ -321,8 +319,7 @@ def run_domain(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if hasattr(args, "defaults"):
-        refuse_ignored(args, args.defaults)
+    refuse_ignored(args, args.defaults)
     if args.domain:
         return run_domain(args)
     opts = options(args)
