@@ -109,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vfiotask {__version__}",
                         help="print the version and exit")
     _add_common(parser, top=True)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    subparsers.required = True
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"vfiotask.integrations.cli.{name}")
         module.register(subparsers)
