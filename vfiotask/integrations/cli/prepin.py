@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.devices.discovery import SYSFS_ROOT_ENV
+from vfiotask.devices.discovery import SYSFS_ROOT_ENV, sysfs_root_from_env
 from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, StateDirError, UsageError
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="IOVA the region is mapped at (default 4 GiB: above the x86 interrupt window, as QEMU maps high RAM)",
     )
     parser.add_argument(
-        "--sysfs-root", type=Path, default=os.environ.get(SYSFS_ROOT_ENV) or None, metavar="DIR",
+        "--sysfs-root", type=Path, metavar="DIR",
         help=f"sysfs tree to read devices from (env {SYSFS_ROOT_ENV})",
     )
     parser.add_argument("--domain", metavar="NAME", help="prepare the RAM of libvirt domain NAME instead")
@@ -178,7 +178,7 @@ def _open_backend(args: argparse.Namespace, opts: Options) -> contextlib.Abstrac
             group=opts.group,
             device=args.device,
             iova=opts.iova,
-            sysfs_root=args.sysfs_root,
+            sysfs_root=sysfs_root_from_env(args.sysfs_root),
         )
         return manager
     return contextlib.nullcontext(MlockBackend())
