@@ -293,7 +293,7 @@ def run_domain(args: argparse.Namespace) -> int:
     """`prepin --domain NAME`: stage a stopped guest's RAM files for its next start."""
     from vfiotask.integrations.libvirt.ahead import stage_defined
 
-    line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+    line = TerminalLine(enabled=not args.quiet)
     try:
         files, new = stage_defined(args.domain, threads=0 if args.threads is None else parse_threads(args.threads),
                                    uri=args.uri, progress=line.meter)
@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         if why_not:
             note(why_not)
         backend: PinBackend | None = stack.enter_context(_open_backend(args, opts)) if do_pin else None
-        line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+        line = TerminalLine(enabled=not args.quiet)
         stack.callback(line.clear)
         report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
                           min_chunk=opts.min_chunk, progress=line.meter("prefault"))
