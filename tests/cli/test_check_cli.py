@@ -91,6 +91,15 @@ def test_a_host_without_iommu_or_modules_exits_4(tmp_path: Path) -> None:
     assert "this kernel loads no modules" in line(lines, "fail  module vfio-pci:")
 
 
+def test_a_sysfs_root_that_is_no_sysfs_tree_is_refused(tmp_path: Path) -> None:
+    """Not read as an empty host, nor (a missing /NAME has / for its parent) as this host."""
+    for root in (tmp_path / "missing", Path("/no-such-vfiotask-tree")):
+        result = run_cli("check", "--sysfs-root", str(root))
+        assert result.returncode == 2 and result.stdout == "", result.stdout
+        assert result.stderr == f"vfiotask: {root} is not a sysfs tree (no bus/pci/devices); give --sysfs-root a " \
+            "directory laid out like /sys, e.g. fixtures/sysfs/viable/sys\n"
+
+
 def test_unreadable_xml_is_one_line_and_exit_2(tmp_path: Path) -> None:
     status, _, err = check("--xml", str(tmp_path / "none.xml"))
     assert status == 2 and err.startswith("vfiotask: cannot read --xml") and err.count("\n") == 1

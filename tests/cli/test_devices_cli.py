@@ -71,3 +71,16 @@ def test_not_a_sysfs_tree(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("vfiotask: ") and "not a sysfs tree" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_device_with_unreadable_ids_is_listed_without_names(tmp_path: Path) -> None:
+    """A hand-made tree whose vendor file holds junk: the device is listed, unnamed, no traceback."""
+    import shutil
+
+    tree = tmp_path / "viable"
+    shutil.copytree(sysfs("viable"), tree, symlinks=True)
+    (tree / "devices/pci0000:00/0000:00:1f.6/vendor").write_text("zz\u00b2\n")
+    result = run_cli("devices", "--json", "--sysfs-root", str(tree))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    nic = next(d for g in json.loads(result.stdout)["groups"] for d in g["devices"] if d["address"] == "0000:00:1f.6")
+    assert (nic["vendor_name"], nic["model_name"]) == (None, None)

@@ -41,6 +41,9 @@ def test_policy_threads_stay_within_the_cpus_we_may_use() -> None:
     (["--domain", "x", "--threads", "\u00b2"], "--threads"),
     (["--domain", "a/b"], "not usable"),
     ([], "--domain"),
+    (["--domain", "x", "--prepared", "--threads", "4"], "--threads do not apply to tune --prepared"),
+    (["--domain", "x", "--prepared", "--undo", "--json"], "--json do not apply to tune --prepared"),
+    (["--domain", "x", "--prepared", "--file-backed", "--threads", "\u00b2"], "--threads, --file-backed do not"),
 ])
 def test_bad_input_exits_2(args: list[str], needle: str) -> None:
     result = run_cli("tune", *args)

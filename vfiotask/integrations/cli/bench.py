@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from vfiotask.integrations.progress import TerminalLine
 
     checked = options(args)
-    plot = getattr(args, "plot", None)
+    plot = args.plot
     if plot is not None:
         from vfiotask.errors import UsageError
         from vfiotask.integrations.bench.plot import require_matplotlib

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from vfiotask.devices import SYSFS_ROOT_ENV, sysfs_root_from_env
+from vfiotask.devices.discovery import require_sysfs_tree
 from vfiotask.errors import UsageError, describe_exception
 from vfiotask.integrations.check.findings import Finding, exit_status
 from vfiotask.integrations.check.guest import guest_findings
@@ -59,6 +60,8 @@ def collect(args: argparse.Namespace) -> list[Finding]:
     if args.uri != DEFAULT_URI and args.domain is None:
         raise UsageError("--uri only applies with --domain", hint="add --domain NAME, or drop --uri")
     sysfs = sysfs_root_from_env(args.sysfs_root)
+    if sysfs is not None:
+        require_sysfs_tree(sysfs)
     probe = Probe(root=sysfs.absolute().parent) if sysfs is not None else Probe()
     findings = host_findings(probe)
     xml = _domain_xml(args)

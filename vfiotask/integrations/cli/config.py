@@ -14,8 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Show every setting in force and where it came from: default, file (/etc/vfiotask/config.toml "
         "or $VFIOTASK_CONFIG), env, or a command's flag. A bad file is one error (exit 2).",
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
-    actions.required = True
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser), required=True)
     show = actions.add_parser("show", help="print the effective settings and their sources")
     show.add_argument("--json", action="store_true", help="print the settings as one JSON object")
     show.set_defaults(handler=run_show)

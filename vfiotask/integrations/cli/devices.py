@@ -27,8 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _device(device: PciDevice, host: Any) -> dict[str, Any]:
-    vendor, model = pci_names(int(device.vendor, 16), int(device.device, 16))
+    ids = [_pci_id(device.vendor), _pci_id(device.device)]
+    vendor, model = pci_names(ids[0], ids[1]) if None not in ids else (None, None)
     return {**device.to_dict(), "vendor_name": vendor, "model_name": model, "host_uses": uses_of(device, host.paths)}
+
+
+def _pci_id(text: str) -> int | None:
+    """A vendor or device ID as the kernel writes it (4 hex digits), or None for what a damaged
+    or hand-made tree holds instead: such a device is listed without names, not a traceback."""
+    if len(text) != 4 or not set(text) <= set("0123456789abcdefABCDEF"):
+        return None
+    return int(text, 16)
 
 
 def collect(sysfs_root: Path | None) -> dict[str, Any]:

@@ -11,7 +11,6 @@ generate, not to run: the generated files ship in the package (vfiotask/share).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -108,7 +107,6 @@ def generate() -> dict[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     target = Path(argv[0]) if argv else SHARE
-    os.environ.pop("VFIOTASK_SYSFS_ROOT", None)  # a default taken from it would end up in the manual
     for relative, text in generate().items():
         path = target / relative
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=f"Install vfiotask's qemu hook (a shim running hooks/qemu) as HOOKS_DIR/qemu.d/{HOOK_NAME}, "
         "or remove it; show what it holds; free staged RAM.",
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
-    actions.required = True
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser), required=True)
     for action, handler, text in (("install", run_install, "install the hook"),
                                   ("uninstall", run_uninstall, "remove the hook")):
         sub = actions.add_parser(action, help=text)

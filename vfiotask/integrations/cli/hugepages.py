@@ -24,8 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Grow hugepage pools for an owner (all nodes at once, nothing kept on a shortfall), "
         "give them back, or show the pools and who holds what.",
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
-    actions.required = True
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser), required=True)
 
     reserve = actions.add_parser("reserve", help="add hugepages to the pools for an owner")
     reserve.add_argument("--size", required=True, help="bytes wanted, e.g. 4G (rounded up to whole pages)")

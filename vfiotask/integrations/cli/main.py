@@ -109,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vfiotask {__version__}",
                         help="print the version and exit")
     _add_common(parser, top=True)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    subparsers.required = True
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"vfiotask.integrations.cli.{name}")
         module.register(subparsers)
@@ -166,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdout, sys.stdout = sys.stdout, _GuardedOutput(sys.stdout)
     try:
         return int(args.handler(args))
+    except OutputError as exc:  # `| head`, a full disk: not a bug, so no traceback; before its base class
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())  # the exit flush must not fail again
+        print(f"vfiotask: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_status
     except VfiotaskError as exc:
         if isinstance(exc, TaskFailed) and isinstance(exc.cause, PermissionError):
             exc = NeedsRoot(f"{exc.message} (permission denied)")
@@ -173,17 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except PermissionError as exc:  # a root-only file or interface reached by a normal user: not a bug
         print(f"vfiotask: {NeedsRoot(describe_exception(exc)).one_line()}", file=sys.stderr)
-        return NeedsRoot("").exit_status
+        return NeedsRoot.exit_status
     except Terminated as exc:
         print("vfiotask: terminated; everything taken was released", file=sys.stderr)
         return Interrupted("terminated", signum=exc.signum).exit_status
     except KeyboardInterrupt:
         print("vfiotask: interrupted; everything taken was released", file=sys.stderr)
         return 130
-    except OutputError as exc:  # `| head`, a full disk: not a bug, so no traceback
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())  # the exit flush must not fail again
-        print(f"vfiotask: {exc.one_line()}", file=sys.stderr)
-        return exc.exit_status
     finally:
         sys.stdout = stdout
         signal.signal(signal.SIGTERM, previous)

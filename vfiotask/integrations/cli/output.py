@@ -33,11 +33,12 @@ def iso_time(epoch: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(float(epoch), datetime.UTC).isoformat(timespec="seconds")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """Columns as wide as their widest cell, a header row first; numbers aligned right."""
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, numbers_right: bool = True) -> str:
+    """Columns as wide as their widest cell, a header row first; columns of numbers aligned right
+    unless `numbers_right` is false."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    right = [bool(cells) and all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
+    right = [numbers_right and bool(cells) and all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)).rstrip()

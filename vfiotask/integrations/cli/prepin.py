@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vfiotask.devices.discovery import SYSFS_ROOT_ENV
+from vfiotask.devices.discovery import SYSFS_ROOT_ENV, sysfs_root_from_env
 from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
 from vfiotask.errors import MemlockLimitError, StateDirError, UsageError
 from vfiotask.host.cpus import host_engine
-from vfiotask.integrations.cli.output import note, print_json
+from vfiotask.integrations.cli.output import note, print_json, table
 from vfiotask.integrations.progress import TerminalLine
 from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="IOVA the region is mapped at (default 4 GiB: above the x86 interrupt window, as QEMU maps high RAM)",
     )
     parser.add_argument(
-        "--sysfs-root", type=Path, default=os.environ.get(SYSFS_ROOT_ENV) or None, metavar="DIR",
+        "--sysfs-root", type=Path, metavar="DIR",
         help=f"sysfs tree to read devices from (env {SYSFS_ROOT_ENV})",
     )
     parser.add_argument("--domain", metavar="NAME", help="prepare the RAM of libvirt domain NAME instead")
@@ -178,7 +178,7 @@ def _open_backend(args: argparse.Namespace, opts: Options) -> contextlib.Abstrac
             group=opts.group,
             device=args.device,
             iova=opts.iova,
-            sysfs_root=args.sysfs_root,
+            sysfs_root=sysfs_root_from_env(args.sysfs_root),
         )
         return manager
     return contextlib.nullcontext(MlockBackend())
@@ -235,9 +235,7 @@ def render_table(data: dict[str, Any]) -> str:
         f"{data['gib_per_s']:.2f}",
         format_size(data["locked_bytes"]) + (f" ({data['pin']})" if data["pin"] != "none" else ""),
     ]
-    widths = [max(len(h), len(c)) for h, c in zip(headers, row, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in (headers, row)]
-    return "\n".join(lines)
+    return table(headers, [row], numbers_right=False)
 
 
 PINS_JOURNAL = "pins"
@@ -295,7 +293,7 @@ def run_domain(args: argparse.Namespace) -> int:
     """`prepin --domain NAME`: stage a stopped guest's RAM files for its next start."""
     from vfiotask.integrations.libvirt.ahead import stage_defined
 
-    line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+    line = TerminalLine(enabled=not args.quiet)
     try:
         files, new = stage_defined(args.domain, threads=0 if args.threads is None else parse_threads(args.threads),
                                    uri=args.uri, progress=line.meter)
@@ -321,8 +319,7 @@ def run_domain(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if hasattr(args, "defaults"):
-        refuse_ignored(args, args.defaults)
+    refuse_ignored(args, args.defaults)
     if args.domain:
         return run_domain(args)
     opts = options(args)
@@ -334,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         if why_not:
             note(why_not)
         backend: PinBackend | None = stack.enter_context(_open_backend(args, opts)) if do_pin else None
-        line = TerminalLine(enabled=not getattr(args, "quiet", 0))
+        line = TerminalLine(enabled=not args.quiet)
         stack.callback(line.clear)
         report = prefault(region, engine=opts.engine, max_threads=opts.max_threads, helpers=opts.helpers,
                           min_chunk=opts.min_chunk, progress=line.meter("prefault"))

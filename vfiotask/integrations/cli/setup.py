@@ -12,8 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="put the recommended host configuration in place (or take it away)",
         description="Configure the host for vfiotask's recommended guest RAM: see docs/libvirt.md.",
     )
-    actions = parser.add_subparsers(dest="what", metavar="WHAT", parser_class=type(parser))
-    actions.required = True
+    actions = parser.add_subparsers(dest="what", metavar="WHAT", parser_class=type(parser), required=True)
     backing = actions.add_parser(
         "memory-backing",
         help="hugetlbfs memory_backing_dir: a mount unit, the mount, qemu.conf (diff shown, backup kept)",

@@ -62,6 +62,11 @@ def run_prepared(args: argparse.Namespace) -> int:
 
     if args.undo and not args.prepared:
         raise UsageError("--undo undoes --prepared", hint="give both: --prepared --undo")
+    ignored = [option for option, given in (("--threads", args.threads != "auto"), ("--file-backed", args.file_backed),
+                                            ("--json", args.json)) if given]
+    if ignored:  # refused, not silently ignored: a user who wrote them expects them to act
+        raise UsageError(f"{', '.join(ignored)} do not apply to tune --prepared",
+                         hint="drop them, or tune without --prepared")
     name = args.domain
     state, before, after = prepare_defined(name, undo=args.undo, dry_run=args.dry_run, uri=args.uri)
     if state == "not tuned":
