@@ -19,9 +19,8 @@ from pathlib import Path
 
 from vfiotask.errors import VfiotaskError
 from vfiotask.host import libc
-from vfiotask.units import align_down
+from vfiotask.units import GiB, align_down
 
-GiB = 1 << 30
 DEFAULT_REPEAT = 5
 
 

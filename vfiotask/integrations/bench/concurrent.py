@@ -25,9 +25,9 @@ from typing import Any
 
 from vfiotask.errors import HostStateError, ResourceError
 from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.integrations.libvirt.ours import NAMESPACE as NS
 from vfiotask.units import MiB, format_size
 
-NS = "https://vfiotask.org/xmlns/1"
 GUESTS = 4
 DEFAULT_SIZE = 512 * MiB
 HOOK_CODE = "import sys\nfrom vfiotask.integrations.libvirt.hook import main\nsys.exit(main(sys.argv))\n"
