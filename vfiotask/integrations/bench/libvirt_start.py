@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.integrations.bench.common import BenchOptions, grown_pool
 from vfiotask.integrations.libvirt.ours import NAMESPACE as NS
 from vfiotask.units import GiB, MiB, format_size
 
@@ -156,24 +156,6 @@ def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 *
 
 
 @contextlib.contextmanager
-def _pool(pages: int) -> Iterator[None]:
-    """`pages` more 2 MiB pages in the pool (an administrator's boot-time pool); put back after."""
-    from vfiotask.errors import HugepageShortageError
-    from vfiotask.host.hugepages import HugepagePools
-
-    pools = HugepagePools()
-    before = pools.state(HUGE_2M).total
-    try:
-        got = pools.set_total(HUGE_2M, before + pages)
-        if got < before + pages:
-            raise HugepageShortageError(f"the 2.0 MiB pool grew by {got - before} of {pages} pages",
-                                        hint="free memory or benchmark a smaller --size")
-        yield
-    finally:
-        pools.set_total(HUGE_2M, before)
-
-
-@contextlib.contextmanager
 def backing_dir(config: str, size: int) -> Iterator[Path | None]:
     """The memory_backing_dir for a configuration: None lets PrivateLibvirt make one on /dev/shm."""
     if config == "tmpfs":
@@ -187,7 +169,7 @@ def backing_dir(config: str, size: int) -> Iterator[Path | None]:
         subprocess.run(["mount", *options, str(path)], check=True, capture_output=True)
         try:
             if config == "hugetlbfs":
-                with _pool(size // HUGE_2M):
+                with grown_pool(size // HUGE_2M):
                     yield path
             else:
                 yield path
