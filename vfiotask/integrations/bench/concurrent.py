@@ -25,19 +25,12 @@ from typing import Any
 from vfiotask.errors import ResourceError
 from vfiotask.integrations.bench.common import BenchOptions
 from vfiotask.integrations.bench.hookrun import HookRunner
-from vfiotask.integrations.libvirt.ours import NAMESPACE as NS
+from vfiotask.integrations.bench.libvirt_start import guest_xml
 from vfiotask.units import MiB, format_size
 
 GUESTS = 4
 DEFAULT_SIZE = 512 * MiB
 HOOK_CODE = "import sys\nfrom vfiotask.integrations.libvirt.hook import main\nsys.exit(main(sys.argv))\n"
-
-
-def guest_xml(name: str, size: int, domain_id: int) -> str:
-    return (f"<domain type='kvm' id='{domain_id}'><name>{name}</name><memory unit='KiB'>{size // 1024}</memory>"
-            f"<metadata><vfiotask:config xmlns:vfiotask='{NS}'/></metadata>"
-            "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
-            "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>\n")
 
 
 def _size(options: BenchOptions) -> int:
@@ -57,7 +50,8 @@ def measure(size: int, repeat: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vfiotask-bench-concurrent-"))
     backing = Path(tempfile.mkdtemp(prefix="vfiotask-bench-concurrent-", dir="/dev/shm"))
     hook = HookRunner([sys.executable, "-c", HOOK_CODE], workdir, backing, hint="run the suite with a smaller --size")
-    guests = [(f"bench{index}", guest_xml(f"bench{index}", size, 100 + index)) for index in range(GUESTS)]
+    guests = [(f"bench{index}", guest_xml(f"bench{index}", size, ours=True, immediate=False, guest_id=100 + index))
+              for index in range(GUESTS)]
 
     def together() -> float:
         began = time.monotonic()
