@@ -158,3 +158,36 @@ def test_hugepages_suite_refuses_a_size_beyond_the_benchmark_budget_before_touch
     assert result.returncode == 3
     assert result.stderr.startswith("vfiotask: --size 20.0 GiB keeps more than a benchmark may take")
     assert {path: path.read_text() for path in pools} == pools
+
+
+def test_every_suite_says_which_options_it_takes() -> None:
+    from vfiotask.integrations.cli.bench import APPLIES, SUITES
+
+    assert set(APPLIES) == set(SUITES)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["concurrent", "--threads", "2"], "--threads do not apply to bench concurrent"),
+        (["libvirt", "--backing", "nope"], "libvirt configurations are tmpfs, tmpfs-huge, hugetlbfs"),
+    ],
+)
+def test_a_suites_options_are_checked_in_one_line(args: list[str], words: str) -> None:
+    result = run_cli("bench", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vfiotask: ") and words in lines[0]
+
+
+def test_concurrent_suite_runs_the_hook_for_every_guest_and_leaves_nothing_behind() -> None:
+    def leftovers() -> set[Path]:
+        return {path for root in ("/dev/shm", "/tmp") for path in Path(root).glob("vfiotask-bench-concurrent-*")}
+
+    before = leftovers()
+    result = run_cli("bench", "concurrent", "--size", "16M", "--repeat", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["guests"] == 4 and data["size"] == 16 * MiB
+    assert {name: len(v["seconds"]) for name, v in data["variants"].items()} == {"together": 1, "serial": 1}
+    assert leftovers() == before

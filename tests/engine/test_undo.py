@@ -168,3 +168,13 @@ def test_a_malformed_fault_spec_is_refused_before_any_chunk(monkeypatch: pytest.
     with pytest.raises(UsageError, match="is not JOB:K"):
         private_engine(cpus=2).run(Task.over_range("other", 0, 64, lambda s, e: ran.append((s, e)), min_chunk=8))
     assert ran == []
+
+
+@pytest.mark.parametrize("field", ["min_chunk", "align", "chunks_per_thread"])
+def test_a_task_with_a_zero_setting_is_refused_naming_it(field: str) -> None:
+    ran: list[tuple[int, int]] = []
+    task = Task.over_range("zero", 0, 64, lambda s, e: ran.append((s, e)), **{field: 0})
+    with pytest.raises(UsageError, match=f"{field} 0") as refused:
+        private_engine(cpus=2).run(task)
+    assert field in (refused.value.hint or "")
+    assert ran == []

@@ -345,8 +345,9 @@ def _validate(task: Task) -> None:
                              hint="describe each part as (start >= 0, size >= 0, node)")
     if task.min_chunk < 1 or task.align < 1 or task.max_threads < 0 or task.chunks_per_thread < 1:
         raise UsageError(
-            f"task {task.name!r}: min_chunk {task.min_chunk}, align {task.align}, max_threads {task.max_threads}",
-            hint="min_chunk and align must be at least 1, max_threads 0 (default cap) or more",
+            f"task {task.name!r}: min_chunk {task.min_chunk}, align {task.align}, max_threads {task.max_threads}, "
+            f"chunks_per_thread {task.chunks_per_thread}",
+            hint="min_chunk, align and chunks_per_thread must be at least 1, max_threads 0 (default cap) or more",
         )
     if task.helpers is HelperKind.PROCESS and task.process_chunk_factory is None:
         raise UsageError(f"task {task.name!r} asks for helper processes but has no process_chunk_factory",

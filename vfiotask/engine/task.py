@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from vfiotask.engine.plan import Plan
+from vfiotask.engine.plan import CHUNKS_PER_THREAD, Plan
 
 ChunkFn = Callable[[int, int], None]
 """Does the work for `[start, end)`; returns, or raises after undoing its own partial work."""
@@ -60,7 +60,7 @@ class Task:
     progress: ProgressFn | None = None
     helpers: HelperKind = HelperKind.THREAD
     process_chunk_factory: Callable[[], ChunkFn] | None = None
-    chunks_per_thread: int = 4  # plan.CHUNKS_PER_THREAD
+    chunks_per_thread: int = CHUNKS_PER_THREAD
     """Load balancing: more, smaller chunks shorten the tail when one worker runs slower (a helper
     at nice 19 next to other work); each chunk costs a claim and a call."""
 

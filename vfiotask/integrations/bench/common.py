@@ -17,11 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vfiotask.errors import VfiotaskError
+from vfiotask.errors import HugepageShortageError, VfiotaskError
 from vfiotask.host import libc
-from vfiotask.units import align_down
+from vfiotask.units import GiB, MiB, align_down
 
-GiB = 1 << 30
 DEFAULT_REPEAT = 5
 
 
@@ -198,3 +197,23 @@ def removing(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def grown_pool(pages: int) -> Iterator[None]:
+    """`pages` more 2 MiB pages in the host's pool (an administrator's boot-time pool), all or
+    none: a shortfall is refused before anything is measured.  The pool is put back afterwards."""
+    from vfiotask.host.hugepages import HugepagePools
+
+    pools = HugepagePools()
+    before = pools.state(2 * MiB).total
+    try:
+        got = pools.set_total(2 * MiB, before + pages)
+        if got - before < pages:
+            raise HugepageShortageError(
+                f"the 2.0 MiB pool grew by {got - before} pages, {pages} needed for the benchmark",
+                hint="free memory or benchmark a smaller --size",
+            )
+        yield
+    finally:
+        pools.set_total(2 * MiB, before)

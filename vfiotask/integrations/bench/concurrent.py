@@ -16,58 +16,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from vfiotask.errors import HostStateError, ResourceError
+from vfiotask.errors import ResourceError
 from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.integrations.bench.hookrun import HookRunner
+from vfiotask.integrations.bench.libvirt_start import guest_xml
 from vfiotask.units import MiB, format_size
 
-NS = "https://vfiotask.org/xmlns/1"
 GUESTS = 4
 DEFAULT_SIZE = 512 * MiB
 HOOK_CODE = "import sys\nfrom vfiotask.integrations.libvirt.hook import main\nsys.exit(main(sys.argv))\n"
-
-
-def guest_xml(name: str, size: int, domain_id: int) -> str:
-    return (f"<domain type='kvm' id='{domain_id}'><name>{name}</name><memory unit='KiB'>{size // 1024}</memory>"
-            f"<metadata><vfiotask:config xmlns:vfiotask='{NS}'/></metadata>"
-            "<memoryBacking><source type='file'/><access mode='shared'/></memoryBacking>"
-            "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>\n")
-
-
-class HookRunner:
-    """The hook as libvirtd runs it, against a private state dir and memory_backing_dir."""
-
-    def __init__(self, workdir: Path, backing: Path) -> None:
-        self.backing = backing
-        self.conf = workdir / "qemu.conf"
-        self.conf.write_text(f'memory_backing_dir = "{backing}"\n')
-        self.state = workdir / "state"
-        self.env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root",
-                    "VFIOTASK_STATE_DIR": str(self.state), "VFIOTASK_LIBVIRT_QEMU_CONF": str(self.conf)}
-
-    def start(self, name: str, phase: str, subphase: str, xml: str) -> subprocess.Popen[bytes]:
-        """Start the hook; the XML comes from a file, as a pipe libvirtd has already filled would."""
-        document = self.state.parent / f"{name}.xml"
-        document.write_text(xml)
-        with open(document, "rb") as stdin:
-            return subprocess.Popen([sys.executable, "-c", HOOK_CODE, name, phase, subphase, "-"],
-                                    stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
-
-    @staticmethod
-    def wait(processes: list[subprocess.Popen[bytes]]) -> None:
-        failures = []
-        for process in processes:
-            _out, err = process.communicate(timeout=600)
-            if process.returncode != 0:
-                failures.append(err.decode(errors="replace").strip())
-        if failures:
-            raise HostStateError(f"the hook failed: {failures[0]}", hint="run the suite with a smaller --size")
 
 
 def _size(options: BenchOptions) -> int:
@@ -86,8 +49,9 @@ def measure(size: int, repeat: int) -> dict[str, Any]:
 
     workdir = Path(tempfile.mkdtemp(prefix="vfiotask-bench-concurrent-"))
     backing = Path(tempfile.mkdtemp(prefix="vfiotask-bench-concurrent-", dir="/dev/shm"))
-    hook = HookRunner(workdir, backing)
-    guests = [(f"bench{index}", guest_xml(f"bench{index}", size, 100 + index)) for index in range(GUESTS)]
+    hook = HookRunner([sys.executable, "-c", HOOK_CODE], workdir, backing, hint="run the suite with a smaller --size")
+    guests = [(f"bench{index}", guest_xml(f"bench{index}", size, ours=True, immediate=False, guest_id=100 + index))
+              for index in range(GUESTS)]
 
     def together() -> float:
         began = time.monotonic()

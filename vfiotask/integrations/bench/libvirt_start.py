@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.integrations.bench.common import BenchOptions, grown_pool
+from vfiotask.integrations.bench.hookrun import HookRunner
 from vfiotask.integrations.libvirt.ours import NAMESPACE as NS
 from vfiotask.units import GiB, MiB, format_size
 
@@ -104,18 +105,6 @@ def _size(options: BenchOptions) -> int:
     return size
 
 
-def _run_hook(hook: str, name: str, phase: str, subphase: str, xml: str, env: dict[str, str]) -> float:
-    began = time.monotonic()
-    result = subprocess.run([hook, name, phase, subphase, "-"], input=xml.encode(), env=env, capture_output=True)
-    took = time.monotonic() - began
-    if result.returncode != 0:
-        from vfiotask.errors import VfiotaskError
-
-        raise VfiotaskError(f"the hook failed on {phase} {subphase}: {result.stderr.decode().strip()}",
-                            hint="run the hook's tests (tests/libvirt)")
-    return took
-
-
 def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 * MiB) -> dict[str, dict[str, float]]:
     """Median wall time of the installed hook per phase, for a prepared guest and one not ours.
 
@@ -128,23 +117,18 @@ def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 *
 
     times: dict[str, dict[str, list[float]]] = {"not ours": {}, "prepared": {}}
     with tempfile.TemporaryDirectory(prefix="vfiotask-bench-hook-") as scratch:
-        conf = Path(scratch) / "qemu.conf"
-        conf.write_text(f'memory_backing_dir = "{backing_dir}"\n')
-        state = Path(scratch) / "state"
-        env = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-               "VFIOTASK_STATE_DIR": str(state), "VFIOTASK_LIBVIRT_QEMU_CONF": str(conf)}
+        runner = HookRunner([hook], Path(scratch), backing_dir, hint="run the hook's tests (tests/libvirt)")
         guests = {"not ours": guest_xml("bench-plain", size, ours=False, guest_id=901, dac="+0:+0"),
                   "prepared": guest_xml("bench-prep", size, ours=True, guest_id=902, dac="+0:+0")}
         saved = {key: os.environ.get(key) for key in ("VFIOTASK_STATE_DIR", "VFIOTASK_LIBVIRT_QEMU_CONF")}
-        os.environ.update({key: env[key] for key in saved})
+        os.environ.update({key: runner.env[key] for key in saved})
         try:
             for _ in range(runs):
-                stage(parse_domain(guests["prepared"]), conf=conf, journal=GuestJournal(state))
+                stage(parse_domain(guests["prepared"]), conf=runner.conf, journal=GuestJournal(runner.state))
                 for kind, xml in guests.items():
                     name = "bench-plain" if kind == "not ours" else "bench-prep"
                     for phase, subphase in PHASES:
-                        took = _run_hook(hook, name, phase, subphase, xml, env)
-                        times[kind].setdefault(phase, []).append(took)
+                        times[kind].setdefault(phase, []).append(runner.timed(name, phase, subphase, xml))
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -153,24 +137,6 @@ def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 *
                     os.environ[key] = value
     return {kind: {phase: round(statistics.median(values) * 1000, 2) for phase, values in per.items()}
             for kind, per in times.items()}
-
-
-@contextlib.contextmanager
-def _pool(pages: int) -> Iterator[None]:
-    """`pages` more 2 MiB pages in the pool (an administrator's boot-time pool); put back after."""
-    from vfiotask.errors import HugepageShortageError
-    from vfiotask.host.hugepages import HugepagePools
-
-    pools = HugepagePools()
-    before = pools.state(HUGE_2M).total
-    try:
-        got = pools.set_total(HUGE_2M, before + pages)
-        if got < before + pages:
-            raise HugepageShortageError(f"the 2.0 MiB pool grew by {got - before} of {pages} pages",
-                                        hint="free memory or benchmark a smaller --size")
-        yield
-    finally:
-        pools.set_total(HUGE_2M, before)
 
 
 @contextlib.contextmanager
@@ -187,7 +153,7 @@ def backing_dir(config: str, size: int) -> Iterator[Path | None]:
         subprocess.run(["mount", *options, str(path)], check=True, capture_output=True)
         try:
             if config == "hugetlbfs":
-                with _pool(size // HUGE_2M):
+                with grown_pool(size // HUGE_2M):
                     yield path
             else:
                 yield path

@@ -24,12 +24,11 @@ from typing import Any
 
 from vfiotask.engine import CpuPolicy, HelperKind
 from vfiotask.engine.priority import LOWEST
-from vfiotask.errors import HugepageShortageError, UsageError
+from vfiotask.errors import UsageError
 from vfiotask.host.cpus import host_engine
-from vfiotask.host.hugepages import HugepagePools
 from vfiotask.host.mounts import mount_of
 from vfiotask.integrations.bench import common, qemu
-from vfiotask.integrations.bench.common import BenchOptions
+from vfiotask.integrations.bench.common import BenchOptions, grown_pool
 from vfiotask.jobs.prefault import default_helpers, prefault
 from vfiotask.memory.region import Region, RegionSpec, open_region, recover_files
 from vfiotask.units import MiB, align_down, format_size
@@ -73,26 +72,14 @@ def _hugetlbfs(size: int) -> Iterator[Path]:
     if os.geteuid() != 0:
         raise UsageError("the hugetlbfs backing needs root to mount and size a pool",
                          hint="run as root, or give --backing DIR on an existing hugetlbfs mount")
-    pools = HugepagePools()
-    pages = size // HUGE_2M + 1
-    before = pools.state(HUGE_2M).total
-    with tempfile.TemporaryDirectory(prefix="vfiotask-bench-huge-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="vfiotask-bench-huge-") as scratch, grown_pool(size // HUGE_2M + 1):
         mountpoint = Path(scratch)
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mountpoint)], check=True,
+                       capture_output=True)
         try:
-            got = pools.set_total(HUGE_2M, before + pages)
-            if got - before < pages:
-                raise HugepageShortageError(
-                    f"the 2.0 MiB pool grew by {got - before} pages, {pages} needed for the benchmark",
-                    hint="free memory or benchmark a smaller --size",
-                )
-            subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", str(mountpoint)], check=True,
-                           capture_output=True)
-            try:
-                yield mountpoint
-            finally:
-                subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
+            yield mountpoint
         finally:
-            pools.set_total(HUGE_2M, before)
+            subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
 
 
 def _backing(name: str, size: int, stack: contextlib.ExitStack) -> Backing:

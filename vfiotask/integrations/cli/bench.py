@@ -52,7 +52,8 @@ APPLIES = {
     "prefault": {"size", "backing", "threads", "repeat", "no_qemu"},
     "engine": {"repeat"},
     "vfio": {"size", "threads", "repeat"},
-    "libvirt": {"size", "repeat"},
+    "libvirt": {"size", "backing", "repeat"},
+    "concurrent": {"size", "repeat"},
     "hugepages": {"size"},
 }
 """The options each suite reads; one it does not read is refused rather than silently ignored."""
