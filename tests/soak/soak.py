@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.hoststate import HostSnapshot, snapshot, vm_lck
+from tests.hoststate import HostSnapshot, snapshot
 from tests.libvirt.xmls import guest_xml
+from vfiotask.host.procfs import status_bytes
 
 PREFIX = "vfiotask-soak-"
 STATE = Path("/run/vfiotask")  # libvirtd gives the hook no environment: it uses the real state dir
@@ -38,7 +39,7 @@ class Sample:
 
 
 def sample(backing: Path, libvirtd: int) -> Sample:
-    return Sample(snapshot(STATE, backing), len(os.listdir(f"/proc/{libvirtd}/fd")), vm_lck(libvirtd))
+    return Sample(snapshot(STATE, backing), len(os.listdir(f"/proc/{libvirtd}/fd")), status_bytes("VmLck", libvirtd))
 
 
 def difference(first: Sample, second: Sample) -> dict[str, Any]:
