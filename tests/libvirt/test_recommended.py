@@ -92,7 +92,9 @@ def test_tune_prepared_then_start_maps_ram_in_huge_pages_and_undo(host: dict[str
         virsh("define", str(path))
         tuned = run_cli("tune", "--domain", name, "--prepared", env=host)
         assert tuned.returncode == 0, tuned.stderr
-        assert "-    <hugepages>" in tuned.stdout or "hugepages" in tuned.stdout
+        diff = tuned.stdout.splitlines()
+        assert any(line.startswith("-") and "<hugepages" in line for line in diff), tuned.stdout
+        assert not any(line.startswith("+") and "hugepages" in line for line in diff), tuned.stdout
         domain = parse_domain(virsh("dumpxml", "--inactive", name).stdout)
         assert domain.backing.file_backed and not domain.backing.uses_hugepages
 
