@@ -9,10 +9,11 @@ import pytest
 
 from tests.libvirt.conftest import skip_without_libvirt
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.soak]
 CYCLES = 10
 
 
+@pytest.mark.libvirt
+@pytest.mark.soak
 @pytest.mark.usefixtures("host_lock")
 def test_start_stop_cycles_leave_nothing_behind() -> None:
     skip_without_libvirt()
@@ -23,3 +24,14 @@ def test_start_stop_cycles_leave_nothing_behind() -> None:
     assert result["left_behind"] == {}
     assert result["first_difference"] is None
     assert result["clean_cycles"] == CYCLES
+
+
+@pytest.mark.parametrize("argv", [["--cycles", "\uff11"], ["--cycles", "\u00b2"], ["--size-mib", "0"],
+                                  ["--cycles", "9" * 30]])
+def test_a_bad_count_is_one_line_and_exit_2_before_any_libvirtd(argv: list[str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.soak.soak import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"soak: {argv[0]} ") and "whole number" in err[0]
