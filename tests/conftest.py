@@ -50,9 +50,10 @@ def status_field(name: str, pid: int | str = "self") -> int:
     raise KeyError(name)
 
 
-@pytest.fixture
-def host_lock() -> Iterator[None]:
-    """Serialize tests that change host-wide state (hugepage pools, libvirtd) across processes."""
+@contextmanager
+def holding_host_lock() -> Iterator[None]:
+    """Serialize tests that change host-wide state (hugepage pools, libvirtd) across processes;
+    a context manager too, for module-scoped fixtures the `host_lock` fixture cannot serve."""
     HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(HOST_LOCK, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -62,10 +63,21 @@ def host_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _pool_files() -> list[Path]:
-    files = list(HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages"))
-    files += list(Path("/sys/devices/system/node").glob("node*/hugepages/hugepages-*/nr_hugepages"))
-    return files
+@pytest.fixture
+def host_lock() -> Iterator[None]:
+    with holding_host_lock():
+        yield
+
+
+@contextmanager
+def pools_restored() -> Iterator[None]:
+    """Every global hugepage pool is put back as it was when the block ends, also when it fails."""
+    saved = {path: path.read_text() for path in HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages")}
+    try:
+        yield
+    finally:
+        for path, value in saved.items():
+            path.write_text(value)
 
 
 @pytest.fixture
@@ -73,12 +85,8 @@ def hugepage_pools(host_lock: None) -> Iterator[None]:
     """Let a test resize hugepage pools; every pool is put back as it was afterwards."""
     if not is_root():
         pytest.skip("needs root to resize hugepage pools")
-    saved = {path: path.read_text() for path in HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages")}
-    try:
+    with pools_restored():
         yield
-    finally:
-        for path, value in saved.items():
-            path.write_text(value)
 
 
 @pytest.fixture
@@ -157,13 +165,21 @@ def drop_ipc_lock(memlock: int = 8 << 20) -> list[str]:
     return ["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock", "prlimit", f"--memlock={memlock}"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def real_state_dir_restored() -> Iterator[None]:
+@contextmanager
+def real_state_dir_kept_as_found() -> Iterator[None]:
     """Commands run as users run them use /run/vfiotask (libvirtd gives the hook no environment
-    to override it); when the test session created that directory, it goes again at the end."""
+    to override it); when the block created that directory, it goes again at the end."""
     from vfiotask.statedir import DEFAULT_STATE_DIR
 
     existed = DEFAULT_STATE_DIR.exists()
-    yield
-    if not existed:
-        shutil.rmtree(DEFAULT_STATE_DIR, ignore_errors=True)
+    try:
+        yield
+    finally:
+        if not existed:
+            shutil.rmtree(DEFAULT_STATE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def real_state_dir_restored() -> Iterator[None]:
+    with real_state_dir_kept_as_found():
+        yield

@@ -117,10 +117,3 @@ def snapshot(state: Path, backing: Path | None = None, sys_root: Path | None = N
         drivers=fixture_drivers(sys_root),
     )
 
-
-def vm_lck(pid: int | str = "self") -> int:
-    """VmLck of a process in bytes, as the kernel reports it."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmLck:"):
-            return int(line.split()[1]) * 1024
-    return 0

@@ -8,14 +8,19 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.conftest import REPO
 
 HOOK = REPO / "hooks" / "qemu"
+
+if TYPE_CHECKING:
+    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
 
 
 @dataclass
@@ -91,3 +96,21 @@ def skip_without_libvirt() -> None:
         pytest.skip("no /dev/kvm")
     if missing_tools():
         pytest.skip(f"not installed: {', '.join(missing_tools())}")
+
+
+@contextmanager
+def running_private_libvirt(**options: Any) -> Iterator[PrivateLibvirt]:
+    """A private libvirtd for the block; the tests skip, saying why, when it cannot start (a
+    failure inside the block is the test's own, not a skip)."""
+    from vfiotask.errors import HostStateError
+    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
+
+    private = PrivateLibvirt(**options)
+    try:
+        private.__enter__()
+    except HostStateError as exc:
+        pytest.skip(f"cannot run a private libvirtd: {exc}")
+    try:
+        yield private
+    finally:
+        private.__exit__(None, None, None)

@@ -8,17 +8,15 @@ and fault injection reaches it through the guest's `<vfiotask:config fail=...>` 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import HOST_LOCK, HUGEPAGES_SYSFS
-from tests.libvirt.conftest import skip_without_libvirt
+from tests.conftest import HUGEPAGES_SYSFS, holding_host_lock, pools_restored, real_state_dir_kept_as_found
+from tests.libvirt.conftest import running_private_libvirt, skip_without_libvirt
 from tests.libvirt.xmls import guest_xml
 
 pytestmark = pytest.mark.libvirt
@@ -32,29 +30,10 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def lab() -> Iterator[object]:
     skip_without_libvirt()
-    from vfiotask.errors import HostStateError
-    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
-
-    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(HOST_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        pools = {p: p.read_text() for p in HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages")}
-        state_existed = STATE.exists()  # the hook under libvirtd uses the real state dir
-        try:
-            try:
-                private = PrivateLibvirt(guest_prefix=PREFIX)
-                private.__enter__()
-            except HostStateError as exc:
-                pytest.skip(f"cannot run a private libvirtd: {exc}")
-            try:
-                yield private
-            finally:
-                private.__exit__(None, None, None)
-        finally:
-            for path, value in pools.items():
-                path.write_text(value)
-            if not state_existed:
-                shutil.rmtree(STATE, ignore_errors=True)
+    # the hook under libvirtd uses the real state dir
+    with holding_host_lock(), pools_restored(), real_state_dir_kept_as_found(), \
+            running_private_libvirt(guest_prefix=PREFIX) as private:
+        yield private
 
 
 def journal() -> dict[str, dict[str, object]]:

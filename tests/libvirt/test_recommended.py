@@ -9,7 +9,6 @@ Whatever happens, qemu.conf, the unit files, the mount and the pools are put bac
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,14 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HOST_LOCK, HUGEPAGES_SYSFS, run_cli
-from tests.libvirt.conftest import skip_without_libvirt
+from tests.conftest import HUGEPAGES_SYSFS, holding_host_lock, pools_restored, real_state_dir_kept_as_found, run_cli
+from tests.libvirt.conftest import running_private_libvirt, skip_without_libvirt
 from tests.libvirt.xmls import guest_xml
 
 pytestmark = pytest.mark.libvirt
 
 PREFIX = "vfiotask-rec-"
-STATE = Path("/run/vfiotask")
 MOUNT = Path("/dev/hugepages2M")
 UNIT = Path("/etc/systemd/system/dev-hugepages2M.mount")
 WANTS = Path("/etc/systemd/system/local-fs.target.wants")
@@ -39,33 +37,19 @@ def _mounted(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     skip_without_libvirt()
-    from vfiotask.errors import HostStateError
-    from vfiotask.integrations.bench.libvirtd import PrivateLibvirt
-
     if _mounted(MOUNT) or UNIT.exists():
         pytest.skip(f"{MOUNT} is already configured on this host")
     env = {"VFIOTASK_LIB_DIR": str(tmp_path_factory.mktemp("lib"))}
-    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(HOST_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        pools = {p: p.read_text() for p in HUGEPAGES_SYSFS.glob("hugepages-*/nr_hugepages")}
+    with holding_host_lock(), pools_restored(), real_state_dir_kept_as_found():
         conf = QEMU_CONF.read_text()
         backup = QEMU_CONF.with_name("qemu.conf.vfiotask-backup")
         backup_existed = backup.exists()
         wants_existed = WANTS.exists()
-        state_existed = STATE.exists()
         try:
             applied = run_cli("setup", "memory-backing", env=env)
             assert applied.returncode == 0, applied.stderr
-            try:
-                private = PrivateLibvirt(guest_prefix=PREFIX, set_backing_dir=False, hugetlbfs=False)
-                private.__enter__()
-            except HostStateError as exc:
-                pytest.skip(f"cannot run a private libvirtd: {exc}")
-            try:
+            with running_private_libvirt(guest_prefix=PREFIX, set_backing_dir=False, hugetlbfs=False):
                 yield env
-            finally:
-                private.__exit__(None, None, None)
         finally:
             subprocess.run(["umount", "-l", str(MOUNT)], capture_output=True, check=False)
             with open(QEMU_CONF, "w") as handle:
@@ -78,10 +62,6 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                 backup.unlink(missing_ok=True)
             if MOUNT.is_dir() and not _mounted(MOUNT):
                 MOUNT.rmdir()
-            for path, value in pools.items():
-                path.write_text(value)
-            if not state_existed:
-                shutil.rmtree(STATE, ignore_errors=True)
 
 
 def _kernel_page_sizes(pid: int, needle: str) -> set[str]:
@@ -112,7 +92,9 @@ def test_tune_prepared_then_start_maps_ram_in_huge_pages_and_undo(host: dict[str
         virsh("define", str(path))
         tuned = run_cli("tune", "--domain", name, "--prepared", env=host)
         assert tuned.returncode == 0, tuned.stderr
-        assert "-    <hugepages>" in tuned.stdout or "hugepages" in tuned.stdout
+        diff = tuned.stdout.splitlines()
+        assert any(line.startswith("-") and "<hugepages" in line for line in diff), tuned.stdout
+        assert not any(line.startswith("+") and "hugepages" in line for line in diff), tuned.stdout
         domain = parse_domain(virsh("dumpxml", "--inactive", name).stdout)
         assert domain.backing.file_backed and not domain.backing.uses_hugepages
 

@@ -23,8 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.hoststate import HostSnapshot, snapshot, vm_lck
+from tests.hoststate import HostSnapshot, snapshot
 from tests.libvirt.xmls import guest_xml
+from vfiotask.errors import UsageError
+from vfiotask.host.procfs import status_bytes
+from vfiotask.units import parse_count
 
 PREFIX = "vfiotask-soak-"
 STATE = Path("/run/vfiotask")  # libvirtd gives the hook no environment: it uses the real state dir
@@ -38,7 +41,7 @@ class Sample:
 
 
 def sample(backing: Path, libvirtd: int) -> Sample:
-    return Sample(snapshot(STATE, backing), len(os.listdir(f"/proc/{libvirtd}/fd")), vm_lck(libvirtd))
+    return Sample(snapshot(STATE, backing), len(os.listdir(f"/proc/{libvirtd}/fd")), status_bytes("VmLck", libvirtd))
 
 
 def difference(first: Sample, second: Sample) -> dict[str, Any]:
@@ -111,11 +114,17 @@ def _soak(name: str, cycles: int, size_mib: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.soak.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=200, help="start/stop cycles after the warm-up (default 200)")
-    parser.add_argument("--size-mib", type=int, default=64, help="guest RAM in MiB (default 64)")
+    parser.add_argument("--cycles", default="200", help="start/stop cycles after the warm-up (default 200)")
+    parser.add_argument("--size-mib", default="64", help="guest RAM in MiB (default 64)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = soak(args.cycles, args.size_mib)
+    try:
+        cycles = parse_count(args.cycles, "--cycles", minimum=0)
+        size_mib = parse_count(args.size_mib, "--size-mib")
+    except UsageError as exc:
+        print(f"soak: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_status
+    result = soak(cycles, size_mib)
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True, default=str))
     else:

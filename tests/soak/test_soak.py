@@ -5,31 +5,33 @@ The full run (200 cycles) is `python -m tests.soak.soak`; docs/bench.md has its 
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import is_root
+from tests.libvirt.conftest import skip_without_libvirt
 
-pytestmark = [pytest.mark.libvirt, pytest.mark.soak]
 CYCLES = 10
 
 
+@pytest.mark.libvirt
+@pytest.mark.soak
 @pytest.mark.usefixtures("host_lock")
 def test_start_stop_cycles_leave_nothing_behind() -> None:
-    if not is_root():
-        pytest.skip("needs root to run libvirtd")
-    if not Path("/dev/kvm").exists():
-        pytest.skip("no /dev/kvm")
+    skip_without_libvirt()
     pytest.importorskip("libvirt")
-    from vfiotask.integrations.bench.libvirtd import missing_tools
-
-    if missing_tools() or shutil.which("qemu-system-x86_64") is None:
-        pytest.skip(f"not installed: {', '.join(missing_tools())}")
     from tests.soak.soak import soak
 
     result = soak(CYCLES, 64)
     assert result["left_behind"] == {}
     assert result["first_difference"] is None
     assert result["clean_cycles"] == CYCLES
+
+
+@pytest.mark.parametrize("argv", [["--cycles", "\uff11"], ["--cycles", "\u00b2"], ["--size-mib", "0"],
+                                  ["--cycles", "9" * 30]])
+def test_a_bad_count_is_one_line_and_exit_2_before_any_libvirtd(argv: list[str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.soak.soak import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"soak: {argv[0]} ") and "whole number" in err[0]
