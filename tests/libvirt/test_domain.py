@@ -124,11 +124,13 @@ def test_nodesets() -> None:
 
 
 def test_qemu_memlock_limit_follows_libvirts_rule() -> None:
-    from vfiotask.integrations.libvirt.phases import guest_ram, qemu_memlock_limit
+    from vfiotask.integrations.libvirt.phases import qemu_memlock_limit
 
     gib = 1 << 30
     plain = parse_domain(guest_xml("v", 2048, id=1, hostdevs=["0000:01:00.0", "0000:01:00.1"]))
-    assert guest_ram(plain) == 2 * gib and qemu_memlock_limit(plain) == 3 * gib
+    assert plain.ram == 2 * gib and qemu_memlock_limit(plain) == 3 * gib
+    cells = parse_domain(guest_xml("c", 2048, id=1, cells=[1024, 512]))
+    assert cells.ram_parts == ((0, gib), (1, gib // 2)) and cells.ram == gib + gib // 2
     viommu = parse_domain(guest_xml("v", 2048, id=1, hostdevs=["0000:01:00.0", "0000:01:00.1"]).replace(
         "<memballoon", "<iommu model='intel'/><memballoon"))
     assert qemu_memlock_limit(viommu) == 2 * 2 * gib + gib

@@ -23,7 +23,7 @@ from vfiotask.host.thp import thp_settings
 from vfiotask.integrations.check.findings import Finding, fail, ok, warn
 from vfiotask.integrations.check.host import Probe, backing_kind
 from vfiotask.integrations.libvirt.domain import Domain, Hostdev
-from vfiotask.integrations.libvirt.phases import guest_ram, hugepage_demands, hugetlbfs_page_sizes, qemu_memlock_limit
+from vfiotask.integrations.libvirt.phases import hugepage_demands, hugetlbfs_page_sizes, qemu_memlock_limit
 from vfiotask.integrations.libvirt.placement import Placement, device_placement, placed
 from vfiotask.units import GiB, format_size
 
@@ -104,7 +104,7 @@ def placement_findings(domain: Domain, placement: Placement) -> list[Finding]:
 def memlock_findings(domain: Domain) -> list[Finding]:
     if not domain.hostdevs:
         return []
-    ram = guest_ram(domain)
+    ram = domain.ram
     spaces = len(domain.hostdevs) if domain.has_viommu else 1
     pinned = ram * spaces
     limit = qemu_memlock_limit(domain)
@@ -166,7 +166,7 @@ def hugepage_findings(domain: Domain, probe: Probe) -> list[Finding]:
 def ram_findings(domain: Domain, probe: Probe) -> list[Finding]:
     if domain.backing.uses_hugepages and domain.config.hugepages:
         return []
-    ram = guest_ram(domain)
+    ram = domain.ram
     node = domain.numatune.host_node(None) if not domain.cells else None
     if node is not None and node in (free := free_memory(probe.root)):
         have, where = free[node].mem_free + free[node].file_pages, f"node {node}"

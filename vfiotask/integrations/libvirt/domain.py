@@ -178,6 +178,17 @@ class Domain(NamedTuple):
             raise UsageError(f"domain {self.name!r} has no id", hint="this is only known once libvirt starts it")
         return f"{self.id}-{self.name[:20]}"
 
+    @property
+    def ram_parts(self) -> tuple[tuple[int | None, int], ...]:
+        """(guest cell, bytes) of each part of its RAM: one per <numa> cell, or (None, <memory>)
+        for a guest without cells; libvirt gives each part its own backend and file."""
+        return tuple((cell.id, cell.memory) for cell in self.cells) or ((None, self.memory),)
+
+    @property
+    def ram(self) -> int:
+        """All of the guest's RAM: its cells' sum when it has cells (libvirt's rule), else <memory>."""
+        return sum(memory for _cell, memory in self.ram_parts)
+
     def page_size_for(self, cell: int | None) -> int | None:
         """The hugepage size a guest cell uses (None: the host's default size)."""
         for spec in self.backing.hugepages:

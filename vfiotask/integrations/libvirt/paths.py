@@ -68,9 +68,8 @@ class RamFile(NamedTuple):
 
 
 def ram_files(domain: Domain) -> list[RamFile]:
-    if not domain.cells:
-        return [RamFile("pc.ram", domain.memory, domain.numatune.host_node(None))]
-    return [RamFile(f"ram-node{cell.id}", cell.memory, domain.numatune.host_node(cell.id)) for cell in domain.cells]
+    return [RamFile("pc.ram" if cell is None else f"ram-node{cell}", memory, domain.numatune.host_node(cell))
+            for cell, memory in domain.ram_parts]
 
 
 class Place(NamedTuple):

@@ -94,11 +94,7 @@ def qemu_memlock_limit(domain: Domain) -> int | None:
     if domain.hard_limit is not None:
         return domain.hard_limit
     factor = len(domain.hostdevs) if domain.has_viommu else 1
-    return factor * guest_ram(domain) + GiB
-
-
-def guest_ram(domain: Domain) -> int:
-    return sum(cell.memory for cell in domain.cells) if domain.cells else domain.memory
+    return factor * domain.ram + GiB
 
 
 def check_memlock(domain: Domain) -> None:
@@ -106,7 +102,7 @@ def check_memlock(domain: Domain) -> None:
         return  # nothing will be pinned; and the accountant's imports (psutil) cost every start
     from vfiotask.memory.accountant import LockedMemoryAccountant
 
-    ram = guest_ram(domain)
+    ram = domain.ram
     try:
         LockedMemoryAccountant.for_budget(qemu_memlock_limit(domain), owner="QEMU").check(ram, "the guest's RAM")
     except MemlockLimitError as exc:
@@ -135,8 +131,7 @@ def hugetlbfs_page_sizes(host_root: Path, default: int | None) -> set[int]:
 def hugepage_demands(domain: Domain, default: int) -> dict[int, dict[int | None, int]]:
     """Bytes needed per page size and host node."""
     demands: dict[int, dict[int | None, int]] = {}
-    cells: list[tuple[int | None, int]] = [(cell.id, cell.memory) for cell in domain.cells] or [(None, domain.memory)]
-    for cell, memory in cells:
+    for cell, memory in domain.ram_parts:
         size = domain.page_size_for(cell) or default
         node = domain.numatune.host_node(cell)
         per_node = demands.setdefault(size, {})

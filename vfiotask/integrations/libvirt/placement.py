@@ -68,7 +68,6 @@ def device_placement(domain: Domain, host_root: Path = REAL_ROOT) -> Placement:
         return Placement(None, "device-numa='off' in its <vfiotask:config>")
     from vfiotask.devices import discover
     from vfiotask.host.numa import online_nodes
-    from vfiotask.integrations.libvirt.phases import guest_ram
 
     host = discover(sysfs_for(host_root))
     nodes: Counter[int] = Counter()
@@ -81,7 +80,7 @@ def device_placement(domain: Domain, host_root: Path = REAL_ROOT) -> Placement:
     node = min(nodes, key=lambda n: (-nodes[n], n))
     if len(online_nodes(host_root)) <= 1:
         return Placement(None, "the host has one NUMA node")
-    have, need, unit = _room(domain, node, host_root, guest_ram(domain))
+    have, need, unit = _room(domain, node, host_root, domain.ram)
     if have < need:
         amount = (f"{format_size(have)} of the {format_size(need)}" if unit == "bytes"
                   else f"{have} of the {need} {unit}")
