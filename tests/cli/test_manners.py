@@ -63,7 +63,8 @@ def test_json_is_one_line_with_unit_suffixes() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [(["bench", "engine", "--size", "1G"], "--size do not apply to bench engine"),
-     (["bench", "libvirt", "--backing", "memfd"], "--backing do not apply to bench libvirt"),
+     (["bench", "libvirt", "--threads", "2"], "--threads do not apply to bench libvirt"),
+     (["bench", "libvirt", "--backing", "memfd"], "libvirt configurations are tmpfs, tmpfs-huge, hugetlbfs"),
      (["check", "--uri", "qemu:///session"], "--uri only applies with --domain")],
 )
 def test_options_a_mode_ignores_are_refused(args: list[str], needle: str) -> None:
