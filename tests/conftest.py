@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,6 +87,31 @@ def hugepage_pools(host_lock: None) -> Iterator[None]:
         pytest.skip("needs root to resize hugepage pools")
     with pools_restored():
         yield
+
+
+@pytest.fixture
+def inject_faults() -> Iterator[Callable[[str], None]]:
+    """Fail chunks in this process as VFIOTASK_FAIL does where fault_injection is on: call it with
+    `JOB:K[,JOB:K...]`, or '' for no failure.  A malformed spec raises the UsageError the command
+    would exit 2 with."""
+    from vfiotask import testpoints
+    from vfiotask.faultinjection import ChunkFaults, parse_fail_spec
+
+    def arm(spec: str) -> None:
+        testpoints.set_chunk_fault(ChunkFaults(parse_fail_spec(spec), "the test") if spec else None)
+
+    yield arm  # the slot is emptied after every test (points_emptied)
+
+
+@pytest.fixture(autouse=True)
+def points_emptied() -> Iterator[None]:
+    """No test leaves a test point filled for the next one (a fixture, or an in-process hook
+    prepare of a guest with fail=, fills them)."""
+    yield
+    from vfiotask import testpoints
+
+    testpoints.set_chunk_fault(None)
+    testpoints.set_crash_hook(None)
 
 
 @pytest.fixture

@@ -41,6 +41,8 @@ SETTINGS = (
             "device's NUMA node"),
     Setting("staging", "on", str, "on: 'prepin --domain' may stage a stopped guest's RAM ahead of its start; off: "
             "it refuses", choices=STAGING_POLICIES),
+    Setting("fault_injection", False, bool, "true: VFIOTASK_FAIL and a guest's <vfiotask:config fail=...> make "
+            "chunks fail on purpose, to test undo paths; false: they are refused"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

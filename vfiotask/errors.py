@@ -97,6 +97,12 @@ class NeedsRoot(HostStateError):
         super().__init__(f"{what} needs root", hint=hint or "run it as root (sudo vfiotask ...)")
 
 
+class InjectedFault(OSError):
+    """A chunk failure made on purpose by fault injection (vfiotask.faultinjection): an EIO whose
+    description says it was injected and by what, so no one reading a failed start or a log
+    takes it for a real I/O error.  Its `strerror` is that text."""
+
+
 class TaskFailed(VfiotaskError):
     """A chunk of an engine task failed; the completed chunks were undone.
 
@@ -170,6 +176,8 @@ def describe_exception(exc: BaseException) -> str:
 
         name = errno_module.errorcode.get(exc.errno, str(exc.errno))
         where = f" ({exc.filename})" if exc.filename else ""
+        if isinstance(exc, InjectedFault):
+            where = f", {exc.strerror}"
         return f"{os.strerror(exc.errno)} [{name}]{where}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import re
-import signal
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -31,11 +30,10 @@ from typing import Any
 from vfiotask.dirfd import Dir, LinkRefused, Maker, identity_of, open_path
 from vfiotask.errors import HostStateError, NeedsRoot
 from vfiotask.statedir import open_state_dir, state_dir_path
-from vfiotask.units import parse_count
+from vfiotask.testpoints import crash_point
 
 INTENT = "intent"
 DONE = "done"
-CRASH_ENV = "VFIOTASK_CRASH_AT"
 
 
 # -- holders -------------------------------------------------------------------------------------
@@ -82,34 +80,6 @@ def holder_alive(who: dict[str, Any] | None) -> bool:
 
 def same_boot(who: dict[str, Any] | None) -> bool:
     return bool(who) and who.get("boot") == boot_id()  # type: ignore[union-attr]
-
-
-# -- test-only crash points ----------------------------------------------------------------------
-
-_crash_lock = threading.Lock()
-_crash_count = 0
-
-
-def _crash_target() -> int | None:
-    spec = os.environ.get(CRASH_ENV)
-    return parse_count(spec, CRASH_ENV) if spec else None
-
-
-def crash_point() -> None:
-    """With VFIOTASK_CRASH_AT=K, the K-th crash point reached in this process SIGKILLs it.
-
-    Crash points sit after each intent is on disk and after each change is made, and in the
-    chunks of the jobs, so a test can kill a run at a chosen place, by count rather than by time.
-    """
-    point = _crash_target()
-    if point is None:
-        return
-    global _crash_count
-    with _crash_lock:
-        _crash_count += 1
-        hit = _crash_count == point
-    if hit:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- journals ------------------------------------------------------------------------------------
@@ -240,18 +210,17 @@ class Journal:
 
     def intend(self, data: dict[str, Any], owner: str, kind: str, **fields: Any) -> dict[str, Any]:
         """Record, durably, that this process is about to make a change of `kind` for `owner`."""
-        _crash_target()  # a malformed VFIOTASK_CRASH_AT is refused before anything is recorded
         # the randomness of a uuid4 without importing uuid (and with it platform) into the hook
         entry = {"id": os.urandom(16).hex(), "owner": owner, "kind": kind, "state": INTENT, "holder": holder(),
                  **fields}
         data.setdefault("intents", []).append(entry)
         self.save(data)
-        crash_point()
+        crash_point("journal: intent on disk")
         return entry
 
     def done(self, data: dict[str, Any], entry: dict[str, Any], **fields: Any) -> None:
         """The change of `entry` is made; `fields` say what it produced."""
-        crash_point()
+        crash_point("journal: change made")
         for item in data.get("intents", []):
             if item.get("id") == entry["id"]:
                 item.update(fields, state=DONE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,11 +134,11 @@ def test_unbind_without_a_record(tmp_path: Path, state_dir: Path) -> None:
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_a_failing_bind_chunk_is_undone_byte_for_byte(
-    k: int, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    k: int, tmp_path: Path, state_dir: Path, inject_faults: Callable[[str], None]
 ) -> None:
     root = copy_tree("bridge", tmp_path)
     before = snapshot(root.parent)
-    monkeypatch.setenv("VFIOTASK_FAIL", f"bind:{k}")
+    inject_faults(f"bind:{k}")
     with pytest.raises(TaskFailed):
         bind(["0000:05:00.0"], sysfs_root=root)
     assert snapshot(root.parent) == before
@@ -160,12 +161,12 @@ def test_a_driver_failing_halfway_restores_that_device(tmp_path: Path, state_dir
 
 
 def test_a_failing_unbind_keeps_the_binding_and_its_record(
-    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, state_dir: Path, inject_faults: Callable[[str], None]
 ) -> None:
     root = copy_tree("bridge", tmp_path)
     bind(["0000:05:00.0"], sysfs_root=root)
     bound = snapshot(root.parent)
-    monkeypatch.setenv("VFIOTASK_FAIL", "unbind:2")
+    inject_faults("unbind:2")
     with pytest.raises(TaskFailed):
         unbind(["0000:05:00.0"], sysfs_root=root)
     assert snapshot(root.parent) == bound

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,8 @@ def test_shortfall_on_one_node_undoes_every_node(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("index", [1, 2])
-def test_injected_failure_undoes_what_grew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
-    monkeypatch.setenv("VFIOTASK_FAIL", f"hugepages:{index}")
+def test_injected_failure_undoes_what_grew(tmp_path: Path, inject_faults: Callable[[str], None], index: int) -> None:
+    inject_faults(f"hugepages:{index}")
     r = reserver(tmp_path)
     with pytest.raises(VfiotaskError, match="EIO") as info:
         r.reserve("guest1", {0: 4 * MiB2, 1: 4 * MiB2})

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import requires_root
 from tests.libvirt.conftest import HookHost, file_blocks, stderr_line
 from tests.libvirt.xmls import guest_xml
+from tests.support import faults_on
 
 MiB = 1 << 20
 OURS = {"threads": "2"}
@@ -62,12 +63,13 @@ def test_numa_cells_get_one_file_each(hook_host: HookHost) -> None:
 
 @requires_root
 @pytest.mark.parametrize("fail", ["prefault:1", "prefault:2"])
-def test_forced_failure_aborts_with_one_line_and_leaves_nothing(hook_host: HookHost, fail: str) -> None:
+def test_forced_failure_aborts_with_one_line_and_leaves_nothing(hook_host: HookHost, fail: str,
+                                                                tmp_path: Path) -> None:
     xml = guest_xml("bad", 256, id=9, file_backed=True, config={"fail": fail})
-    result = hook_host.run("bad", "prepare", "begin", xml)
+    result = hook_host.run("bad", "prepare", "begin", xml, **faults_on(tmp_path))
     assert result.returncode == 1 and result.stdout == b""
     line = stderr_line(result)
-    assert "guest bad" in line and "EIO" in line
+    assert "guest bad" in line and "EIO], injected by fault_injection" in line
     assert list((hook_host.backing_dir).iterdir()) == []
     assert hook_host.journal()["guests"] == {}
 
@@ -201,7 +203,8 @@ def test_staged_files_are_moved_into_place_not_populated_again(hook_host: HookHo
 
 
 @requires_root
-def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
     from vfiotask.integrations.libvirt.ahead import stage, unstage
     from vfiotask.integrations.libvirt.domain import parse_domain
 
@@ -212,7 +215,8 @@ def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatc
     # cell 0's staged file fits and is moved into place; cell 1 shrank, so its file is populated anew
     # and that fails: the moved file must go back to staging, untouched
     result = hook_host.run("warm2", "prepare", "begin", xml.replace("memory='32' unit='MiB'/></numa>",
-                                                                    "memory='16' unit='MiB'/></numa>"))
+                                                                    "memory='16' unit='MiB'/></numa>"),
+                           **faults_on(tmp_path))
     assert result.returncode == 1 and "EIO" in stderr_line(result)
     assert all(Path(f.path).exists() for f in files)
     assert not hook_host.guest_dir("12-warm2").exists()

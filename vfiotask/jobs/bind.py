@@ -28,7 +28,8 @@ from vfiotask.engine import Task, TaskReport
 from vfiotask.errors import DeviceError, UsageError, describe_exception
 from vfiotask.host.cpus import host_engine
 from vfiotask.host.holders import holders_of
-from vfiotask.journal import Journal, committed, crash_point, holder, holder_alive, same_boot
+from vfiotask.journal import Journal, committed, holder, holder_alive, same_boot
+from vfiotask.testpoints import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _note(journal: Journal, key: str, record: BindRecord) -> None:
     original and is kept."""
     with journal.locked() as data:
         data.setdefault(key, {}).setdefault(record.address, {**asdict(record), "holder": holder()})
-    crash_point()
+    crash_point("bind: original driver recorded")
 
 
 def _forget(journal: Journal, key: str, record: BindRecord) -> None:
@@ -291,7 +292,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
         _note(journal, key, record)
         try:
             _take(control, record)
-            crash_point()
+            crash_point("bind: device rebound")
         except BaseException:
             _forget(journal, key, record)
             raise

@@ -34,7 +34,8 @@ from vfiotask.host.freemem import free_memory
 from vfiotask.host.hugepages import HugepagePools, PoolState
 from vfiotask.host.hugetlbfs import HugepageHolder, hugepage_holders
 from vfiotask.host.meminfo import meminfo
-from vfiotask.journal import Journal, boot_id, crash_point, same_boot
+from vfiotask.journal import Journal, boot_id, same_boot
+from vfiotask.testpoints import crash_point
 from vfiotask.units import format_size
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ class HugepageReserver:
                 node = order[index]
                 before = self.pools.state(page_size, node).total
                 got = self.pools.set_total(page_size, before + wanted[node], node) - before
-                crash_point()  # the pool grew; its intent on disk says how to give it back
+                crash_point("hugepages: pool grown")  # the pool grew; its intent on disk says how to give it back
                 won = 0
                 if got < wanted[node]:
                     got, won = self._retry_after_compaction(page_size, node, before, wanted[node], got)

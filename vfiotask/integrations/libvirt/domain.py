@@ -134,8 +134,9 @@ class Hostdev(NamedTuple):
 class Config(NamedTuple):
     """vfiotask's settings for a guest, from `<vfiotask:config .../>` in `<metadata>`.
 
-    `fail` is the test interface for fault injection: the hook runs with only LC_ALL, PATH and
-    HOME from libvirtd, so VFIOTASK_FAIL cannot reach it through the environment.
+    `fail` asks for fault injection (vfiotask.faultinjection; only with fault_injection = true in
+    root's config): the hook runs with only LC_ALL, PATH and HOME from libvirtd, so VFIOTASK_FAIL
+    cannot reach it through the environment.
     """
 
     present: bool = False
@@ -311,14 +312,14 @@ def _vcpu_cpus(root: ET.Element) -> tuple[int, ...]:
 
 
 def _fail_spec(text: str) -> str:
-    """Checked when the definition is read, so a bad spec is refused before anything is journaled.
-    The engine package is imported only when there is a spec: the hook of a guest without one
-    never needs it."""
+    """Checked when the definition is read, so a bad spec is refused before anything is journaled
+    (whether fault injection is on is the hook's to check, when it prepares the guest).  The
+    module is imported only when there is a spec: the hook of a guest without one never needs it."""
     if not text:
         return text
-    from vfiotask.engine.faults import parse_fail_spec
+    from vfiotask.faultinjection import GUEST_SOURCE, parse_fail_spec
 
-    parse_fail_spec(text)
+    parse_fail_spec(text, GUEST_SOURCE)
     return text
 
 

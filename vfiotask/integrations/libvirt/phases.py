@@ -11,7 +11,6 @@ release: give back what prepare recorded; idempotent, and it never fails the sto
 from __future__ import annotations
 
 import grp
-import os
 import pwd
 import time
 from collections.abc import Callable
@@ -151,10 +150,10 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
     name = domain.name
     for done in recover_guest(name, ctx):
         ctx.log(f"{name}: {done}")
-    if domain.config.fail:
-        from vfiotask.engine.faults import FAIL_ENV  # the engine package, only when injecting
+    if domain.config.fail:  # refused unless root's config sets fault_injection = true
+        from vfiotask.faultinjection import for_guest
 
-        os.environ[FAIL_ENV] = domain.config.fail
+        for_guest(name, domain.config.fail, ctx.log)
     record: dict[str, Any] = {"id": domain.id, "uuid": domain.uuid, "began": time.time(),
                               "files": [], "hugepages": [], "holder": holder()}
     undo: list[Callable[[], object]] = []
