@@ -27,16 +27,17 @@ def test_no_file_means_every_default(tmp_path: Path) -> None:
     assert status == 0
     assert sources(out) == {"max_threads": (0, "default"), "helper_nice": (19, "default"),
                             "state_dir": ("/run/vfiotask", "default"), "numa_from_device": (True, "default"),
-                            "staging": ("on", "default")}
+                            "staging": ("on", "default"), "fault_injection": (False, "default")}
 
 
 def test_file_then_env(tmp_path: Path) -> None:
-    text = 'max_threads = 4\nhelper_nice = 10\nstate_dir = "/run/vt"\nnuma_from_device = false\nstaging = "off"\n'
+    text = ('max_threads = 4\nhelper_nice = 10\nstate_dir = "/run/vt"\nnuma_from_device = false\nstaging = "off"\n'
+            "fault_injection = true\n")
     status, out, _ = show(tmp_path, text, VFIOTASK_STATE_DIR=str(tmp_path / "state"))
     assert status == 0
     assert sources(out) == {"max_threads": (4, "file"), "helper_nice": (10, "file"),
                             "state_dir": (str(tmp_path / "state"), "env"), "numa_from_device": (False, "file"),
-                            "staging": ("off", "file")}
+                            "staging": ("off", "file"), "fault_injection": (True, "file")}
 
 
 def test_table_has_a_header_and_names_the_file(tmp_path: Path) -> None:
@@ -58,6 +59,7 @@ def test_table_has_a_header_and_names_the_file(tmp_path: Path) -> None:
         ("max_threads = true\n", "max_threads = True is not a whole number"),
         ('numa_from_device = "yes"\n', "is not true or false"),
         ('staging = "sometimes"\n', "is not one of on, off"),
+        ('fault_injection = "yes"\n', "fault_injection = 'yes' is not true or false"),
         ('state_dir = "run/vt"\n', "is not an absolute path"),
     ],
 )
