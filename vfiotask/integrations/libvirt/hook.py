@@ -94,7 +94,7 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
         validate_name(name)
         if found.name != name:
             return fail(f"guest {name}: the XML on stdin is for {found.name!r}; nothing done")
-        from vfiotask import testpoints  # already loaded with the journal: no cost
+        from vfiotask import testpoints  # the journal imports it anyway: no extra module
         from vfiotask.integrations.libvirt import phases
 
         if testpoints.requested(os.environ):  # the hook run by hand: libvirtd passes no such variable
