@@ -122,6 +122,25 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture
+def root_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh directory that no one but root can change at any level, for what root must trust
+    (a config file, an installed vfiotask): pytest's tmp_path is below /tmp, which everyone can
+    write.  Made under /run and removed afterwards; a user other than root gets a tmp_path, since
+    vfiotask asks root alone for such paths."""
+    if not is_root():
+        yield tmp_path_factory.mktemp("root-only")
+        return
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vfiotask-test-", dir="/run"))
+    path.chmod(0o755)  # others may look (an attacker's own directory can be below it), not write
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def vfiotask_command() -> list[str]:
     exe = shutil.which("vfiotask", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "vfiotask.integrations.cli.main"]

@@ -10,6 +10,13 @@ import pytest
 from tests.conftest import run_cli
 
 
+@pytest.fixture
+def tmp_path(root_only_dir: Path) -> Path:
+    """Root takes settings only from a file no one else can change, and /tmp (where pytest's
+    tmp_path is) anyone can write: every file here is made where only root can."""
+    return root_only_dir
+
+
 def show(tmp_path: Path, text: str | None, **env: str) -> tuple[int, str, str]:
     path = tmp_path / "config.toml"
     if text is not None:

@@ -38,9 +38,11 @@ def test_the_manual_documents_every_command_and_the_exit_statuses() -> None:
 
 
 @pytest.mark.skipif(not shutil.which("make"), reason="needs make")
-def test_make_install_is_independent_of_the_checkout(tmp_path: Path) -> None:
+def test_make_install_is_independent_of_the_checkout(root_only_dir: Path) -> None:
     """The venv under PREFIX holds everything: the command, the manual, completions, the unit and
-    the hook script; a hook installed from it names it, and fails open once it is removed."""
+    the hook script; a hook installed from it names it, and fails open once it is removed.  (Under
+    a directory only root can write: the hook is refused from code another user could change.)"""
+    tmp_path = root_only_dir
     dirs = {"PREFIX": tmp_path / "opt", "BINDIR": tmp_path / "bin", "SHAREDIR": tmp_path / "share",
             "UNITDIR": tmp_path / "units"}
     done = subprocess.run(["make", "-C", str(REPO), "install", *(f"{k}={v}" for k, v in dirs.items())],

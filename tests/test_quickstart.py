@@ -67,8 +67,8 @@ def test_the_guest_xml_is_ours_and_tune_accepts_it() -> None:
     assert "<allocation mode=\"immediate\" threads=\"4\" />" in after
 
 
-def test_the_config_file_is_accepted(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
+def test_the_config_file_is_accepted(root_only_dir: Path) -> None:
+    path = root_only_dir / "config.toml"
     path.write_text(blocks("toml")[0])
     result = run_cli("config", "show", "--json", env={"VFIOTASK_CONFIG": str(path)})
     assert result.returncode == 0, result.stderr

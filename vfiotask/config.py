@@ -12,10 +12,12 @@ must not silently leave the default in force.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vfiotask.errors import UsageError
+from vfiotask.errors import UntrustedPathError, UsageError, describe_exception
+from vfiotask.trust import check_path, untrusted
 
 DEFAULT_CONFIG = Path("/etc/vfiotask/config.toml")
 CONFIG_ENV = "VFIOTASK_CONFIG"
@@ -76,6 +78,8 @@ def _check(path: Path, setting: Setting, value: Any) -> Any:
     if setting.choices and value not in setting.choices:
         raise _bad(path, f"{setting.key} = {value!r} is not one of {', '.join(setting.choices)}",
                    f"write {setting.key} = {_toml(setting.default)}")
+    if setting.key == "state_dir" and not str(value).isprintable():
+        raise _bad(path, f"state_dir = {value!r} holds a control character", 'write e.g. state_dir = "/run/vfiotask"')
     if setting.key == "state_dir" and not Path(str(value)).is_absolute():
         raise _bad(path, f"state_dir = {value!r} is not an absolute path", 'write e.g. state_dir = "/run/vfiotask"')
     return value
@@ -87,23 +91,62 @@ def _toml(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
 
 
+MAX_CONFIG_BYTES = 64 << 10  # a settings file is a few lines; anything larger is not one
+_TRUST_HINT = ("make the file and every directory above it owned by root and writable by root alone "
+               "(chown root:root, chmod go-w), or point VFIOTASK_CONFIG at one that is")
+
+
+def _read_checked(path: Path) -> bytes:
+    """The file's bytes, from one descriptor checked before it is read.
+
+    Root takes state_dir and helper_nice from this file, so for root the file and every level
+    above it (links followed: an administrator may link /etc/vfiotask to a shared checkout of
+    configuration, as long as only root can change it) must be root's alone.  The open does not
+    block and the descriptor must be a regular file, so a FIFO planted at the path cannot hang a
+    command or the hook."""
+    checked = None
+    if os.geteuid() == 0:
+        checked = check_path(path, "config file", _TRUST_HINT, owners=(0,))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _bad(path, f"cannot be read ({describe_exception(exc)})", "make it readable, or remove it") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _bad(path, "is not a regular file", "make it a plain file, or remove it")
+        if checked is not None:
+            if (info.st_dev, info.st_ino) != (checked.st_dev, checked.st_ino):
+                raise UntrustedPathError(f"config file {path} changed while it was being checked; refused",
+                                         hint=_TRUST_HINT)
+            problem = untrusted(info, (0,))
+            if problem:
+                raise UntrustedPathError(f"config file {path} {problem}, so another user could change it; refused",
+                                         hint=_TRUST_HINT)
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _bad(path, f"is larger than {MAX_CONFIG_BYTES >> 10} KiB", "give the settings file, not another file")
+    return data
+
+
 def read_file(path: Path | None = None) -> dict[str, Any]:
     """The settings the file sets, checked; {} when there is no file."""
     path = path or config_path()
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below; tomllib is imported only once it opened
+        raw = _read_checked(path)
     except FileNotFoundError:
         return {}
-    except OSError as exc:
-        raise _bad(path, f"cannot be read ({exc})", "make it readable, or remove it") from exc
+    except OSError as exc:  # a level of the path that is not a directory, or cannot be searched
+        raise _bad(path, f"cannot be read ({describe_exception(exc)})", "make it readable, or remove it") from exc
     import tomllib  # here: most hosts have no file, and the hook reads settings on every start
 
     try:
-        with handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise _bad(path, f"not valid TOML ({exc})", "fix the line it names") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise _bad(path, f"cannot be read ({exc})", "make it readable, or remove it") from exc
     for key, value in data.items():
         setting = _BY_KEY.get(key)
@@ -126,6 +169,10 @@ def effective(flags: dict[str, Any] | None = None) -> dict[str, Value]:
         if flags and flags.get(setting.key) is not None:
             values[setting.key] = Value(setting.key, flags[setting.key], "flag")
         elif setting.env and os.environ.get(setting.env):
+            if setting.key == "state_dir":
+                from vfiotask.statedir import from_environment
+
+                from_environment(os.environ[setting.env])  # refused here as where the state dir is used
             values[setting.key] = Value(setting.key, os.environ[setting.env], "env", setting.env)
         elif setting.key in from_file:
             values[setting.key] = Value(setting.key, from_file[setting.key], "file", str(path))

@@ -90,6 +90,16 @@ class StateDirError(HostStateError):
     exit_status = EXIT_RESOURCES
 
 
+class UntrustedPathError(HostStateError):
+    """A file or directory root would read, run or write can be changed by another user (owned by
+    someone else, or writable by group or others, at its level or any level above it).
+
+    Exit 3 like an unsafe state dir: acting on it would let that user choose what root does.
+    """
+
+    exit_status = EXIT_RESOURCES
+
+
 class NeedsRoot(HostStateError):
     """The file or interface is root's: a normal user gets this line, not a PermissionError."""
 

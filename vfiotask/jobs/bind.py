@@ -286,6 +286,8 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     already = [d.address for d in members if d.driver == driver]
     if dry_run:
         return BindResult(groups, records, already, None, driver)
+    if records:
+        control.check_writable()  # a tree others can change is refused before anything is recorded
     key = _root_key(host)
 
     def take(record: BindRecord) -> None:
@@ -330,6 +332,7 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
     if not records:  # nothing to do is not an error: the caller says so (exit 0, like every command)
         return BindResult(groups, [], [], None, DEFAULT_DRIVER)
     control = control or driver_control(host.paths)
+    control.check_writable()
 
     def give_back(record: BindRecord) -> None:
         try:

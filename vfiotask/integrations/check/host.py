@@ -238,7 +238,7 @@ def _hook_current(probe: Probe, path: Path, text: str, interpreter: str) -> list
 
 
 def state_dir_findings(probe: Probe) -> list[Finding]:
-    from vfiotask.statedir import state_dir
+    from vfiotask.statedir import state_dir, state_dir_problem
 
     path = probe.state_dir or state_dir(create=False)
     try:
@@ -247,10 +247,11 @@ def state_dir_findings(probe: Probe) -> list[Finding]:
         return [ok("state dir", f"{path} does not exist yet; it is created 0700 on first use")]
     mode = stat.S_IMODE(info.st_mode)
     said = f"{path}: owner uid {info.st_uid}, mode {mode:04o}"
-    if not stat.S_ISDIR(info.st_mode):
-        return [fail("state dir", f"{path} is not a directory", f"remove it: rm {path}")]
-    if info.st_uid not in (0, os.geteuid()) or mode & 0o022:
-        return [fail("state dir", said + ": others could change what vfiotask undoes",
+    problem = state_dir_problem(info)  # the rule every command applies before it uses the directory
+    if problem in ("is a symbolic link", "is not a directory"):
+        return [fail("state dir", f"{path} {problem}: every command refuses it", f"remove it: rm {path}")]
+    if problem:
+        return [fail("state dir", f"{path} {problem}; every command refuses it",
                      f"chown root {path} && chmod 0700 {path}")]
     return [ok("state dir", said)]
 

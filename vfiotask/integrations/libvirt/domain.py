@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from typing import NamedTuple
 
 from vfiotask.errors import UsageError
-from vfiotask.integrations.libvirt.ours import NAMESPACE, validate_name
+from vfiotask.integrations.libvirt.ours import NAMESPACE, name_with_element, validate_name
 from vfiotask.integrations.libvirt.xmlsafe import parse_xml
 from vfiotask.units import (
     MAX_COUNT,
@@ -344,7 +344,10 @@ def _memory(root: ET.Element) -> int:
 def domain_from_element(root: ET.Element) -> Domain:
     if root.tag != "domain":
         raise UsageError(f"the XML's root element is <{root.tag}>, not <domain>", hint="pass a domain definition")
-    name = _text(root.find("./name"))
+    name_element = root.find("./name")
+    if name_element is not None and len(name_element):  # read as the expat scan reads it (ours.scan)
+        raise name_with_element(str(name_element[0].tag))
+    name = _text(name_element)
     if not name:
         raise UsageError("domain XML has no <name>", hint="pass a complete libvirt domain definition")
     cells = []

@@ -92,8 +92,9 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
         return fail(f"guest {name} {phase}: {exc.one_line()}")
     try:
         validate_name(name)
-        if found.name != name:
-            return fail(f"guest {name}: the XML on stdin is for {found.name!r}; nothing done")
+        if found.name != name or (domain is not None and domain.name != name):
+            shown = found.name if found.name != name or domain is None else domain.name
+            return fail(f"guest {name}: the XML on stdin is for {shown!r}; nothing done")
         from vfiotask import testpoints  # the journal imports it anyway: no extra module
         from vfiotask.integrations.libvirt import phases
 

@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +45,6 @@ def lib_dir(root: Path = Path("/")) -> Path:
 
 MARKER = "# vfiotask setup memory-backing"
 PAGE_SIZES = {2 * MiB: "2M", GiB: "1G"}
-_SETTING = re.compile(r'^\s*memory_backing_dir\s*=')
 _COMMENTED = re.compile(r'^\s*#\s*memory_backing_dir\s*=')
 
 
@@ -129,20 +129,37 @@ WantedBy=local-fs.target
 """
 
 
-def configured_conf(text: str, directory: Path) -> str:
-    """qemu.conf with memory_backing_dir set to `directory`: the active setting replaced, else added
-    after libvirt's commented default, else at the end."""
+def configured_conf(text: str, directory: Path, where: str = "qemu.conf") -> str:
+    """qemu.conf with memory_backing_dir set to `directory`: every statement setting it commented
+    out (libvirt takes the first, so none may stay), ours added after libvirt's commented default,
+    else at the end.  The file is read with libvirt's grammar (virconf), so a setting in single
+    quotes or with a comment after it is found, and a file libvirtd could not read is refused, not
+    edited."""
+    from vfiotask.integrations.libvirt import virconf
+
+    entries = virconf.parse(text, where)
     setting = [MARKER, f'memory_backing_dir = "{directory}"']  # the marker on its own line: libvirt's parser
-    lines = text.splitlines()
-    if setting[1] in lines and MARKER in lines:
+    ours = [entry for entry in entries if entry.name == "memory_backing_dir"]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(ours) == 1 and ours[0].value == str(directory) and MARKER in lines:
         return text
-    active = [i for i, current in enumerate(lines) if _SETTING.match(current)]
-    for index in active:
-        lines[index] = "#" + lines[index]
+    for entry in ours:
+        shared = [other.name for other in entries if other is not entry
+                  and other.first_line <= entry.last_line and other.last_line >= entry.first_line]
+        if shared:
+            raise UsageError(f"{where}:{entry.first_line}: memory_backing_dir shares its line with {shared[0]}",
+                             hint="put each setting on a line of its own, then run this again")
+        for index in range(entry.first_line - 1, entry.last_line):
+            lines[index] = "#" + lines[index]
     commented = [i for i, current in enumerate(lines) if _COMMENTED.match(current)]
-    at = commented[-1] + 1 if commented else len(lines)
-    lines[at:at] = setting
-    return "\n".join(lines) + "\n"
+    for at in dict.fromkeys((commented[-1] + 1 if commented else len(lines), len(lines))):
+        after = "\n".join(lines[:at] + setting + lines[at:]) + "\n"
+        if virconf.settings(virconf.parse(after, where)).get("memory_backing_dir") == str(directory):
+            return after
+    raise HostStateError(f"cannot set memory_backing_dir in {where} so that libvirt reads it",
+                         hint=f'set memory_backing_dir = "{directory}" by hand')
 
 
 def conf_diff(before: str, after: str, path: Path) -> str:
@@ -151,7 +168,7 @@ def conf_diff(before: str, after: str, path: Path) -> str:
 
 
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # as the file holds it
 
 
 # -- writing without following links ---------------------------------------------------------
@@ -179,7 +196,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
             os.unlink(tmp, dir_fd=dfd)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
         try:
-            os.write(fd, text.encode())
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
             os.fchmod(fd, mode)
             if owner is not None:
                 os.fchown(fd, *owner)
@@ -190,15 +207,25 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _read(path: Path) -> str | None:
+    """The file's text, never through a link, without blocking (a FIFO at the path is refused, not
+    waited on), capped like libvirt's own reader (virconf)."""
+    from vfiotask.integrations.libvirt.virconf import MAX_CONF_BYTES
+
     try:
         with _directory(path.parent) as dfd:
-            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            with os.fdopen(fd) as handle:
-                return handle.read()
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise HostStateError(f"{path} is not a regular file", hint="check that it is a plain file")
+                data = handle.read(MAX_CONF_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise HostStateError(f"cannot read {path}: {exc.strerror}", hint="check that it is a plain file") from exc
+    if len(data) > MAX_CONF_BYTES:
+        raise HostStateError(f"{path} is larger than {MAX_CONF_BYTES >> 20} MiB",
+                             hint="check that it is the right file")
+    return data.decode("utf-8", "surrogateescape")  # written back byte for byte
 
 
 def _unlink(path: Path) -> None:
@@ -269,7 +296,7 @@ def plan(paths: SetupPaths) -> Plan:
     before = _read(paths.qemu_conf)
     if before is None:
         raise HostStateError(f"{paths.qemu_conf} does not exist", hint="install libvirt-daemon-system first")
-    return Plan(paths, before, configured_conf(before, paths.mountpoint),
+    return Plan(paths, before, configured_conf(before, paths.mountpoint, str(paths.qemu_conf)),
                 make_mountpoint=not paths.local_mountpoint.exists(), write_unit=unit != unit_text(paths),
                 mount_now=mounted is None)
 
