@@ -20,6 +20,11 @@ from vfiotask.errors import UsageError
 DEFAULT_CONFIG = Path("/etc/vfiotask/config.toml")
 CONFIG_ENV = "VFIOTASK_CONFIG"
 STAGING_POLICIES = ("on", "off")
+METADATA_ONLY = "metadata"
+FILE_BACKED_PASSTHROUGH = "file-backed-passthrough"
+GUEST_POLICIES = (METADATA_ONLY, FILE_BACKED_PASSTHROUGH)
+GUEST_DEFAULT_FLAGS = ("prefault", "hugepages", "device-numa")  # <vfiotask:config>'s on/off attributes
+GUEST_DEFAULT_KEYS = ("threads", *GUEST_DEFAULT_FLAGS)
 
 
 class Setting(NamedTuple):  # NamedTuples, not dataclasses: the hook reads settings on every start
@@ -41,6 +46,11 @@ SETTINGS = (
             "device's NUMA node"),
     Setting("staging", "on", str, "on: 'prepin --domain' may stage a stopped guest's RAM ahead of its start; off: "
             "it refuses", choices=STAGING_POLICIES),
+    Setting("prepare_guests", METADATA_ONLY, str, f"{METADATA_ONLY}: the hook prepares only guests with "
+            f"<vfiotask:config>; {FILE_BACKED_PASSTHROUGH}: also every guest with a PCI hostdev and file-backed RAM "
+            "(OpenStack Nova's file_backed_memory), with the settings of [defaults]", choices=GUEST_POLICIES),
+    Setting("defaults", {}, dict, "the settings of a guest that its <vfiotask:config> leaves out, or that has "
+            f"none: {', '.join(GUEST_DEFAULT_KEYS)} (device-numa: numa_from_device when not given)"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -60,7 +70,7 @@ def _bad(path: Path, what: str, hint: str) -> UsageError:
     return UsageError(f"config file {path}: {what}", hint=f"{hint}; 'vfiotask config show' lists the settings")
 
 
-_KIND_NAMES = {int: "a whole number", bool: "true or false", str: "a quoted string"}
+_KIND_NAMES = {int: "a whole number", bool: "true or false", str: "a quoted string", dict: "a table"}
 
 
 def _check(path: Path, setting: Setting, value: Any) -> Any:
@@ -76,7 +86,39 @@ def _check(path: Path, setting: Setting, value: Any) -> Any:
                    f"write {setting.key} = {_toml(setting.default)}")
     if setting.key == "state_dir" and not Path(str(value)).is_absolute():
         raise _bad(path, f"state_dir = {value!r} is not an absolute path", 'write e.g. state_dir = "/run/vfiotask"')
+    if isinstance(value, dict):
+        _check_guest_defaults(path, value)
     return value
+
+
+def _check_guest_defaults(path: Path, table: dict[str, Any]) -> None:
+    """[defaults]: the keys of <vfiotask:config>, in TOML's types (threads a number or "auto",
+    the others true or false); the guest's own attributes, when it has them, still win."""
+    from vfiotask.units import MAX_THREADS
+
+    for key, value in table.items():
+        where = f"defaults.{key}"
+        if key not in GUEST_DEFAULT_KEYS:
+            import difflib
+
+            close = difflib.get_close_matches(key, GUEST_DEFAULT_KEYS, n=1)
+            raise _bad(path, f"unknown key {where!r}" + (f" (did you mean defaults.{close[0]}?)" if close else ""),
+                       f"the keys of [defaults] are {', '.join(GUEST_DEFAULT_KEYS)}")
+        if key == "threads":
+            number = isinstance(value, int) and not isinstance(value, bool)
+            if not (value == "auto" or (number and 1 <= value <= MAX_THREADS)):
+                raise _bad(path, f"{where} = {value!r} is not \"auto\" or a whole number from 1 to {MAX_THREADS}",
+                           f'write {where} = "auto" or a number of threads')
+        elif not isinstance(value, bool):
+            raise _bad(path, f"{where} = {value!r} is not true or false", f"write {where} = true or false")
+
+
+def _check_agreement(path: Path, data: dict[str, Any]) -> None:
+    """numa_from_device and defaults.device-numa say the same thing: both given and different is a mistake."""
+    device_numa = data.get("defaults", {}).get("device-numa")
+    if device_numa is not None and "numa_from_device" in data and data["numa_from_device"] != device_numa:
+        raise _bad(path, f"defaults.device-numa = {_toml(device_numa)} contradicts numa_from_device = "
+                   f"{_toml(data['numa_from_device'])}", "keep one of them")
 
 
 def _toml(value: Any) -> str:
@@ -112,6 +154,7 @@ def read_file(path: Path | None = None) -> dict[str, Any]:
             raise _bad(path, f"unknown key {key!r}" + (f" (did you mean {close[0]}?)" if close else ""),
                        f"the keys are {', '.join(_BY_KEY)}")
         _check(path, setting, value)
+    _check_agreement(path, data)
     return data
 
 

@@ -28,8 +28,14 @@ def nova_instance_xml(
     hugepages_kib: int | None = None,
     uuid: str = INSTANCE_UUID,
     emulator: str = "/usr/bin/qemu-system-x86_64",
+    console_log: str | None = None,
+    cpu_mode: str = "host-model",
 ) -> str:
-    """An instance as Nova defines it; `hostdevs` are host PCI addresses like 0000:01:00.0."""
+    """An instance as Nova defines it; `hostdevs` are host PCI addresses like 0000:01:00.0, and
+    `console_log` replaces Nova's /var/lib/nova/instances/UUID/console.log (virtlogd opens it),
+    `cpu_mode` is nova.conf's `[libvirt] cpu_mode` (host-model, Nova's default for KVM; none
+    writes only the topology, and is what a nested guest without the host's MSRs can start)."""
+    mode = {"none": "", "host-model": ' mode="host-model" match="exact"'}.get(cpu_mode, f' mode="{cpu_mode}"')
     backing = []
     if hugepages_kib is not None:  # a flavor with hw:mem_page_size (Nova refuses it with file_backed_memory)
         backing.append(f"    <hugepages>\n      <page size=\"{hugepages_kib}\" nodeset=\"0\" unit=\"KiB\"/>\n"
@@ -49,8 +55,8 @@ def nova_instance_xml(
             "    <hostdev mode=\"subsystem\" type=\"pci\" managed=\"yes\">\n      <source>\n"
             f"        <address domain=\"0x{domain}\" bus=\"0x{bus}\" slot=\"0x{slot}\" function=\"0x{function}\"/>\n"
             "      </source>\n    </hostdev>")
-    devices += ["    <serial type=\"pty\">\n      <log file=\"/var/lib/nova/instances/" + uuid + "/console.log\" "
-                "append=\"off\"/>\n    </serial>",
+    log = console_log or f"/var/lib/nova/instances/{uuid}/console.log"
+    devices += [f"    <serial type=\"pty\">\n      <log file=\"{log}\" append=\"off\"/>\n    </serial>",
                 "    <video>\n      <model type=\"none\"/>\n    </video>",
                 "    <memballoon model=\"virtio\">\n      <stats period=\"10\"/>\n    </memballoon>"]
     return f"""<domain type="kvm">
@@ -114,7 +120,7 @@ def nova_instance_xml(
     <timer name="rtc" tickpolicy="catchup"/>
     <timer name="hpet" present="no"/>
   </clock>
-  <cpu mode="host-model" match="exact">
+  <cpu{mode}>
     <topology sockets="1" cores="1" threads="1"/>
   </cpu>
   <on_poweroff>destroy</on_poweroff>
