@@ -22,6 +22,11 @@ from vfiotask.trust import check_path, untrusted
 DEFAULT_CONFIG = Path("/etc/vfiotask/config.toml")
 CONFIG_ENV = "VFIOTASK_CONFIG"
 STAGING_POLICIES = ("on", "off")
+METADATA_ONLY = "metadata"
+FILE_BACKED_PASSTHROUGH = "file-backed-passthrough"
+GUEST_POLICIES = (METADATA_ONLY, FILE_BACKED_PASSTHROUGH)
+GUEST_DEFAULT_FLAGS = ("prefault", "hugepages", "device-numa")  # <vfiotask:config>'s on/off attributes
+GUEST_DEFAULT_KEYS = ("threads", *GUEST_DEFAULT_FLAGS)
 
 
 class Setting(NamedTuple):  # NamedTuples, not dataclasses: the hook reads settings on every start
@@ -45,6 +50,11 @@ SETTINGS = (
             "it refuses", choices=STAGING_POLICIES),
     Setting("fault_injection", False, bool, "true: VFIOTASK_FAIL and a guest's <vfiotask:config fail=...> make "
             "chunks fail on purpose, to test undo paths; false: they are refused"),
+    Setting("prepare_guests", METADATA_ONLY, str, f"{METADATA_ONLY}: the hook prepares only guests with "
+            f"<vfiotask:config>; {FILE_BACKED_PASSTHROUGH}: also every guest with a PCI hostdev and file-backed RAM "
+            "(OpenStack Nova's file_backed_memory), with the settings of [defaults]", choices=GUEST_POLICIES),
+    Setting("defaults", {}, dict, "the settings of a guest that its <vfiotask:config> leaves out, or that has "
+            f"none: {', '.join(GUEST_DEFAULT_KEYS)} (device-numa: numa_from_device when not given)"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 
@@ -64,7 +74,7 @@ def _bad(path: Path, what: str, hint: str) -> UsageError:
     return UsageError(f"config file {path}: {what}", hint=f"{hint}; 'vfiotask config show' lists the settings")
 
 
-_KIND_NAMES = {int: "a whole number", bool: "true or false", str: "a quoted string"}
+_KIND_NAMES = {int: "a whole number", bool: "true or false", str: "a quoted string", dict: "a table"}
 
 
 def _check(path: Path, setting: Setting, value: Any) -> Any:
@@ -82,7 +92,39 @@ def _check(path: Path, setting: Setting, value: Any) -> Any:
         raise _bad(path, f"state_dir = {value!r} holds a control character", 'write e.g. state_dir = "/run/vfiotask"')
     if setting.key == "state_dir" and not Path(str(value)).is_absolute():
         raise _bad(path, f"state_dir = {value!r} is not an absolute path", 'write e.g. state_dir = "/run/vfiotask"')
+    if isinstance(value, dict):
+        _check_guest_defaults(path, value)
     return value
+
+
+def _check_guest_defaults(path: Path, table: dict[str, Any]) -> None:
+    """[defaults]: the keys of <vfiotask:config>, in TOML's types (threads a number or "auto",
+    the others true or false); the guest's own attributes, when it has them, still win."""
+    from vfiotask.units import MAX_THREADS
+
+    for key, value in table.items():
+        where = f"defaults.{key}"
+        if key not in GUEST_DEFAULT_KEYS:
+            import difflib
+
+            close = difflib.get_close_matches(key, GUEST_DEFAULT_KEYS, n=1)
+            raise _bad(path, f"unknown key {where!r}" + (f" (did you mean defaults.{close[0]}?)" if close else ""),
+                       f"the keys of [defaults] are {', '.join(GUEST_DEFAULT_KEYS)}")
+        if key == "threads":
+            number = isinstance(value, int) and not isinstance(value, bool)
+            if not (value == "auto" or (number and 1 <= value <= MAX_THREADS)):
+                raise _bad(path, f"{where} = {value!r} is not \"auto\" or a whole number from 1 to {MAX_THREADS}",
+                           f'write {where} = "auto" or a number of threads')
+        elif not isinstance(value, bool):
+            raise _bad(path, f"{where} = {value!r} is not true or false", f"write {where} = true or false")
+
+
+def _check_agreement(path: Path, data: dict[str, Any]) -> None:
+    """numa_from_device and defaults.device-numa say the same thing: both given and different is a mistake."""
+    device_numa = data.get("defaults", {}).get("device-numa")
+    if device_numa is not None and "numa_from_device" in data and data["numa_from_device"] != device_numa:
+        raise _bad(path, f"defaults.device-numa = {_toml(device_numa)} contradicts numa_from_device = "
+                   f"{_toml(data['numa_from_device'])}", "keep one of them")
 
 
 def _toml(value: Any) -> str:
@@ -157,6 +199,7 @@ def read_file(path: Path | None = None) -> dict[str, Any]:
             raise _bad(path, f"unknown key {key!r}" + (f" (did you mean {close[0]}?)" if close else ""),
                        f"the keys are {', '.join(_BY_KEY)}")
         _check(path, setting, value)
+    _check_agreement(path, data)
     return data
 
 

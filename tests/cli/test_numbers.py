@@ -116,7 +116,7 @@ XML_CASES = {
         "<cell id='0'", "<cell id='\u00b2'"),
     "nodeset past any node": OURS.replace("<vcpu>", "<numatune><memory nodeset='0-99999999999'/></numatune><vcpu>"),
     "threads of 5001 digits": guest_xml("g", 64, id=1, config={"threads": "7" * 5001}),
-    "hostdev bus out of range": guest_xml("g", 64, id=1, hostdevs=["0000:01:00.0"]).replace("bus='0x01'",
+    "hostdev bus out of range": guest_xml("g", 64, id=1, hostdevs=["0000:01:00.0"], config={}).replace("bus='0x01'",
                                                                                            "bus='0x100'"),
 }
 

@@ -151,7 +151,7 @@ def test_start_never_follows_a_link_put_in_place(hook_host: HookHost, tmp_path: 
 
 @requires_root
 def test_memlock_budget_below_guest_ram_is_refused(hook_host: HookHost, tmp_path: Path) -> None:
-    xml = guest_xml("pin", 512, id=2, hostdevs=["0000:01:00.0"], hard_limit_mib=256)
+    xml = guest_xml("pin", 512, id=2, hostdevs=["0000:01:00.0"], hard_limit_mib=256, config={})
     result = hook_host.run("pin", "prepare", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "viable/sys"))
     assert result.returncode == 1
     line = stderr_line(result)
@@ -160,7 +160,7 @@ def test_memlock_budget_below_guest_ram_is_refused(hook_host: HookHost, tmp_path
 
 
 def test_hostdev_in_a_group_shared_with_a_host_driver_is_refused(hook_host: HookHost) -> None:
-    xml = guest_xml("sib", 256, id=2, hostdevs=["0000:01:00.0"])
+    xml = guest_xml("sib", 256, id=2, hostdevs=["0000:01:00.0"], config={})
     result = hook_host.run("sib", "prepare", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "sibling/sys"))
     assert result.returncode == 1
     assert "0000:01:00.1" in stderr_line(result)
@@ -168,7 +168,7 @@ def test_hostdev_in_a_group_shared_with_a_host_driver_is_refused(hook_host: Hook
 
 
 def test_viable_hostdev_passes_and_release_clears_it(hook_host: HookHost) -> None:
-    xml = guest_xml("ok", 256, id=2, hostdevs=["0000:01:00.0", "0000:01:00.1"])
+    xml = guest_xml("ok", 256, id=2, hostdevs=["0000:01:00.0", "0000:01:00.1"], config={})
     env = {"VFIOTASK_SYSFS_ROOT": str(SYSFS / "viable/sys")}
     result = hook_host.run("ok", "prepare", "begin", xml, **env)
     assert (result.returncode, result.stderr) == (0, b"")

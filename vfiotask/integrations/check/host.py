@@ -205,7 +205,8 @@ def hook_findings(probe: Probe) -> list[Finding]:
             return [fail("hook", f"{path} runs {' and '.join(gone)}, which {'is' if len(gone) == 1 else 'are'} gone: "
                          "guests with <vfiotask:config> fail to start, others start unprepared",
                          "reinstall vfiotask (make install) and run vfiotask hook install, or vfiotask hook uninstall")]
-        if not probe.fixture and ("/.venv/" in interpreter or not script.startswith(("/opt/", "/usr/"))):
+        installed = script.endswith("/share/vfiotask/hooks/qemu")  # where a wheel puts it, under any PREFIX
+        if not probe.fixture and ("/.venv/" in interpreter or not installed):
             found_checkout = warn("hook", f"{path} runs vfiotask from a checkout ({interpreter}): removing the "
                                   "checkout or 'make clean' breaks it", "make install, then vfiotask hook install "
                                   "with /usr/local/bin/vfiotask")

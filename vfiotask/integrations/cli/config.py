@@ -41,4 +41,7 @@ def run_show(args: argparse.Namespace) -> int:
 def _show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):  # a table, as TOML writes it inline
+        return "{" + ", ".join(f"{key} = {_show(item) if not isinstance(item, str) else repr(item)}"
+                               for key, item in value.items()) + "}"
     return str(value)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
+from vfiotask.integrations.libvirt.domain import NAMESPACE, Domain, parse_domain, validate_name
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner
 from vfiotask.integrations.libvirt.ramfiles import (
     FileRecord,
@@ -43,6 +43,13 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
 
     journal = journal or GuestJournal()
     name = validate_name(domain.name)
+    if not domain.ours:  # the hook would never move them into place: memory held for nothing
+        raise UsageError(
+            f"guest {name} is not one the hook prepares (it has no <vfiotask:config>, and config.toml's "
+            "prepare_guests does not take it), so files staged for it would never be used",
+            hint=f"virsh metadata {name} {NAMESPACE} --config --key vfiotask --set '<config/>', "
+            "or see prepare_guests in docs/libvirt.md",
+        )
     if not domain.backing.file_backed:
         raise UsageError(
             f"guest {name}'s RAM is not file-backed, so there is nothing to populate ahead",

@@ -2,13 +2,14 @@
 
 libvirtd waits for the hook on every phase of every guest, so what it imports is what the phase
 needs and nothing more: phases with nothing to do leave after reading argv; for a guest that is
-not ours expat alone decides (`ours.is_ours`); the domain model, the journal and the memory
-code are imported only for a guest that is ours, and the jobs only when there is work.  The
-installed hook starts Python with `-I -S` (no site processing, a fixed sys.path), see
-`vfiotask.integrations.libvirt.hookinstall`.  The hook never writes to stdout (in qemu.d the output of one
-script can be the input of the next), never calls libvirt (libvirtd is blocked on us), logs to
-syslog, and prints one line on stderr when it fails a start: libvirt shows that line to the user
-who ran `virsh start`.
+not ours expat alone decides (`ours.scan`; config.toml is read only for a PCI guest with
+file-backed RAM and no vfiotask metadata, which its `prepare_guests` decides on); the domain
+model, the journal and the memory code are imported only for a guest that is ours, and the jobs
+only when there is work.  The installed hook starts Python with `-I -S` (no site processing, a
+fixed sys.path), see `vfiotask.integrations.libvirt.hookinstall`.  The hook never writes to
+stdout (in qemu.d the output of one script can be the input of the next), never calls libvirt
+(libvirtd is blocked on us), logs to syslog, and prints one line on stderr when it fails a
+start: libvirt shows that line to the user who ran `virsh start`.
 """
 
 from __future__ import annotations
@@ -107,7 +108,11 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
             if domain.id is None:
                 return fail(f"guest {name}: the XML has no id attribute; nothing done")
             phases.prepare(domain, ctx)
-            log(f"{name}: prepared")
+            from vfiotask.integrations.libvirt.domain import SOURCE_POLICY
+
+            by_policy = " by prepare_guests, with the settings of [defaults]" \
+                if domain.config.source == SOURCE_POLICY else ""
+            log(f"{name}: prepared{by_policy}")
         else:
             at_start = phases.start(name, found.dac, ctx)
             if at_start is not None:
