@@ -41,7 +41,8 @@ def test_no_file_means_every_default(tmp_path: Path) -> None:
 
 def test_file_then_env(tmp_path: Path) -> None:
     text = ('max_threads = 4\nhelper_nice = 10\nstate_dir = "/run/vt"\nnuma_from_device = false\nstaging = "off"\n'
-            'fault_injection = true\nprepare_guests = "file-backed-passthrough"\n[defaults]\nthreads = "auto"\nprefault = false\n')
+            'fault_injection = true\nprepare_guests = "file-backed-passthrough"\n'
+            '[defaults]\nthreads = "auto"\nprefault = false\n')
     status, out, _ = show(tmp_path, text, VFIOTASK_STATE_DIR=str(tmp_path / "state"))
     assert status == 0
     assert sources(out) == {"max_threads": (4, "file"), "helper_nice": (10, "file"),
