@@ -227,3 +227,12 @@ def real_state_dir_kept_as_found() -> Iterator[None]:
 def real_state_dir_restored() -> Iterator[None]:
     with real_state_dir_kept_as_found():
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trusted_configs_removed() -> Iterator[None]:
+    """The config files tests.support wrote where root trusts them go at the session's end."""
+    from tests.support import TRUSTED_CONFIGS
+
+    yield
+    shutil.rmtree(TRUSTED_CONFIGS, ignore_errors=True)

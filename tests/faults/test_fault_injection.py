@@ -19,6 +19,13 @@ import pytest
 from tests.conftest import run_cli
 from tests.support import crash_at, faults_on
 
+
+@pytest.fixture
+def tmp_path(root_only_dir: Path) -> Path:
+    """The config files here are read by root, which takes settings only from a place no one else
+    can change (pytest's own tmp_path is below the world-writable /tmp)."""
+    return root_only_dir
+
 KILLED = -9
 PREPIN = ["prepin", "--size", "8M", "--min-chunk", "2M", "--pin", "none"]
 OFF = {"absent": None, "false": "fault_injection = false\n"}

@@ -158,13 +158,13 @@ def test_a_nova_guest_that_is_not_ours_costs_expat_only(hook_host: HookHost) -> 
 
 
 @pytest.mark.parametrize("policy", ["metadata", "file-backed-passthrough"])
-def test_the_hooks_expat_scan_agrees_with_the_domain_model(policy: str, tmp_path: Path,
+def test_the_hooks_expat_scan_agrees_with_the_domain_model(policy: str, root_only_dir: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.ours import scan
 
-    (tmp_path / "config.toml").write_text(f'prepare_guests = "{policy}"\n')
-    monkeypatch.setenv("VFIOTASK_CONFIG", str(tmp_path / "config.toml"))
+    (root_only_dir / "config.toml").write_text(f'prepare_guests = "{policy}"\n')
+    monkeypatch.setenv("VFIOTASK_CONFIG", str(root_only_dir / "config.toml"))
     shapes = [nova_pci(), as_libvirt_runs_it(nova_instance_xml(NAME, 64), 7),
               nova_instance_xml(NAME, 64, hostdevs=pci_gpu(), file_backed=False, hugepages_kib=2048),
               nova_instance_xml(NAME, 64, hostdevs=pci_gpu(), file_backed=False)]

@@ -22,8 +22,20 @@ FAULTS_ON = "fault_injection = true\n"
 ETC_CONFIG = Path("/etc/vfiotask/config.toml")
 
 
+TRUSTED_CONFIGS = Path("/run/vfiotask-test-configs")  # removed at the session's end (tests/conftest.py)
+
+
 def fault_injection_config(directory: Path) -> Path:
-    """A config file in `directory` that turns fault injection on (and leaves every other default)."""
+    """A config file that turns fault injection on (and leaves every other default).
+
+    Root reads a config file only where root alone can change it, and a test's `directory` lies
+    below /tmp: as root the file goes to a directory of its own under /run instead."""
+    if os.geteuid() == 0:
+        import tempfile
+
+        TRUSTED_CONFIGS.mkdir(mode=0o755, exist_ok=True)
+        directory = Path(tempfile.mkdtemp(dir=TRUSTED_CONFIGS))
+        directory.chmod(0o755)
     path = directory / "fault-injection.toml"
     path.write_text(FAULTS_ON)
     return path
