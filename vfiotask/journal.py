@@ -19,6 +19,7 @@ that is not JSON, or not the shape its records must have, is one error naming th
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -193,8 +194,10 @@ class Journal(Generic[C]):
                 lock = directory.open(name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
             except LinkRefused as exc:
                 raise _lock_refused(where, "a symbolic link") from exc
-            except IsADirectoryError as exc:
-                raise _lock_refused(where, "a directory") from exc
+            except OSError as exc:  # EISDIR: a directory; ENXIO: a socket
+                if exc.errno not in (errno.EISDIR, errno.ENXIO):
+                    raise
+                raise _lock_refused(where, "a directory" if exc.errno == errno.EISDIR else "a socket") from exc
             try:
                 info = os.fstat(lock)
                 if not stat.S_ISREG(info.st_mode):

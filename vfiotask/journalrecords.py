@@ -153,6 +153,13 @@ def _maybe_path(value: Any, where: str) -> str | None:
     return None if value is None else _path(value, where)
 
 
+def _absolute(value: Any, where: str) -> str:
+    """A path below an allowed root (which is the administrator's, spelled as configured)."""
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value or len(value) > MAX_PATH:
+        raise _not(where, value, "an absolute path")
+    return value
+
+
 def _identity(value: Any, where: str) -> Identity:
     if not isinstance(value, list) or len(value) != 2:
         raise _not(where, value, "a pair [device, inode]")
@@ -597,7 +604,8 @@ class FileRecord(NamedTuple):
                    _whole(data["allocated"], f"{where}.allocated"),
                    _seconds(data.get("seconds", 0.0), f"{where}.seconds"),
                    _whole(data.get("threads", 0), f"{where}.threads"),
-                   _maybe_path(data.get("staged_from"), f"{where}.staged_from"), root, parts)
+                   None if data.get("staged_from") is None else _absolute(data["staged_from"], f"{where}.staged_from"),
+                   root, parts)
 
 
 class Reservation(NamedTuple):
@@ -662,9 +670,9 @@ class AtStart(NamedTuple):
     @classmethod
     def from_json(cls, value: Any, where: str) -> "AtStart":
         data = _fields(value, where, ("allocated", "inodes", "time"), ("owner",))
-        allocated = {_path(path, f"{where}.allocated key"): _whole(n, f"{where}.allocated[{path!r}]")
+        allocated = {_absolute(path, f"{where}.allocated key"): _whole(n, f"{where}.allocated[{path!r}]")
                      for path, n in _mapping(data["allocated"], f"{where}.allocated").items()}
-        inodes = {_path(path, f"{where}.inodes key"): _whole(n, f"{where}.inodes[{path!r}]", maximum=MAX_IDENT)
+        inodes = {_absolute(path, f"{where}.inodes key"): _whole(n, f"{where}.inodes[{path!r}]", maximum=MAX_IDENT)
                   for path, n in _mapping(data["inodes"], f"{where}.inodes").items()}
         owner = None
         if "owner" in data:

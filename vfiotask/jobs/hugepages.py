@@ -352,7 +352,7 @@ class HugepageReserver:
         """
         owner = owner_of(owner)
         with self.journal.locked() as contents:
-            self._recover(contents, lambda _owner: True, dry_run=False)
+            self._recover(contents, lambda other: other == owner, dry_run=False)  # only its own: exactly
             record = contents.owners.get(owner)
             if record is None:
                 return None
