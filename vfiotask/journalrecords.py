@@ -42,6 +42,7 @@ MAX_PID = 1 << 22  # PID_MAX_LIMIT
 MAX_PATH = 4096
 MAX_NAME = 255
 MAX_OWNER = 256
+MIN_PAGE = 4096
 MAX_TIME = 1e12  # seconds since the epoch, or a duration: far beyond any real one
 
 Identity = tuple[int, int]  # (st_dev, st_ino)
@@ -210,11 +211,15 @@ def pages_json(pages: Pages) -> dict[str, int]:
     return {node_key(node): count for node, count in pages.items()}
 
 
+def is_page_size(size: int) -> bool:
+    """A power of two from the base page's 4 KiB up: what a pool, or a guest's owner, is named by."""
+    return MIN_PAGE <= size <= MAX_SIZE and not size & (size - 1)
+
+
 def _page_size(value: Any, where: str) -> int:
-    size = _whole(value, where, minimum=1, maximum=MAX_SIZE)
-    if size & (size - 1):
-        raise _not(where, value, "a page size (a power of two)")
-    return size
+    if type(value) is not int or not is_page_size(value):
+        raise _not(where, value, "a page size (a power of two, 4 KiB or more)")
+    return value
 
 
 # -- holders -------------------------------------------------------------------------------------
@@ -313,7 +318,7 @@ def hugepage_owner(text: str) -> Owner:
         except UsageError:
             page_size = 0
         owner = guest_pages_owner(name, page_size)
-        if name and page_size and not page_size & (page_size - 1) and str(owner) == text:
+        if name and is_page_size(page_size) and str(owner) == text:
             return owner
     return Owner(NAMED, text)
 
