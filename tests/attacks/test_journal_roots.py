@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.attacks.conftest import Attacker, owned_tree
-from tests.conftest import run_cli
+from tests.conftest import requires_root, run_cli
 from tests.libvirt.conftest import HookHost, stderr_line
 from tests.libvirt.xmls import guest_xml
 
@@ -99,3 +99,25 @@ def test_the_same_entry_under_memory_backing_dir_is_recovered(hook_host: HookHos
     result = run_cli("recover", env=hook_host.env())
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     assert result.stdout == f"libvirt: removed file {made}\n" and not made.exists()
+
+
+@requires_root
+def test_setup_memory_backing_leaves_qemu_conf_while_the_hook_holds_files(hook_host: HookHost, host_lock: None,
+                                                                          tmp_path: Path) -> None:
+    """Moving memory_backing_dir under a prepared guest would leave the hook's journal naming a
+    root it may no longer change (refusing every start and release): setup refuses first."""
+    xml = guest_xml("held", 16, id=6, file_backed=True, config={"threads": "1"})
+    assert hook_host.run("held", "prepare", "begin", xml).returncode == 0
+    env = {**hook_host.env(), "VFIOTASK_LIB_DIR": str(tmp_path / "lib")}
+    host = [Path("/dev/hugepages2M"), Path("/etc/systemd/system/dev-hugepages2M.mount")]
+    before = (hook_host.conf.read_text(), [os.path.lexists(path) for path in host])
+    try:
+        result = run_cli("setup", "memory-backing", env=env)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "the hook holds files under the current memory_backing_dir (guests held)" in result.stderr
+        assert (hook_host.conf.read_text(), [os.path.lexists(path) for path in host]) == before
+        assert not (tmp_path / "lib" / "memory-backing.json").exists()
+    finally:
+        assert hook_host.run("held", "release", "end", xml).returncode == 0
+        if (tmp_path / "lib" / "memory-backing.json").exists():  # refused nothing: put the host back
+            run_cli("setup", "memory-backing", "--undo", env=env)

@@ -291,6 +291,8 @@ def apply(paths: SetupPaths) -> tuple[Plan, bool]:
         return todo, False
     if os.geteuid() != 0 and todo.mount_now:
         raise UsageError("mounting hugetlbfs needs root", hint="run it as root, or with --dry-run to see the changes")
+    if paths.root == Path("/") and todo.conf_before != todo.conf_after:
+        refuse_while_the_hook_holds_files()
 
     def step(name: str, **data: str) -> None:
         with journal.locked() as state:
@@ -322,12 +324,30 @@ def apply(paths: SetupPaths) -> tuple[Plan, bool]:
     return todo, True
 
 
+def refuse_while_the_hook_holds_files() -> None:
+    """The hook's journal may only name files under memory_backing_dir as qemu.conf sets it: moving
+    it while the journal names files under the old one would refuse that journal (every start, and
+    every release) until it is moved back.  So it moves only while the hook holds nothing there."""
+    from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+
+    contents = GuestJournal().read()
+    if not (contents.guests or contents.staged or contents.intents):
+        return
+    guests = sorted({*contents.guests, *contents.staged, *(e.owner.guest for e in contents.intents if e.owner.guest)})
+    held = f"guests {', '.join(guests)}" if guests else "directories shared by the guests"
+    raise UsageError(f"the hook holds files under the current memory_backing_dir ({held}); qemu.conf was left as it is",
+                     hint="stop those guests and unstage what is staged (vfiotask hook unstage --domain NAME), "
+                     "then run it again")
+
+
 def undo(root: Path) -> list[str]:
     """Revert every journaled step, newest first; returns what was done.  Idempotent."""
     journal = Journal(MemoryBackingContents, lib_dir(root))
     record = journal.read().applied
     if record is None:
         return []
+    if root == Path("/") and any(step.step == "qemu.conf" for step in record.steps):
+        refuse_while_the_hook_holds_files()
     done: list[str] = []
     for step in reversed(record.steps):
         done.extend(_undo_step(step, root))
