@@ -1002,12 +1002,10 @@ class LibvirtContents(Contents):
                        for name, record in _mapping(data.get("staged", {}), "staged").items()}
 
     def _sections(self) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        if self.guests:
-            data["guests"] = {name: record.to_json() for name, record in self.guests.items()}
-        if self.staged:
-            data["staged"] = {name: record.to_json() for name, record in self.staged.items()}
-        return data
+        if not (self.guests or self.staged or self.intents):
+            return {}
+        return {"guests": {name: record.to_json() for name, record in self.guests.items()},  # both, as always
+                "staged": {name: record.to_json() for name, record in self.staged.items()}}
 
 
 class HugepagesContents(Contents):
