@@ -80,6 +80,12 @@ class HostStateError(VfiotaskError):
     """The host is not in the state an operation expects (journal, mounts, services)."""
 
 
+class CorruptJournal(HostStateError):
+    """A journal that is not JSON, or not the shape its records must have (an unknown kind, a
+    relative path, a root its journal may not touch, ...): nothing is undone or changed from it,
+    since what it names cannot be trusted.  Exit 1, like any other failure."""
+
+
 class StateDirError(HostStateError):
     """The state dir cannot hold journals safely (a link, not a directory, writable by others).
 

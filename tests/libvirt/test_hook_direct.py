@@ -271,11 +271,12 @@ def test_a_pool_that_cannot_grow_fails_prepare_and_keeps_nothing(hook_host: Hook
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_the_hooks_fast_path_reads_the_hugepage_jobs_journal() -> None:
-    from vfiotask.integrations.libvirt.guestjournal import HUGEPAGES_JOURNAL
-    from vfiotask.jobs.hugepages import JOURNAL_NAME
+def test_the_hooks_fast_path_reads_the_hugepage_jobs_journal(state_dir: Path) -> None:
+    from vfiotask.jobs.hugepages import HugepageReserver
+    from vfiotask.journal import Journal
+    from vfiotask.journalrecords import HugepagesContents
 
-    assert HUGEPAGES_JOURNAL == JOURNAL_NAME
+    assert Journal(HugepagesContents).path == HugepageReserver().journal.path == state_dir / "hugepages.json"
 
 
 def test_release_of_a_guest_with_only_a_hugepage_reservation_left(hook_host: HookHost, tmp_path: Path) -> None:

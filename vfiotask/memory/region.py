@@ -16,7 +16,6 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from vfiotask.errors import HugepageShortageError, ResourceError, UsageError
 from vfiotask.host import libc
@@ -24,6 +23,7 @@ from vfiotask.host.hugepages import HugepagePools
 from vfiotask.host.meminfo import mem_available
 from vfiotask.host.mounts import RAM_FILESYSTEMS, VIRTUAL_FILESYSTEMS, mount_of
 from vfiotask.host.numa import online_nodes
+from vfiotask.journalrecords import PREPIN_OWNER, Entry, FilesContents, Place
 from vfiotask.units import format_size
 
 BASE_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -85,7 +85,7 @@ class Region:
     path: Path | None = None
     fd: int | None = None
     created: bool = False
-    record: dict[str, Any] | None = field(default=None, repr=False)  # the journal entry of a created file
+    record: Entry | None = field(default=None, repr=False)  # the journal entry of a created file
     hugetlb: bool = False
     node: int | None = None
     fstype: str | None = None
@@ -364,7 +364,7 @@ def _check_resources(spec: RegionSpec, plan: _Plan) -> None:
         )
 
 
-def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, dict[str, Any] | None]:
+def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, Entry | None]:
     """The fd to map (None for anonymous memory) and the journal entry of a file it created."""
     if plan.kind == "anon":
         return None, None
@@ -481,7 +481,7 @@ def _advise_hugepages(addr: int, size: int) -> None:
             raise
 
 
-def _discard(fd: int | None, record: dict[str, Any] | None) -> None:
+def _discard(fd: int | None, record: Entry | None) -> None:
     if fd is not None:
         os.close(fd)
     if record is not None:
@@ -490,18 +490,22 @@ def _discard(fd: int | None, record: dict[str, Any] | None) -> None:
 
 # -- backing files this process creates: journaled, so a killed run's file is found and removed --------
 
-FILES_JOURNAL = "files"
-FILES_OWNER = "prepin"
+def _recorded_parent(path: Path) -> Path:
+    """The directory a backing file is made in, as the journal records it: absolute and without
+    links, `.` or `..` (a relative `--backing` names the directory it meant now, not where
+    `vfiotask recover` later runs)."""
+    return Path(os.path.realpath(path.parent))
 
 
-def _create_file(path: Path, size: int) -> tuple[int, dict[str, Any]]:
+def _create_file(path: Path, size: int) -> tuple[int, Entry]:
     """Create the backing file by descriptor in its directory, recorded by inode before it has its name."""
     from vfiotask.dirfd import open_root
     from vfiotask.journal import Journal, make_file
 
     try:
-        with open_root(path.parent) as directory:
-            return make_file(Journal(FILES_JOURNAL), FILES_OWNER, directory, path.parent, [], path.name, size)
+        parent = _recorded_parent(path)
+        with open_root(parent) as directory:
+            return make_file(Journal(FilesContents), PREPIN_OWNER, directory, Place(parent, ()), path.name, size)
     except FileExistsError as exc:
         raise UsageError(f"backing file {path} appeared while it was being created",
                          hint="check who else uses that path, then retry") from exc
@@ -509,16 +513,16 @@ def _create_file(path: Path, size: int) -> tuple[int, dict[str, Any]]:
         raise _path_error(path, exc) from exc
 
 
-def _settle(record: dict[str, Any], *, remove: bool) -> None:
+def _settle(record: Entry, *, remove: bool) -> None:
     """A created file is removed (the run failed) or handed to the user (the run succeeded)."""
     from vfiotask.journal import Journal, undo_entry
 
-    journal = Journal(FILES_JOURNAL)
+    journal = Journal(FilesContents)
     if remove:
         undo_entry(journal, record)
         return
-    with journal.locked() as data:
-        journal.drop(data, record)
+    with journal.locked() as contents:
+        journal.drop(contents, record)
 
 
 def recover_files(path: Path | None = None, *, dry_run: bool = False) -> list[str]:
@@ -530,11 +534,12 @@ def recover_files(path: Path | None = None, *, dry_run: bool = False) -> list[st
     from vfiotask.errors import StateDirError
     from vfiotask.journal import Journal, undo_recorded
 
-    journal = Journal(FILES_JOURNAL)
+    journal = Journal(FilesContents)
     try:
-        if not journal.read().get("intents"):
+        if not journal.read().intents:
             return []
     except StateDirError:  # nothing can have been recorded where this user cannot write
         return []
-    return undo_recorded(journal, FILES_OWNER, orphaned=True, dry_run=dry_run,
-                         where=lambda entry: path is None or Path(str(entry["root"]), str(entry["name"])) == path)
+    at = None if path is None else _recorded_parent(path) / path.name
+    return undo_recorded(journal, PREPIN_OWNER, orphaned=True, dry_run=dry_run,
+                         where=lambda change: at is None or change.path == at)

@@ -116,7 +116,7 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
         else:
             at_start = phases.start(name, found.dac, ctx)
             if at_start is not None:
-                log(f"{name}: files handed to QEMU ({at_start.get('owner')})")
+                log(f"{name}: files handed to QEMU ({list(at_start.owner) if at_start.owner else None})")
     except VfiotaskError as exc:
         return fail(f"guest {name}: {exc.one_line()}")
     except Exception as exc:  # a bug: libvirt still gets one line, syslog gets the traceback
@@ -151,18 +151,15 @@ def run_release(name: str) -> int:
 
 
 def _holds_anything(name: str) -> bool:
-    """Whether the journals list anything for `name`: read without importing the jobs (fast path)."""
-    from vfiotask.integrations.libvirt.guestjournal import (
-        HUGEPAGES_JOURNAL,
-        GuestJournal,
-        guest_owner,
-        hugepage_owner_prefix,
-    )
+    """Whether the journals list anything for `name`: read without importing the jobs (fast path).
+    Owners are compared whole: guest `vm:1`'s hugepages are not guest `vm`'s."""
+    from vfiotask.integrations.libvirt.guestjournal import GuestJournal
     from vfiotask.journal import Journal
+    from vfiotask.journalrecords import GUEST_PAGES, HugepagesContents, guest_owner
 
-    guests = GuestJournal().journal.read()
-    if name in guests.get("guests", {}) or any(e.get("owner") == guest_owner(name) for e in guests.get("intents", [])):
+    guests = GuestJournal().read()
+    if name in guests.guests or guests.entries(guest_owner(name)):
         return True
-    hugepages = Journal(HUGEPAGES_JOURNAL).read()
-    owners = [*hugepages.get("owners", {}), *(e.get("owner", "") for e in hugepages.get("intents", []))]
-    return any(owner.startswith(hugepage_owner_prefix(name)) for owner in owners)
+    hugepages = Journal(HugepagesContents).read()
+    owners = [*hugepages.owners, *(entry.owner for entry in hugepages.intents)]
+    return any(owner.role == GUEST_PAGES and owner.name == name for owner in owners)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from vfiotask.errors import HostStateError
+from vfiotask.journalrecords import Place  # a directory below a trusted root; journals record them
 
 TYPE_CHECKING = False  # `start begin` uses these paths without building the domain model
 if TYPE_CHECKING:
@@ -70,18 +71,6 @@ class RamFile(NamedTuple):
 def ram_files(domain: Domain) -> list[RamFile]:
     return [RamFile("pc.ram" if cell is None else f"ram-node{cell}", memory, domain.numatune.host_node(cell))
             for cell, memory in domain.ram_parts]
-
-
-class Place(NamedTuple):
-    """A directory below a trusted root: the root is the administrator's (followed), the levels
-    below it are walked by descriptor and never through a link."""
-
-    root: Path
-    parts: tuple[str, ...]
-
-    @property
-    def path(self) -> Path:
-        return self.root.joinpath(*self.parts)
 
 
 def _ram_place(conf: Path | None, *parts: str) -> Place:

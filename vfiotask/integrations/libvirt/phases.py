@@ -21,16 +21,8 @@ from typing import Any
 from vfiotask.dirfd import Dir, identity_of, open_path
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.guestjournal import (
-    OWNER_PREFIX,
-    GuestJournal,
-    guest_owner,
-    hugepage_owner,
-    hugepage_owner_prefix,
-)
+from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 from vfiotask.integrations.libvirt.ramfiles import (
-    STAGED_PREFIX,
-    FileRecord,
     allocated_bytes,
     hand_over,
     hugetlbfs_pages,
@@ -38,8 +30,25 @@ from vfiotask.integrations.libvirt.ramfiles import (
     populate_file,
     remove_empty_shared,
     reserve_pages,
+    still_ours,
 )
-from vfiotask.journal import Journal, fs_fields, holder, holder_alive, undo_recorded
+from vfiotask.journal import Journal, fs_change, holder, holder_alive, undo_recorded
+from vfiotask.journalrecords import (
+    DIR,
+    FILE,
+    GUEST,
+    GUEST_PAGES,
+    STAGING,
+    AtStart,
+    FileRecord,
+    GuestRecord,
+    LibvirtContents,
+    Owner,
+    Place,
+    PlacementRecord,
+    guest_owner,
+    guest_pages_owner,
+)
 from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
 
 TYPE_CHECKING = False  # the domain model is imported by prepare's caller; start never builds it
@@ -56,7 +65,7 @@ class HookContext:
 
     def __init__(self, *, journal: GuestJournal | None = None, conf: Path | None = None,
                  host_root: Path = Path("/"), log: Callable[[str], None] | None = None) -> None:
-        self.journal = journal or GuestJournal()
+        self.journal = journal or GuestJournal(conf=conf)
         self.conf = conf
         self.host_root = host_root
         self.log: Callable[[str], None] = log or (lambda message: None)
@@ -141,7 +150,7 @@ def hugepage_demands(domain: Domain, default: int) -> dict[int, dict[int | None,
 # -- phases --------------------------------------------------------------------------------------
 
 
-def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
+def prepare(domain: Domain, ctx: HookContext) -> GuestRecord:
     """Do everything for `prepare begin`; on any failure undo it all and raise.
 
     What an earlier prepare of the guest left (never released, or killed) is undone first, so a
@@ -154,21 +163,19 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
         from vfiotask.faultinjection import for_guest
 
         for_guest(name, domain.config.fail, ctx.log)
-    record: dict[str, Any] = {"id": domain.id, "uuid": domain.uuid, "began": time.time(),
-                              "files": [], "hugepages": [], "holder": holder()}
+    record = GuestRecord(domain.id, domain.uuid, time.time(), holder())
     undo: list[Callable[[], object]] = []
     ctx.journal.put_guest(name, record)
     try:
         if domain.hostdevs:
             check_devices(domain)
         check_memlock(domain)
-        domain = _place(domain, ctx, record)
+        domain, record = _place(domain, ctx, record)
         if domain.backing.uses_hugepages and domain.config.hugepages:
-            _reserve_hugepages(domain, ctx, record, undo)
+            record = _reserve_hugepages(domain, ctx, record, undo)
         if domain.backing.file_backed and domain.config.prefault:
-            _populate_files(domain, ctx, record, undo)
-        record["prepared"] = time.time()
-        ctx.journal.commit_guest(name, record)
+            record = _populate_files(domain, ctx, record, undo)
+        record = ctx.journal.commit_guest(name, record._replace(prepared=time.time()))
     except BaseException as exc:
         for action in reversed(undo):
             try:
@@ -193,19 +200,17 @@ def recover_guest(name: str, ctx: HookContext) -> list[str]:
     return [f"released guest {name}'s earlier preparation", *done, *problems]
 
 
-def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
+def recover(ctx: HookContext, match: Callable[[Owner], bool], *, dry_run: bool = False) -> list[str]:
     """Undo what killed prepares and stagings left (guests whose preparing process is gone, never
     those prepared and running), and remove the shared directories left empty; says what it did."""
-    data = ctx.journal.journal.read()
-    names = {name for name, record in data.get("guests", {}).items()
-             if record.get("holder") is not None and not holder_alive(record.get("holder"))}
-    staged: set[str] = set()
-    for entry in Journal.entries(data, orphaned=True):
-        owner = str(entry.get("owner"))
-        if owner.startswith(OWNER_PREFIX):
-            names.add(owner[len(OWNER_PREFIX):])
-        elif owner.startswith(STAGED_PREFIX):
-            staged.add(owner)
+    contents = ctx.journal.read()
+    names = {name for name, record in contents.guests.items() if not holder_alive(record.holder)}
+    staged: set[Owner] = set()
+    for entry in Journal.entries(contents, orphaned=True):
+        if entry.owner.role == GUEST:
+            names.add(entry.owner.name)
+        elif entry.owner.role == STAGING:
+            staged.add(entry.owner)
     done: list[str] = []
     for name in sorted(names):
         if not match(guest_owner(name)):
@@ -221,13 +226,12 @@ def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = F
     for owner in sorted(staged):
         if match(owner):
             done += undo_recorded(ctx.journal.journal, owner, dry_run=dry_run)
-            done += give_back_staged_hugepages(ctx.journal, owner[len(STAGED_PREFIX):], orphaned=True,
-                                               dry_run=dry_run)
+            done += give_back_staged_hugepages(ctx.journal, owner.name, orphaned=True, dry_run=dry_run)
     done += remove_empty_shared(ctx.journal.journal, dry_run=dry_run)  # of no one guest; only when empty
     return done
 
 
-def _place(domain: Domain, ctx: HookContext, record: dict[str, Any]) -> Domain:
+def _place(domain: Domain, ctx: HookContext, record: GuestRecord) -> tuple[Domain, GuestRecord]:
     """Apply NUMA from the device (placement.py) and note the choice in the log and the record."""
     from vfiotask.integrations.libvirt.placement import device_placement, placed
 
@@ -235,12 +239,11 @@ def _place(domain: Domain, ctx: HookContext, record: dict[str, Any]) -> Domain:
     if domain.hostdevs:
         where = "left to the kernel" if placement.node is None else f"node {placement.node}"
         ctx.log(f"{domain.name}: memory placement: {where} ({placement.reason})")
-    record["placement"] = placement.to_dict()
-    return placed(domain, placement)
+    return placed(domain, placement), record._replace(placement=PlacementRecord(placement.node, placement.reason))
 
 
-def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
-                       undo: list[Callable[[], object]]) -> None:
+def _reserve_hugepages(domain: Domain, ctx: HookContext, record: GuestRecord,
+                       undo: list[Callable[[], object]]) -> GuestRecord:
     reserver = ctx.reserver()
     default = reserver.resolve_page_size(None)
     mounted = hugetlbfs_page_sizes(ctx.host_root, default)
@@ -252,43 +255,43 @@ def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
                 "but no hugetlbfs of that page size is mounted",
                 hint=f"mount -t hugetlbfs -o pagesize={page_size >> 20}M none /dev/hugepages, then restart libvirtd",
             )
-        owner = hugepage_owner(domain.name, page_size)
+        owner = guest_pages_owner(domain.name, page_size)
         undo.append(partial(reserver.release, owner))
         held = reserver.reserve(owner, per_node, page_size)
-        record["hugepages"].append(held.to_json())
+        record = record._replace(hugepages=(*record.hugepages, held))
         ctx.journal.put_guest(domain.name, record)
         ctx.log(f"{domain.name}: reserved {format_size(held.size)} of {format_size(page_size)} hugepages")
+    return record
 
 
-def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
-                    undo: list[Callable[[], object]]) -> None:
+def _populate_files(domain: Domain, ctx: HookContext, record: GuestRecord,
+                    undo: list[Callable[[], object]]) -> GuestRecord:
     from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
     base = paths.require_backing_dir(ctx.conf)
     fstype = filesystem_type(base, ctx.host_root)
     if fstype not in RAM_FILESYSTEMS:
         ctx.log(f"{domain.name}: memory_backing_dir {base} is not tmpfs or hugetlbfs; RAM files left to QEMU")
-        return
+        return record
     rams = paths.ram_files(domain)
     if fstype == "hugetlbfs":  # the files' pages, recorded like every reservation of the guest
         page_size, pages = hugetlbfs_pages(base, rams)
-        owner = hugepage_owner(domain.name, page_size)
-        held, new = reserve_pages(owner, page_size, pages, ctx.reserver)
+        pages_owner = guest_pages_owner(domain.name, page_size)
+        held, new = reserve_pages(pages_owner, page_size, pages, ctx.reserver)
         if new:
-            undo.append(partial(ctx.reserver().release, owner))
-        record["hugepages"].append(held)
+            undo.append(partial(ctx.reserver().release, pages_owner))
+        record = record._replace(hugepages=(*record.hugepages, held))
         ctx.journal.put_guest(domain.name, record)
     place = paths.guest_place(domain, ctx.conf)
-    record["guest_dir"] = str(place.path)
-    record["place"] = {"root": str(place.root), "parts": list(place.parts)}
+    record = record._replace(guest_dir=str(place.path), place=place)
     owner = guest_owner(domain.name)
     journal = ctx.journal.journal
-    staged = ctx.journal.staged(domain.name) or {}
-    staged_files = {f.name: f for f in map(FileRecord.from_json, staged.get("files", []))}
+    staged = ctx.journal.staged(domain.name)
+    staged_files = {f.name: f for f in (staged.files if staged else ())}
     with open_place(place, journal, owner) as directory:
         for ram in rams:
             ahead = staged_files.pop(ram.name, None)
-            if ahead is not None and ahead.size == ram.size and ahead.still_ours() \
+            if ahead is not None and ahead.size == ram.size and still_ours(ahead) \
                     and directory.lstat(ram.name) is None:
                 done = _move_staged(ahead, directory, place, ram.name, journal, owner)
                 undo.append(partial(_move_back, done, ahead))
@@ -301,26 +304,26 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
                                      threads=domain.config.threads, progress=meter)
                 ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
                         f"in {done.seconds:.2f} s with {done.threads} thread(s)")
-            record["files"].append(done.to_json())
+            record = record._replace(files=(*record.files, done))
             ctx.journal.put_guest(domain.name, record)
     if staged:
         from vfiotask.integrations.libvirt.ahead import unstage
 
         unstage(domain.name, journal=ctx.journal)
+    return record
 
 
-def _move_staged(ahead: FileRecord, directory: Dir, place: paths.Place, name: str, journal: Journal,
-                 owner: str) -> FileRecord:
+def _move_staged(ahead: FileRecord, directory: Dir, place: Place, name: str, journal: Journal[LibvirtContents],
+                 owner: Owner) -> FileRecord:
     """Rename a staged file into the guest's directory, journaled for the guest first (same inode)."""
-    with journal.locked() as data:
-        entry = journal.intend(data, owner, "file", **fs_fields(directory, place.root, list(place.parts), name),
-                               ident=[ahead.dev, ahead.inode])
+    with journal.locked() as contents:
+        entry = journal.intend(contents, owner, fs_change(FILE, directory, place, name, (ahead.dev, ahead.inode)))
     with open_path(ahead.place.root, ahead.place.parts) as staging:
         staging.rename(ahead.name, directory, name)
-    with journal.locked() as data:
-        journal.done(data, entry)
-    return FileRecord(**{**ahead.to_json(), "path": str(place.path / name), "staged_from": ahead.path,
-                         "root": str(place.root), "parts": tuple(place.parts)})
+    with journal.locked() as contents:
+        journal.done(contents, entry)
+    return ahead._replace(path=str(place.path / name), staged_from=ahead.path, root=str(place.root),
+                          parts=tuple(place.parts))
 
 
 def _move_back(done: FileRecord, ahead: FileRecord) -> None:
@@ -344,27 +347,27 @@ def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
         ) from exc
 
 
-def start(name: str, label: tuple[str, str] | None, ctx: HookContext) -> dict[str, Any] | None:
+def start(name: str, label: tuple[str, str] | None, ctx: HookContext) -> AtStart | None:
     """Give the prepared files to QEMU's uid:gid (`label`: the user and group of the guest's DAC
     seclabel) and record how much of each is populated."""
     record = ctx.journal.guest(name)
     if record is None:
         return None
-    files = [FileRecord.from_json(f) for f in record.get("files", [])]
-    at_start: dict[str, Any] = {}
-    where = record.get("place")
-    place = paths.Place(Path(where["root"]), tuple(where["parts"])) if where else None
-    made_dir = any(e.get("kind") == "dir" for e in ctx.journal.journal_entries(guest_owner(name)))
+    files = list(record.files)
+    place = record.place
+    made_dir = any(e.kind == DIR for e in ctx.journal.journal_entries(guest_owner(name)))
+    allocated: dict[str, int] | None = None
+    owner: tuple[int, int] | None = None
     if label is not None:
         uid = _resolve_id(label[0], pwd.getpwnam, "user")
         gid = _resolve_id(label[1], grp.getgrnam, "group")
         if place is not None and (files or made_dir):
-            at_start["allocated"] = hand_over(place, files, uid, gid, directory_too=made_dir)
-        at_start["owner"] = [uid, gid]
-    at_start.setdefault("allocated", {file.path: allocated_bytes(file) for file in files})
-    at_start["inodes"] = {file.path: file.inode for file in files}
-    at_start["time"] = time.time()
-    ctx.journal.update_guest(name, at_start=at_start)
+            allocated = hand_over(place, files, uid, gid, directory_too=made_dir)
+        owner = (uid, gid)
+    if allocated is None:
+        allocated = {file.path: allocated_bytes(file) for file in files}
+    at_start = AtStart(allocated, {file.path: file.inode for file in files}, time.time(), owner)
+    ctx.journal.record_start(name, at_start)
     return at_start
 
 
@@ -385,9 +388,9 @@ def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> li
     ctx.journal.pop_guest(name)
     try:
         reserver = ctx.reserver()
-        done += reserver.recover(lambda owner: owner.startswith(hugepage_owner_prefix(name)))
+        done += reserver.recover(lambda owner: _guest_pages_of(owner, name))
         for held in reserver.owners():
-            if held.owner.startswith(hugepage_owner_prefix(name)) and reserver.release(held.owner):
+            if _guest_pages_of(held.owner, name) and reserver.release(held.owner):
                 done.append(f"released {held.owner}'s {format_size(held.size)} of hugepages")
     except (OSError, VfiotaskError) as exc:
         problems.append(f"releasing hugepages: {describe_exception(exc)}")
@@ -396,3 +399,9 @@ def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> li
     except (OSError, VfiotaskError) as exc:
         problems.append(f"removing empty directories: {describe_exception(exc)}")
     return problems
+
+
+def _guest_pages_of(owner: Owner, name: str) -> bool:
+    """Whether `owner` is guest `name`'s hugepages (of any page size): compared whole, so guest
+    `vm`'s release never takes guest `vm:1`'s."""
+    return owner.role == GUEST_PAGES and owner.name == name

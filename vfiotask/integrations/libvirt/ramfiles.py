@@ -16,12 +16,21 @@ import os
 import stat
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from vfiotask.dirfd import Dir, identity_of, open_path, open_root, walk
 from vfiotask.errors import HostStateError
-from vfiotask.integrations.libvirt.paths import Place
 from vfiotask.journal import Journal, journaled_mkdir, make_file, open_recorded_dir, undo_entry, undo_fs
+from vfiotask.journalrecords import (
+    SHARED_OWNER,
+    Entry,
+    FileRecord,
+    FsChange,
+    LibvirtContents,
+    Owner,
+    Place,
+    Reservation,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -29,74 +38,33 @@ if TYPE_CHECKING:
     from vfiotask.engine import Engine, ProgressFn
     from vfiotask.integrations.libvirt.paths import RamFile
 
-SHARED_OWNER = "libvirt"
+
+def still_ours(record: FileRecord) -> bool:
+    """The name still has the file `record` describes (same device and inode, not a link)."""
+    try:
+        with open_path(record.place.root, record.place.parts) as directory:
+            info = directory.lstat(record.name)
+    except (OSError, HostStateError):
+        return False
+    return info is not None and stat.S_ISREG(info.st_mode) and identity_of(info) == (record.dev, record.inode)
 
 
-STAGED_PREFIX = "libvirt-staged:"
-
-
-def staged_owner(name: str) -> str:
-    return f"{STAGED_PREFIX}{name}"
-
-
-class FileRecord(NamedTuple):
-    """A RAM file vfiotask made: where, how big, which node, and its identity."""
-
-    path: str
-    size: int
-    node: int | None
-    dev: int
-    inode: int
-    allocated: int
-    seconds: float = 0.0
-    threads: int = 0
-    staged_from: str | None = None
-    root: str | None = None
-    parts: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return self._asdict()
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileRecord:
-        fields: dict[str, Any] = {name: data[name] for name in cls._fields if name in data}
-        fields["parts"] = tuple(fields.get("parts") or ())
-        return cls(**fields)
-
-    @property
-    def place(self) -> Place:
-        return Place(Path(self.root or Path(self.path).parent), tuple(self.parts))
-
-    @property
-    def name(self) -> str:
-        return Path(self.path).name
-
-    def still_ours(self) -> bool:
-        """The name still has the file this record describes (same device and inode, not a link)."""
-        try:
-            with open_path(self.place.root, self.place.parts) as directory:
-                info = directory.lstat(self.name)
-        except (OSError, HostStateError):
-            return False
-        return info is not None and stat.S_ISREG(info.st_mode) and identity_of(info) == (self.dev, self.inode)
-
-
-def open_place(place: Place, journal: Journal, owner: str) -> Dir:
+def open_place(place: Place, journal: Journal[LibvirtContents], owner: Owner) -> Dir:
     """`place`, opened level by level; missing levels are made and journaled first: the last for
     `owner`, those above it as shared.  Under the journal's lock, so that a release removing an empty
     shared directory never removes one a prepare is about to make its directory in."""
-    with open_root(place.root) as root, journal.locked() as data:
+    with open_root(place.root) as root, journal.locked() as contents:
         parent = walk(root, place.parts[:-1], create=True, mode=0o755,
-                      maker=journaled_mkdir(journal, data, SHARED_OWNER, place.root))
+                      maker=journaled_mkdir(journal, contents, SHARED_OWNER, place.root))
         with parent:
             try:
                 return parent.sub(place.parts[-1])
             except FileNotFoundError:
-                return journaled_mkdir(journal, data, owner, place.root)(parent, place.parts[-1], 0o700)
+                return journaled_mkdir(journal, contents, owner, place.root)(parent, place.parts[-1], 0o700)
 
 
-def populate_file(directory: Dir, place: Place, name: str, size: int, node: int | None, *, journal: Journal,
-                  owner: str, threads: int = 0, engine: Engine | None = None,
+def populate_file(directory: Dir, place: Place, name: str, size: int, node: int | None, *,
+                  journal: Journal[LibvirtContents], owner: Owner, threads: int = 0, engine: Engine | None = None,
                   progress: ProgressFn | None = None) -> FileRecord:
     """Create `name` in `directory` at `size`, journaled for `owner`, and populate every page in
     parallel on `node`; on failure nothing is left (file and entry both go)."""
@@ -105,7 +73,7 @@ def populate_file(directory: Dir, place: Place, name: str, size: int, node: int 
 
     path = place.path / name
     try:
-        fd, entry = make_file(journal, owner, directory, place.root, list(place.parts), name, size)
+        fd, entry = make_file(journal, owner, directory, place, name, size)
     except FileExistsError as exc:
         raise HostStateError(
             f"guest RAM file {path} already exists (left by an earlier run?)",
@@ -128,28 +96,30 @@ def populate_file(directory: Dir, place: Place, name: str, size: int, node: int 
                       root=str(place.root), parts=tuple(place.parts))
 
 
-def remove_empty_shared(journal: Journal, *, dry_run: bool = False) -> list[str]:
+def remove_empty_shared(journal: Journal[LibvirtContents], *, dry_run: bool = False) -> list[str]:
     """Remove the shared directories the hook made, deepest first, once nothing is left in them."""
     actions = []
-    with journal.locked() as data:
-        for entry in journal.entries(data, SHARED_OWNER):
+    with journal.locked() as contents:
+        for entry in journal.entries(contents, SHARED_OWNER):
             action = undo_fs(entry, dry_run=dry_run)
             if action:
                 actions.append(action)
             if not dry_run and (action or not _present(entry)):
-                journal.drop(data, entry)
+                journal.drop(contents, entry)
     return actions
 
 
-def _present(entry: dict[str, Any]) -> bool:
+def _present(entry: Entry) -> bool:
     """Whether the recorded directory still has its name (it stays recorded until it is removed)."""
+    change = entry.change
+    if not isinstance(change, FsChange):
+        return False
     try:
-        with open_recorded_dir(entry) as directory:
-            info = directory.lstat(str(entry["name"]))
+        with open_recorded_dir(change) as directory:
+            info = directory.lstat(change.name)
     except (OSError, HostStateError):
         return False
-    ident = entry.get("ident")
-    return info is not None and (ident is None or list(identity_of(info)) == list(ident))
+    return info is not None and (change.ident is None or identity_of(info) == change.ident)
 
 
 def hand_over(place: Place, files: list[FileRecord], uid: int, gid: int, *, directory_too: bool) -> dict[str, int]:
@@ -199,15 +169,13 @@ def hugetlbfs_pages(directory: Path, rams: Iterable[RamFile]) -> tuple[int, dict
     return page_size, pages
 
 
-def reserve_pages(owner: str, page_size: int, pages: dict[int | None, int],
-                  reserver: Callable[[], Any]) -> tuple[dict[str, Any], bool]:
-    """Hold `pages` for `owner` (already held: nothing to do); returns the record and whether it is new."""
+def reserve_pages(owner: Owner, page_size: int, pages: dict[int | None, int],
+                  reserver: Callable[[], Any]) -> tuple[Reservation, bool]:
+    """Hold `pages` for `owner` (already held: nothing to do); returns the reservation and whether it is new."""
     from vfiotask.integrations.libvirt.guestjournal import hugepages_held
 
     if hugepages_held(owner, page_size, pages):
-        nodes = {"any" if node is None else str(node): count for node, count in pages.items()}
-        return {"owner": owner, "page_size": page_size, "pages": nodes, "bytes": page_size * sum(pages.values()),
-                "already_held": True}, False
+        return Reservation(owner, page_size, dict(pages), already_held=True), False
     demands = {node: count * page_size for node, count in pages.items()}
-    held = reserver().reserve(owner, demands, page_size, use_free=True)  # the file takes them at once
-    return held.to_json(), not held.already_held
+    held: Reservation = reserver().reserve(owner, demands, page_size, use_free=True)  # the file takes them at once
+    return held, not held.already_held

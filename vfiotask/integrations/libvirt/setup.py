@@ -24,15 +24,14 @@ import re
 import stat
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from vfiotask.errors import HostStateError, UsageError
 from vfiotask.journal import Journal
+from vfiotask.journalrecords import MemoryBackingContents, SetupRecord, SetupStep
 from vfiotask.units import GiB, MiB, format_size
 
-JOURNAL_NAME = "memory-backing"
 LIB_DIR_ENV = "VFIOTASK_LIB_DIR"
 
 
@@ -301,17 +300,17 @@ def plan(paths: SetupPaths) -> Plan:
                 mount_now=mounted is None)
 
 
-def applied(root: Path) -> dict[str, Any] | None:
-    record: dict[str, Any] | None = Journal(JOURNAL_NAME, lib_dir(root)).read().get("applied")
-    return record
+def applied(root: Path) -> SetupRecord | None:
+    return Journal(MemoryBackingContents, lib_dir(root)).read().applied
 
 
 def apply(paths: SetupPaths) -> tuple[Plan, bool]:
     """Make the changes; returns the plan and False when everything was already in place."""
-    journal = Journal(JOURNAL_NAME, paths.journal_dir)
-    held = journal.read().get("applied")
-    if held is not None and held.get("page_size") != paths.page_size:
-        raise UsageError(f"memory-backing is already set up with {format_size(held['page_size'])} pages",
+    paths = replace(paths, root=Path(os.path.abspath(paths.root)))  # the journal records absolute paths
+    journal = Journal(MemoryBackingContents, paths.journal_dir)
+    held = journal.read().applied
+    if held is not None and held.page_size != paths.page_size:
+        raise UsageError(f"memory-backing is already set up with {format_size(held.page_size)} pages",
                          hint="run 'vfiotask setup memory-backing --undo' first")
     todo = plan(paths)
     if held is not None and not (todo.make_mountpoint or todo.write_unit or todo.mount_now
@@ -319,12 +318,13 @@ def apply(paths: SetupPaths) -> tuple[Plan, bool]:
         return todo, False
     if os.geteuid() != 0 and todo.mount_now:
         raise UsageError("mounting hugetlbfs needs root", hint="run it as root, or with --dry-run to see the changes")
+    if paths.root == Path("/") and todo.conf_before != todo.conf_after:
+        refuse_while_the_hook_holds_files()
 
-    def step(name: str, **data: Any) -> None:
+    def step(name: str, **data: str) -> None:
         with journal.locked() as state:
-            record = state.setdefault("applied", {"page_size": paths.page_size, "root": str(paths.root),
-                                                  "steps": []})
-            record["steps"].append({"step": name, **data})
+            record = state.applied or SetupRecord(paths.page_size, str(paths.root))
+            state.applied = record._replace(steps=(*record.steps, SetupStep(name, **data)))
 
     if todo.make_mountpoint:
         step("mountpoint", path=str(paths.local_mountpoint))
@@ -351,35 +351,54 @@ def apply(paths: SetupPaths) -> tuple[Plan, bool]:
     return todo, True
 
 
+def refuse_while_the_hook_holds_files() -> None:
+    """The hook's journal may only name files under memory_backing_dir as qemu.conf sets it: moving
+    it while the journal names files under the old one would refuse that journal (every start, and
+    every release) until it is moved back.  So it moves only while the hook holds nothing there."""
+    from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+
+    contents = GuestJournal().read()
+    if not (contents.guests or contents.staged or contents.intents):
+        return
+    guests = sorted({*contents.guests, *contents.staged, *(e.owner.guest for e in contents.intents if e.owner.guest)})
+    held = f"guests {', '.join(guests)}" if guests else "directories shared by the guests"
+    raise UsageError(f"the hook holds files under the current memory_backing_dir ({held}); qemu.conf was left as it is",
+                     hint="stop those guests and unstage what is staged (vfiotask hook unstage --domain NAME), "
+                     "then run it again")
+
+
 def undo(root: Path) -> list[str]:
     """Revert every journaled step, newest first; returns what was done.  Idempotent."""
-    journal = Journal(JOURNAL_NAME, lib_dir(root))
-    record = journal.read().get("applied")
+    journal = Journal(MemoryBackingContents, lib_dir(root))
+    record = journal.read().applied
     if record is None:
         return []
+    if root == Path("/") and any(step.step == "qemu.conf" for step in record.steps):
+        refuse_while_the_hook_holds_files()
     done: list[str] = []
-    for step in reversed(record["steps"]):
+    for step in reversed(record.steps):
         done.extend(_undo_step(step, root))
         with journal.locked() as state:  # each step leaves the journal as soon as it is reverted
-            state["applied"]["steps"].remove(step)
+            if state.applied is not None:
+                state.applied = state.applied._replace(steps=tuple(s for s in state.applied.steps if s != step))
     with journal.locked() as state:
-        state.pop("applied", None)
+        state.applied = None
     return done
 
 
-def _undo_step(step: dict[str, Any], root: Path) -> list[str]:
-    path = Path(step["path"])
-    kind = step["step"]
+def _undo_step(step: SetupStep, root: Path) -> list[str]:
+    path = Path(step.path)
+    kind = step.step
     if kind == "qemu.conf":
         now = _read(path)
-        backup = _read(Path(step["backup"]))
-        if now is not None and _digest(now) == step["before"]:
+        backup = _read(Path(str(step.backup)))
+        if now is not None and _digest(now) == step.before:
             return []  # never written, or already reverted
-        if now is None or _digest(now) != step["after"] or backup is None or _digest(backup) != step["before"]:
+        if now is None or _digest(now) != step.after or backup is None or _digest(backup) != step.before:
             raise HostStateError(f"{path} changed since 'setup memory-backing' wrote it; it was left alone",
-                                 hint=f"restore memory_backing_dir by hand (the original is in {step['backup']})")
+                                 hint=f"restore memory_backing_dir by hand (the original is in {step.backup})")
         _write(path, backup)
-        return [f"restored {path} from {step['backup']}"]
+        return [f"restored {path} from {step.backup}"]
     if kind == "mount":
         if _mounted_at(path) != "hugetlbfs":
             return []
@@ -389,7 +408,7 @@ def _undo_step(step: dict[str, Any], root: Path) -> list[str]:
                                  hint="stop the guests whose RAM is there, then run --undo again")
         return [f"unmounted {path}"]
     if kind == "unit":
-        link = Path(step["link"])
+        link = Path(str(step.link))
         out = []
         if os.path.islink(link):
             _unlink(link)
