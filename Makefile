@@ -76,8 +76,8 @@ UNITDIR ?= /etc/systemd/system
 install:
 	$(PYTHON) -m venv --clear $(PREFIX)
 	$(PREFIX)/bin/pip install -q --upgrade pip
-	$(PREFIX)/bin/pip install -q .
-	@if pkg-config --exists libvirt 2>/dev/null; then $(PREFIX)/bin/pip install -q '.[libvirt]'; fi
+	@if pkg-config --exists libvirt 2>/dev/null; then spec='.[libvirt]'; else spec=.; fi; \
+	  echo "$(PREFIX)/bin/pip install -q '$$spec'"; $(PREFIX)/bin/pip install -q "$$spec"
 	install -d $(BINDIR)
 	ln -sf $(PREFIX)/bin/vfiotask $(BINDIR)/vfiotask
 	install -D -m 644 $(PREFIX)/share/man/man1/vfiotask.1 $(SHAREDIR)/man/man1/vfiotask.1
@@ -85,7 +85,7 @@ install:
 	  $(SHAREDIR)/bash-completion/completions/vfiotask
 	install -D -m 644 $(PREFIX)/share/zsh/site-functions/_vfiotask $(SHAREDIR)/zsh/site-functions/_vfiotask
 	install -D -m 644 $(PREFIX)/lib/systemd/system/vfiotask-stage@.service $(UNITDIR)/vfiotask-stage@.service
-	@if [ "$(UNITDIR)" = /etc/systemd/system ] && command -v systemctl >/dev/null; then systemctl daemon-reload; fi
+	@if [ "$(UNITDIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed vfiotask in $(PREFIX); next: $(BINDIR)/vfiotask hook install && systemctl restart libvirtd"
 
 uninstall:
