@@ -27,6 +27,7 @@ from tests.nested import boot, install
 from tests.nested.kernels import BUILD, IOMMUFD, TYPE1, Kernel, why_missing
 
 GUEST_TIMEOUT_S = 420
+LIBVIRT_CHECKS_S = 480  # what check_libvirt.py adds to the type1 boot: libvirtd, 6 to 8 QEMU starts under TCG
 INSTALL_ENV = "VFIOTASK_NESTED_INSTALL"
 CHECKS_DIR = Path(__file__).with_name("guest")
 GUEST_PYTEST = (".venv/bin/python -m pytest -p no:cacheprovider --color=no -q -rA -o 'python_files=check_*.py' "
@@ -56,12 +57,16 @@ def _boot(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     workdir = tmp_path_factory.mktemp(f"guest-{kernel.name}")
     if kernel is TYPE1:
         prepare_install(workdir, workdir / "results")
-    run = boot.run_script(kernel, workdir, GUEST_PYTEST, timeout=GUEST_TIMEOUT_S)
+    run = boot.run_script(kernel, workdir, GUEST_PYTEST, timeout=timeout_s(kernel))
     if run.console_path.is_file():  # kept for a look afterwards
         shutil.copyfile(run.console_path, BUILD / f"console-{kernel.name}.log")
     junit = run.results / "junit.xml"
     cases = list(ET.parse(junit).getroot().iter("testcase")) if junit.is_file() else []
     return Outcome(run, cases)
+
+
+def timeout_s(kernel: Kernel) -> int:
+    return GUEST_TIMEOUT_S + (LIBVIRT_CHECKS_S if kernel is TYPE1 else 0)
 
 
 def prepare_install(workdir: Path, results: Path) -> None:
@@ -93,7 +98,7 @@ def judge(outcome: Outcome, module: str, function: str) -> None:
     run = outcome.run
     where = f"\n--- end of the guest's console ({run.seconds:.0f} s) ---\n{run.tail()}"
     if run.timed_out:
-        pytest.fail(f"the guest did not power off within {GUEST_TIMEOUT_S} s{where}")
+        pytest.fail(f"the guest did not power off within {run.seconds:.0f} s{where}")
     mine = [c for c in outcome.cases
             if c.get("classname", "").endswith(module) and re.fullmatch(rf"{function}(\[.*\])?", c.get("name", ""))]
     if not mine:
