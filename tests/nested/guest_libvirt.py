@@ -10,7 +10,7 @@ tmpfs.  libvirt, an installed vfiotask and its hook need more writable places:
   owned as Debian's package makes them (state, QEMU's logs, the capabilities cache);
 - /opt, /usr/local: fresh tmpfs, where `make install` puts the venv, the command, the manual page
   and the completions (its unit goes to /etc/systemd/system, in the copy of /etc);
-- /dev/hugepages: hugetlbfs of 2 MiB pages.
+- /dev/hugepages: hugetlbfs of 2 MiB pages; /sys/kernel/tracing: tracefs, for `bench vfio-start`.
 
 qemu.conf gets `memory_backing_dir` (hugetlbfs at /dev/hugepages/vfiotask or tmpfs at
 /dev/shm/vfiotask) and `namespaces = []`: libvirt's private /dev for QEMU is built from mounts read
@@ -52,7 +52,7 @@ WHEELHOUSE_NAME = "wheelhouse"
 VFIOTASK = "/usr/local/bin/vfiotask"
 HUGETLBFS_ROOT = Path("/dev/hugepages")
 BACKING = {"hugetlbfs": HUGETLBFS_ROOT / "vfiotask", "tmpfs": Path("/dev/shm/vfiotask")}
-HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
+TRACEFS = Path("/sys/kernel/tracing")
 WRITABLE = ("/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt", "/opt", "/usr/local")
 # libvirt's own directories under /var, as Debian's package makes them (owner, mode).
 LIBVIRT_DIRS = {
@@ -115,6 +115,8 @@ class Lab:
             Path(path).mkdir(parents=True, exist_ok=True)
             shutil.chown(path, owner, owner)
             os.chmod(path, mode)
+        run("mount", "-t", "tracefs", "nodev", str(TRACEFS))  # for bench vfio-start
+        self.mounted.append(str(TRACEFS))
         HUGETLBFS_ROOT.mkdir(exist_ok=True)
         run("mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "hugetlbfs", str(HUGETLBFS_ROOT))
         self.mounted.append(str(HUGETLBFS_ROOT))
