@@ -13,6 +13,7 @@ on exit, also on failure.  Test and benchmark support, as the rest of `bench`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Collection, Iterable
 from pathlib import Path
@@ -126,11 +127,19 @@ class MapTracer:
             raise
         return self
 
+    def _append(self, name: str, line: str) -> None:
+        """One line added to a tracefs list.  Not open(..., "a"): Python seeks to the end of a file
+        opened for appending, and tracefs' lists refuse SEEK_END with EINVAL."""
+        fd = os.open(self.root / name, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
     def _add_probe(self) -> None:
         for definition in (PROBE_WITH_SIZE, PROBE):
             try:
-                with open(self.root / "kprobe_events", "a") as handle:
-                    handle.write(definition + "\n")
+                self._append("kprobe_events", definition)
             except OSError as exc:
                 if definition == PROBE:
                     raise HostStateError(f"cannot add a kprobe event on {FUNCTION}: {exc.strerror}",
@@ -160,8 +169,7 @@ class MapTracer:
                     errors.append(str(error))
         if self.probe_added:
             try:
-                with open(self.root / "kprobe_events", "a") as handle:
-                    handle.write(f"-:{EVENT_GROUP}/{EVENT}\n")
+                self._append("kprobe_events", f"-:{EVENT_GROUP}/{EVENT}")
                 self.probe_added = False
             except OSError as error:
                 errors.append(f"removing the kprobe event: {error.strerror}")
@@ -184,8 +192,7 @@ class MapTracer:
         try:
             self._write(name, "")
             for entry in wanted:
-                with open(self.root / name, "a") as handle:
-                    handle.write(entry.split()[0] + "\n")
+                self._append(name, entry.split()[0])
         except (OSError, HostStateError) as error:
             errors.append(f"restoring {name}: {error}")
 
