@@ -13,9 +13,9 @@ tmpfs.  libvirt, an installed vfiotask and its hook need more writable places:
 - /dev/hugepages: hugetlbfs of 2 MiB pages; /sys/kernel/tracing: tracefs, for `bench vfio-start`.
 
 qemu.conf gets `memory_backing_dir` (hugetlbfs at /dev/hugepages/vfiotask or tmpfs at
-/dev/shm/vfiotask) and `namespaces = []`: libvirt's private /dev for QEMU is built from mounts read
-through /proc in a chroot (init.sh chroots into the host's root), where the VFIO group node went
-missing; with the guest's own /dev QEMU opens /dev/vfio/N as on a host without namespaces.
+/dev/shm/vfiotask) and `namespaces = []`: with libvirt's private /dev for QEMU, QEMU found no
+/dev/vfio/N in this guest ("failed to open /dev/vfio/4"), whose programs run chrooted into the
+host's root (init.sh); without it QEMU opens the guest's own /dev, as on a host without namespaces.
 
 The installation is `make install`, unchanged, offline (PIP_NO_INDEX, PIP_FIND_LINKS at the
 wheelhouse `make nested-kernels` prepares), in one of two places:
