@@ -21,9 +21,10 @@ The installation is `make install`, unchanged, offline (PIP_NO_INDEX, PIP_FIND_L
 wheelhouse `make nested-kernels` prepares), in one of two places:
 
 - `host` (what `make test` uses): the host ran it before the boot in a private mount namespace
-  whose /opt, /usr/local and /etc/systemd are directories of the guest's results share
-  (tests/nested/install.py); the same root filesystem, so the same paths and interpreter.  The
-  guest unpacks the archive it left.  Under TCG the same `make install` takes about 9 minutes.
+  whose /opt, /usr/local and /etc/systemd are empty directories of the test's work dir, and
+  packed what it installed in the results share (tests/nested/install.py); the same root
+  filesystem, so the same paths and interpreter.  The guest unpacks it.  Under TCG the same
+  `make install` took the guest 9 minutes once on this 2-CPU VM beside others' tests.
 - `guest`: the guest runs it itself on a copy of the checkout (python -m
   tests.nested.measure_vfio_start, or VFIOTASK_NESTED_INSTALL=guest for the tests).
 
