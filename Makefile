@@ -80,8 +80,8 @@ UNITS := vfiotask-stage@.service vfiotask-recover.service
 install:
 	$(PYTHON) -m venv --clear $(PREFIX)
 	$(PREFIX)/bin/pip install -q --upgrade pip
-	$(PREFIX)/bin/pip install -q .
-	@if pkg-config --exists libvirt 2>/dev/null; then $(PREFIX)/bin/pip install -q '.[libvirt]'; fi
+	@if pkg-config --exists libvirt 2>/dev/null; then spec='.[libvirt]'; else spec=.; fi; \
+	  echo "$(PREFIX)/bin/pip install -q '$$spec'"; $(PREFIX)/bin/pip install -q "$$spec"
 	install -d $(BINDIR)
 	ln -sf $(PREFIX)/bin/vfiotask $(BINDIR)/vfiotask
 	install -D -m 644 $(PREFIX)/share/man/man1/vfiotask.1 $(SHAREDIR)/man/man1/vfiotask.1
@@ -94,7 +94,7 @@ install:
 	    $(PREFIX)/lib/systemd/system/$$unit > $(UNITDIR)/$$unit.tmp && chmod 644 $(UNITDIR)/$$unit.tmp && \
 	  mv $(UNITDIR)/$$unit.tmp $(UNITDIR)/$$unit || exit 1; \
 	done
-	@if [ "$(UNITDIR)" = /etc/systemd/system ] && command -v systemctl >/dev/null; then systemctl daemon-reload; fi
+	@if [ "$(UNITDIR)" = /etc/systemd/system ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed vfiotask in $(PREFIX); next: $(BINDIR)/vfiotask hook install && systemctl restart libvirtd"
 
 uninstall:

@@ -37,6 +37,7 @@ def _cases() -> Iterator[tuple[str, list[str], dict[str, str]]]:
         yield f"unbind-address-{key}", ["unbind", address, "--sysfs-root", VIABLE], {}
         yield f"prepin-device-{key}", ["prepin", "--size", "4M", "--pin", "mock", "--sysfs-root", VIABLE,
                                        "--device", address], {}
+        yield f"bench-vfio-start-device-{key}", ["bench", "vfio-start", "--device", address], {}
     for key, name in {"slash": "a/b", "dotdot": "..", "newline": "a\nb", "300": "n" * 300}.items():
         yield f"prepin-domain-{key}", ["prepin", "--domain", name], {}
         yield f"unstage-domain-{key}", ["hook", "unstage", "--domain", name], {}

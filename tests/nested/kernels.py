@@ -5,6 +5,9 @@ directory, never installed: nothing touches /boot, /lib/modules or the host's pa
 
 - type1: Debian 12's kernel (what `linux-image-amd64` depends on), through the host's apt
   sources: vfio, vfio-pci, vfio_iommu_type1 and 9p as modules.
+- wheelhouse: wheels of what `make install` needs from PyPI (setuptools to build, psutil, pyudev,
+  libvirt-python built here against Debian's libvirt-dev), so the guest, which has no network,
+  installs offline with PIP_NO_INDEX=1 PIP_FIND_LINKS=build/nested/wheelhouse (guest_libvirt.py).
 - iommufd: Debian's 6.12 kernel with iommufd.ko and the vfio modules (device cdev on) built out
   of tree from Debian's linux-source-6.12 against the image's own headers: no Debian kernel
   enables CONFIG_IOMMUFD.  See iommufd_build.py.
@@ -110,6 +113,35 @@ def fetch_busybox() -> None:
     _unpack(_download(["busybox-static"], []), BUSYBOX.parents[1])
 
 
+WHEELHOUSE = BUILD / "wheelhouse"
+
+
+def wheelhouse_requirements() -> list[str]:
+    """What `make install` asks pip for: the build backend, the dependencies, the libvirt extra."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return [*project["build-system"]["requires"], *project["project"]["dependencies"],
+            *project["project"]["optional-dependencies"]["libvirt"]]
+
+
+def wheelhouse_present() -> bool:
+    stamp = WHEELHOUSE / "requirements.txt"
+    return stamp.is_file() and stamp.read_text().split() == wheelhouse_requirements()
+
+
+def fetch_wheelhouse() -> None:
+    wanted = wheelhouse_requirements()
+    staging = Path(tempfile.mkdtemp(prefix="wheelhouse.", dir=BUILD))
+    try:
+        _run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(staging), *wanted])
+        (staging / "requirements.txt").write_text("\n".join(wanted) + "\n")
+        shutil.rmtree(WHEELHOUSE, ignore_errors=True)
+        staging.rename(WHEELHOUSE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def fetch_iommufd() -> None:
     from tests.nested import iommufd_build  # it builds on this module's helpers
 
@@ -131,10 +163,12 @@ def iommufd_built() -> bool:
 def fetch_all() -> list[str]:
     """Fetch what is missing; returns one line per part that could not be had."""
     problems = []
+    BUILD.mkdir(parents=True, exist_ok=True)
     for name, kernel, present, fetch in (
         ("busybox-static", None, BUSYBOX.is_file, fetch_busybox),
         ("Debian kernel (type1)", TYPE1, TYPE1.present, fetch_type1),
         ("Debian 6.12 kernel with rebuilt iommufd and vfio", IOMMUFD, iommufd_built, fetch_iommufd),
+        ("wheelhouse for make install in the guest", None, wheelhouse_present, fetch_wheelhouse),
     ):
         note = BUILD / f"{kernel.name}.missing" if kernel else None
         if present():

@@ -3,12 +3,19 @@
 One boot per kernel runs every check of tests/nested/guest/ (check_*.py) with the guest's own
 pytest; a check that fails there fails here with its message and the end of the guest's console.
 A guest that hangs is killed after GUEST_TIMEOUT_S and every check of it fails saying so.
+
+The type1 boot also runs libvirtd with vfiotask installed (check_libvirt.py): before it boots,
+`make install` runs here, offline, into a private mount namespace, and the guest unpacks what it
+installed (tests/nested/install.py); VFIOTASK_NESTED_INSTALL=guest leaves `make install` to the
+guest itself (about 9 minutes more under TCG).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.nested import boot
+from tests.nested import boot, install
 from tests.nested.kernels import BUILD, IOMMUFD, TYPE1, Kernel, why_missing
 
 GUEST_TIMEOUT_S = 420
+LIBVIRT_CHECKS_S = 480  # what check_libvirt.py adds to the type1 boot: libvirtd, 6 to 8 QEMU starts under TCG
+INSTALL_ENV = "VFIOTASK_NESTED_INSTALL"
 CHECKS_DIR = Path(__file__).with_name("guest")
 GUEST_PYTEST = (".venv/bin/python -m pytest -p no:cacheprovider --color=no -q -rA -o 'python_files=check_*.py' "
                 "--durations=8 --junitxml=/tmp/results/junit.xml tests/nested/guest")
@@ -45,13 +54,34 @@ def _boot(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Outcome:
         pytest.skip(reason)
     if not kernel.present():
         pytest.skip(f"no {kernel.name} kernel under {kernel.root}: {why_missing(kernel)}")
-    run = boot.run_script(kernel, tmp_path_factory.mktemp(f"guest-{kernel.name}"), GUEST_PYTEST,
-                           timeout=GUEST_TIMEOUT_S)
+    workdir = tmp_path_factory.mktemp(f"guest-{kernel.name}")
+    if kernel is TYPE1:
+        prepare_install(workdir, workdir / "results")
+    run = boot.run_script(kernel, workdir, GUEST_PYTEST, timeout=timeout_s(kernel))
     if run.console_path.is_file():  # kept for a look afterwards
         shutil.copyfile(run.console_path, BUILD / f"console-{kernel.name}.log")
     junit = run.results / "junit.xml"
     cases = list(ET.parse(junit).getroot().iter("testcase")) if junit.is_file() else []
     return Outcome(run, cases)
+
+
+def timeout_s(kernel: Kernel) -> int:
+    return GUEST_TIMEOUT_S + (LIBVIRT_CHECKS_S if kernel is TYPE1 else 0)
+
+
+def prepare_install(workdir: Path, results: Path) -> None:
+    """What check_libvirt.py installs from, or install.missing saying why there is nothing."""
+    results.mkdir(parents=True, exist_ok=True)
+    why = install.wheelhouse_missing()
+    try:
+        if why is None and os.environ.get(INSTALL_ENV) == "guest":
+            install.copy_source(results / "src")
+        elif why is None:
+            install.install_archive(workdir, results / "install.tar")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        why = f"make install for the guest failed here: {exc}"
+    if why is not None:
+        (results / "install.missing").write_text(why + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +98,7 @@ def judge(outcome: Outcome, module: str, function: str) -> None:
     run = outcome.run
     where = f"\n--- end of the guest's console ({run.seconds:.0f} s) ---\n{run.tail()}"
     if run.timed_out:
-        pytest.fail(f"the guest did not power off within {GUEST_TIMEOUT_S} s{where}")
+        pytest.fail(f"the guest did not power off within {run.seconds:.0f} s{where}")
     mine = [c for c in outcome.cases
             if c.get("classname", "").endswith(module) and re.fullmatch(rf"{function}(\[.*\])?", c.get("name", ""))]
     if not mine:

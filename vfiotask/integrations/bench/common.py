@@ -34,6 +34,8 @@ class BenchOptions:
     threads: tuple[int, ...] | None = None
     repeat: int = DEFAULT_REPEAT
     qemu: bool = True
+    device: str | None = None  # a PCI address (vfio-start)
+    uri: str | None = None  # a libvirt URI (vfio-start)
 
 
 WARM_EXTRA = 1.1

@@ -26,6 +26,7 @@ SUITES = {
     "libvirt": "libvirt_start",
     "concurrent": "concurrent",
     "hugepages": "fragmentation",
+    "vfio-start": "vfio_start",
 }
 
 
@@ -42,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--repeat", help="runs per variant (default 5; medians need 5 or more)")
     parser.add_argument("--no-qemu", action="store_true", help="leave QEMU's preallocation out")
+    parser.add_argument("--device", metavar="ADDR", help="vfio-start: the PCI device its guests pass through")
+    parser.add_argument("--uri", help="vfio-start: the libvirt on this host to start them with (default qemu:///system)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="prefault: also draw time and GiB/s against threads (needs vfiotask[plot])")
@@ -55,6 +58,7 @@ APPLIES = {
     "libvirt": {"size", "backing", "repeat"},
     "concurrent": {"size", "repeat"},
     "hugepages": {"size"},
+    "vfio-start": {"size", "repeat", "device", "uri"},
 }
 """The options each suite reads; one it does not read is refused rather than silently ignored."""
 
@@ -64,7 +68,8 @@ def options(args: argparse.Namespace) -> BenchOptions:
     from vfiotask.errors import UsageError
     from vfiotask.integrations.bench.common import DEFAULT_REPEAT, BenchOptions
 
-    given = [name for name in ("size", "backing", "threads", "repeat", "no_qemu") if getattr(args, name)]
+    given = [name for name in ("size", "backing", "threads", "repeat", "no_qemu", "device", "uri")
+             if getattr(args, name)]
     ignored = [f"--{name.replace('_', '-')}" for name in given if name not in APPLIES[args.suite]]
     if ignored:
         raise UsageError(f"{', '.join(ignored)} do not apply to bench {args.suite}",
@@ -80,6 +85,8 @@ def options(args: argparse.Namespace) -> BenchOptions:
         threads=threads,
         repeat=parse_count(args.repeat, "--repeat") if args.repeat is not None else DEFAULT_REPEAT,
         qemu=not args.no_qemu,
+        device=args.device,
+        uri=args.uri,
     )
 
 
