@@ -105,10 +105,11 @@ def test_the_command_never_kills_itself_without_the_test_suites_crash_points(tmp
 INTEND = """
 import json
 from vfiotask.journal import Journal
-journal = Journal("probe")
-with journal.locked() as data:
-    journal.intend(data, "probe", "file")
-print(json.dumps(journal.read()))
+from vfiotask.journalrecords import PREPIN_OWNER, PinsContents, PinsHeld
+journal = Journal(PinsContents)
+with journal.locked() as contents:
+    journal.intend(contents, PREPIN_OWNER, PinsHeld(4096, "mlock"))
+print(json.dumps(journal.read().to_json()))
 """
 
 
@@ -120,12 +121,12 @@ def test_a_library_process_never_kills_itself_whatever_vfiotask_crash_at_says(tm
     alone = subprocess.run([sys.executable, "-c", INTEND], capture_output=True, text=True, timeout=60,
                            env={**env, "VFIOTASK_CRASH_AT": "1"})
     assert alone.returncode == 0, alone.stderr
-    assert [e["owner"] for e in json.loads(alone.stdout)["intents"]] == ["probe"]
+    assert [e["owner"] for e in json.loads(alone.stdout)["intents"]] == ["prepin"]
 
     with_points = subprocess.run([sys.executable, "-c", INTEND], capture_output=True, text=True, timeout=60,
                                  env={**env, **crash_at(1, tmp_path)})
     assert with_points.returncode == KILLED and with_points.stdout == ""
-    intents = json.loads((state_dir / "probe.json").read_text())["intents"]
+    intents = json.loads((state_dir / "pins.json").read_text())["intents"]
     assert len(intents) == 2  # the killed process's intent was on disk before it died
 
 

@@ -7,7 +7,7 @@ RAM files and directories, then its hugepages, other hugepage pool growth, backi
 no process holds, and unfinished journal writes.  Guests prepared and running, reservations
 held and devices bound on purpose are never touched.  Running it again does nothing more.
 
-`vfiotask recover` and the boot unit (`vfiotask recover --all`, hooks/vfiotask-recover.service)
+`vfiotask recover` and the boot unit (`vfiotask recover --all`, vfiotask/share/systemd/vfiotask-recover.service)
 both end here.  Every journal is read and checked whole first: one that is malformed stops the
 recovery with its one line before anything is undone from any of them.
 """
