@@ -60,7 +60,7 @@ def test_make_install_is_independent_of_the_checkout(tmp_path: Path) -> None:
     assert f"PYTHON='{dirs['PREFIX']}/bin/python" in shim
     assert f"HOOK='{dirs['PREFIX']}/share/vfiotask/hooks/qemu'" in shim
     shutil.rmtree(dirs["PREFIX"])
-    started = subprocess.run([str(hooks / "qemu.d" / "50-vfiotask"), "plain", "prepare", "begin", "-"],
+    started = subprocess.run([str(hooks / "qemu.d" / "50-vfiotask"), "plain", "start", "begin", "-"],
                              input=guest_xml("plain", 64, id=1), capture_output=True, text=True,
                              env={"LC_ALL": "C", "PATH": os.defpath})
     assert (started.returncode, started.stderr) == (0, "")

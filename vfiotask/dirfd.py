@@ -167,6 +167,17 @@ class Dir:
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target.path / new_name))
         os.rename(name, new_name, src_dir_fd=self.fd, dst_dir_fd=target.fd)
 
+    def move_dir(self, name: str, target: Dir, new_name: str) -> None:
+        """Move the directory `name` to `target/new_name`, replacing only an empty directory there.
+
+        This is rename(2)'s own rule for a directory: an empty directory at the new name is
+        replaced atomically, a non-empty one fails with ENOTEMPTY, anything else with ENOTDIR or
+        EEXIST; nothing inside what was there is ever touched.
+        """
+        _check_name(name, self.path)
+        _check_name(new_name, target.path)
+        os.rename(name, new_name, src_dir_fd=self.fd, dst_dir_fd=target.fd)
+
     def replace(self, name: str, new_name: str) -> None:
         """Atomically put `name` over `new_name` in this directory (a journal's write-then-rename)."""
         _check_name(name, self.path)
@@ -202,6 +213,58 @@ def open_root(path: Path, *, follow: bool = True) -> Dir:
     return Dir(fd, Path(path))
 
 
+class Untrusted(HostStateError):
+    """A directory on the way to where root writes that someone other than root can change."""
+
+
+def unsafe_reason(info: os.stat_result, *, owner: int | None = None) -> str | None:
+    """Why a directory is not one only `owner` can change, or None when it is; without `owner`,
+    root or the user running this (whose own directories are theirs to change anyway).
+
+    Writable by its group or by everyone is allowed only with the sticky bit, where an entry
+    can be renamed or removed only by its own owner (and the next level is checked in turn).
+    """
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    if info.st_uid not in ((0, os.geteuid()) if owner is None else (owner,)):
+        return f"is owned by uid {info.st_uid}"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        return f"is writable by {'its group' if info.st_mode & stat.S_IWGRP else 'everyone'} (mode " \
+               f"{stat.S_IMODE(info.st_mode):04o}) without the sticky bit"
+    return None
+
+
+def open_trusted_root(path: Path, *, hint: str) -> Dir:
+    """`path`, an administrator's directory, opened only if no one but root can change it or any
+    directory above it.
+
+    The administrator's links are theirs to make, so the path is resolved first; then the
+    resolved path is walked from `/` one level at a time without following anything, and every
+    level must be a directory that only root can rename, replace or plant entries in
+    (`unsafe_reason`).  A level that changed between the two (a link swapped in) is refused like
+    any link.  The same walk serves every root write below an administrator's directory that a
+    user could otherwise steer: memory_backing_dir, the default RAM directory under the QEMU
+    user's /var/lib/libvirt/qemu, journals' recorded roots.
+    """
+    resolved = Path(os.path.realpath(path))
+    current = open_root(Path("/"), follow=False)
+    try:
+        for part in ("/", *resolved.parts[1:]):
+            if part != "/":
+                nxt = current.sub(part)
+                current.close()
+                current = nxt
+            problem = unsafe_reason(os.fstat(current.fd))
+            if problem is not None:
+                where = current.path if part != "/" else Path("/")
+                raise Untrusted(f"{where} {problem}; vfiotask does not let root write below a directory "
+                                "another user can change", hint=hint)
+    except BaseException:
+        current.close()
+        raise
+    return Dir(current.fd, Path(path))
+
+
 Maker = Callable[[Dir, str, int], Dir]
 
 
@@ -235,7 +298,8 @@ def walk(root: Dir, parts: Iterable[str], *, create: bool = False, mode: int = 0
     return current
 
 
-def open_path(root: Path, parts: Iterable[str]) -> Dir:
-    """`root` (followed: the trusted part) then `parts` without following links."""
-    with open_root(root) as base:
+def open_path(root: Path, parts: Iterable[str], *, hint: str = "use a directory only root can write") -> Dir:
+    """`root` (an administrator's directory that only root can change: `open_trusted_root`) then
+    `parts` without following links."""
+    with open_trusted_root(root, hint=hint) as base:
         return walk(base, parts)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from typing import IO
 
 KNOWN_PHASES = {"prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"}
-WORK = {("prepare", "begin"), ("start", "begin"), ("release", "end")}
+WORK = {("start", "begin"), ("release", "end")}  # everything else ends here (and in the shim, before Python)
 EXIT_OK = 0
 EXIT_FAILED = 1
 IDENT = "vfiotask-hook"
@@ -68,14 +68,14 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
     try:
         if work == ("release", "end"):
             return run_release(name)
-        return run_prepare_or_start(name, phase, read_stdin(stdin))
+        return run_start(name, read_stdin(stdin))
     except KeyboardInterrupt:
         return fail(f"guest {name}: interrupted; everything taken was given back")
 
 
-def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
-    """`start begin` needs only the guest's name and DAC label, which the expat scan gives; the
-    domain model (ElementTree, the NamedTuples) is built for `prepare begin` alone."""
+def run_start(name: str, data: bytes) -> int:
+    """`start begin`: libvirt's last call before QEMU runs, with the whole definition and QEMU's
+    DAC label; expat alone decides whether the guest is ours, the domain model is built only then."""
     from vfiotask.errors import VfiotaskError
     from vfiotask.integrations.libvirt.ours import scan, validate_name
 
@@ -83,29 +83,21 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
         found = scan(data)
         if not found.ours:
             return EXIT_OK
-        domain = None
-        if phase == "prepare":
-            from vfiotask.integrations.libvirt.domain import parse_domain
+        from vfiotask.integrations.libvirt.domain import parse_domain
 
-            domain = parse_domain(data)
+        domain = parse_domain(data)
     except VfiotaskError as exc:
-        return fail(f"guest {name} {phase}: {exc.one_line()}")
+        return fail(f"guest {name} start: {exc.one_line()}")
     try:
         validate_name(name)
-        if found.name != name:
+        if found.name != name or domain.name != name:
             return fail(f"guest {name}: the XML on stdin is for {found.name!r}; nothing done")
+        if domain.id is None:
+            return fail(f"guest {name}: the XML has no id attribute; nothing done")
         from vfiotask.integrations.libvirt import phases
 
-        ctx = phases.HookContext(log=log)
-        if domain is not None:
-            if domain.id is None:
-                return fail(f"guest {name}: the XML has no id attribute; nothing done")
-            phases.prepare(domain, ctx)
-            log(f"{name}: prepared")
-        else:
-            at_start = phases.start(name, found.dac, ctx)
-            if at_start is not None:
-                log(f"{name}: files handed to QEMU ({at_start.get('owner')})")
+        phases.prepare(domain, phases.HookContext(log=log))
+        log(f"{name}: prepared and handed to QEMU")
     except VfiotaskError as exc:
         return fail(f"guest {name}: {exc.one_line()}")
     except Exception as exc:  # a bug: libvirt still gets one line, syslog gets the traceback
@@ -113,8 +105,8 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
 
         from vfiotask.errors import describe_exception
 
-        log(f"{name}: {phase} failed unexpectedly:\n{traceback.format_exc()}")
-        return fail(f"guest {name}: {phase} failed unexpectedly ({describe_exception(exc)}); "
+        log(f"{name}: start failed unexpectedly:\n{traceback.format_exc()}")
+        return fail(f"guest {name}: start failed unexpectedly ({describe_exception(exc)}); "
                     "details are in syslog under vfiotask-hook")
     return EXIT_OK
 

@@ -1,11 +1,11 @@
-"""What the hook does for a guest that is ours, phase by phase.
+"""What the hook does for a guest that is ours, at `start begin`, the last phase before QEMU runs.
 
-prepare: check the PCI devices' IOMMU groups and the memlock budget QEMU will get, reserve
-hugepages on the guest's nodes, and create and populate file-backed RAM (or move staged files into
-place) before QEMU opens it.  Each step registers its undo first, so any failure gives back
-everything and libvirt aborts the start with our message.
-start: hand the files to the DAC label QEMU runs as, and note how much of each file is populated.
-release: give back what prepare recorded; idempotent, and it never fails the stop.
+All of it happens in that one phase (libvirt gives it the whole definition and QEMU's DAC label):
+check the PCI devices' IOMMU groups and the memlock budget QEMU will get, reserve hugepages on
+the guest's nodes, make and populate file-backed RAM (or take over staged files) in root's
+private directory, and hand the finished directory to QEMU last.  Each step registers its undo
+first, so any failure gives back everything and libvirt aborts the start with our message.
+release: give back what was recorded; idempotent, and it never fails the stop.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from vfiotask.integrations.libvirt.guestjournal import (
 from vfiotask.integrations.libvirt.ramfiles import (
     STAGED_PREFIX,
     FileRecord,
-    allocated_bytes,
     hand_over,
     hugetlbfs_pages,
-    open_place,
+    open_private,
     populate_file,
     remove_empty_shared,
     reserve_pages,
+    settle_handover,
 )
 from vfiotask.journal import Journal, fs_fields, holder, holder_alive, undo_recorded
 from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
@@ -143,10 +143,12 @@ def hugepage_demands(domain: Domain, default: int) -> dict[int, dict[int | None,
 
 
 def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
-    """Do everything for `prepare begin`; on any failure undo it all and raise.
+    """Do everything for `start begin`; on any failure undo it all and raise.
 
-    What an earlier prepare of the guest left (never released, or killed) is undone first, so a
-    killed prepare followed by a new one starts clean instead of failing on its leftovers.
+    What an earlier preparation of the guest left (never released, or killed) is undone first, so
+    a killed one followed by a new one starts clean instead of failing on its leftovers.  The RAM
+    files are handed to QEMU's DAC label (`<seclabel model='dac'>`, which libvirt adds at this
+    phase) last: until then only root can reach them, and release and recovery find them.
     """
     name = domain.name
     for done in recover_guest(name, ctx):
@@ -160,6 +162,7 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
     undo: list[Callable[[], object]] = []
     ctx.journal.put_guest(name, record)
     try:
+        _label_ids(domain)  # a DAC label naming no user fails here, before anything is made
         if domain.hostdevs:
             check_devices(domain)
         check_memlock(domain)
@@ -169,6 +172,7 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
         if domain.backing.file_backed and domain.config.prefault:
             _populate_files(domain, ctx, record, undo)
         record["prepared"] = time.time()
+        record["at_start"] = _at_start(domain, record)
         ctx.journal.commit_guest(name, record)
     except BaseException as exc:
         for action in reversed(undo):
@@ -279,35 +283,62 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
             undo.append(partial(ctx.reserver().release, owner))
         record["hugepages"].append(held)
         ctx.journal.put_guest(domain.name, record)
-    place = paths.guest_place(domain, ctx.conf)
-    record["guest_dir"] = str(place.path)
-    record["place"] = {"root": str(place.root), "parts": list(place.parts)}
+    preparing = paths.preparing_place(domain, ctx.conf)
+    final = paths.guest_place(domain, ctx.conf)
+    record["guest_dir"] = str(final.path)
+    record["place"] = {"root": str(final.root), "parts": list(final.parts)}
     owner = guest_owner(domain.name)
     journal = ctx.journal.journal
     staged = ctx.journal.staged(domain.name) or {}
     staged_files = {f.name: f for f in map(FileRecord.from_json, staged.get("files", []))}
-    with open_place(place, journal, owner) as directory:
+    files: list[FileRecord] = []
+    with open_private(preparing, journal, owner) as directory:
         for ram in rams:
             ahead = staged_files.pop(ram.name, None)
             if ahead is not None and ahead.size == ram.size and ahead.still_ours() \
                     and directory.lstat(ram.name) is None:
-                done = _move_staged(ahead, directory, place, ram.name, journal, owner)
+                done = _move_staged(ahead, directory, preparing, ram.name, journal, owner)
                 undo.append(partial(_move_back, done, ahead))
-                ctx.log(f"{domain.name}: moved staged {ram.name} into place")
+                ctx.log(f"{domain.name}: took over staged {ram.name}")
             else:
                 from vfiotask.integrations.progress import hook_meter
 
                 meter = hook_meter(f"{domain.name}: populating {ram.name}", ram.size, ctx.log)
-                done = populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal, owner=owner,
-                                     threads=domain.config.threads, progress=meter)
+                done = populate_file(directory, preparing, ram.name, ram.size, ram.node, journal=journal,
+                                     owner=owner, threads=domain.config.threads, progress=meter)
                 ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
                         f"in {done.seconds:.2f} s with {done.threads} thread(s)")
+            files.append(done)
             record["files"].append(done.to_json())
             ctx.journal.put_guest(domain.name, record)
     if staged:
         from vfiotask.integrations.libvirt.ahead import unstage
 
         unstage(domain.name, journal=ctx.journal)
+    label = _label_ids(domain)
+    files = hand_over(journal, owner, preparing, final, files, label)
+    record["files"] = [f.to_json() for f in files]
+    who = f"uid {label[0]} gid {label[1]}" if label else "root"
+    ctx.log(f"{domain.name}: RAM files handed to QEMU ({who})")
+
+
+def _label_ids(domain: Domain) -> tuple[int, int] | None:
+    """QEMU's uid and gid from the guest's DAC label; None when libvirt gave it none (QEMU runs as root)."""
+    if domain.dac_label is None:
+        return None
+    return (_resolve_id(domain.dac_label.user, pwd.getpwnam, "user"),
+            _resolve_id(domain.dac_label.group, grp.getgrnam, "group"))
+
+
+def _at_start(domain: Domain, record: dict[str, Any]) -> dict[str, Any]:
+    """What QEMU is handed: its uid:gid and how much of each file is populated."""
+    files = [FileRecord.from_json(f) for f in record.get("files", [])]
+    at_start: dict[str, Any] = {"allocated": {f.path: f.allocated for f in files},
+                                "inodes": {f.path: f.inode for f in files}, "time": time.time()}
+    label = _label_ids(domain)
+    if label is not None:
+        at_start["owner"] = list(label)
+    return at_start
 
 
 def _move_staged(ahead: FileRecord, directory: Dir, place: paths.Place, name: str, journal: Journal,
@@ -345,30 +376,6 @@ def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
         ) from exc
 
 
-def start(name: str, label: tuple[str, str] | None, ctx: HookContext) -> dict[str, Any] | None:
-    """Give the prepared files to QEMU's uid:gid (`label`: the user and group of the guest's DAC
-    seclabel) and record how much of each is populated."""
-    record = ctx.journal.guest(name)
-    if record is None:
-        return None
-    files = [FileRecord.from_json(f) for f in record.get("files", [])]
-    at_start: dict[str, Any] = {}
-    where = record.get("place")
-    place = paths.Place(Path(where["root"]), tuple(where["parts"])) if where else None
-    made_dir = any(e.get("kind") == "dir" for e in ctx.journal.journal_entries(guest_owner(name)))
-    if label is not None:
-        uid = _resolve_id(label[0], pwd.getpwnam, "user")
-        gid = _resolve_id(label[1], grp.getgrnam, "group")
-        if place is not None and (files or made_dir):
-            at_start["allocated"] = hand_over(place, files, uid, gid, directory_too=made_dir)
-        at_start["owner"] = [uid, gid]
-    at_start.setdefault("allocated", {file.path: allocated_bytes(file) for file in files})
-    at_start["inodes"] = {file.path: file.inode for file in files}
-    at_start["time"] = time.time()
-    ctx.journal.update_guest(name, at_start=at_start)
-    return at_start
-
-
 def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> list[str]:
     """Give back what prepare took for `name`; returns the problems met (never raises for them).
 
@@ -380,6 +387,7 @@ def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> li
     done = [] if done is None else done
     journal = ctx.journal.journal
     try:
+        settle_handover(journal, guest_owner(name))
         done += undo_recorded(journal, guest_owner(name))
     except (OSError, VfiotaskError) as exc:
         problems.append(f"removing files: {describe_exception(exc)}")
