@@ -234,35 +234,60 @@ def unsafe_reason(info: os.stat_result, *, owner: int | None = None) -> str | No
     return None
 
 
+MAX_LINKS = 40  # the kernel's own limit on links followed in one lookup
+
+
 def open_trusted_root(path: Path, *, hint: str) -> Dir:
     """`path`, an administrator's directory, opened only if no one but root can change it or any
     directory above it.
 
-    The administrator's links are theirs to make, so the path is resolved first; then the
-    resolved path is walked from `/` one level at a time without following anything, and every
-    level must be a directory that only root can rename, replace or plant entries in
-    (`unsafe_reason`).  A level that changed between the two (a link swapped in) is refused like
-    any link.  The same walk serves every root write below an administrator's directory that a
-    user could otherwise steer: memory_backing_dir, the default RAM directory under the QEMU
-    user's /var/lib/libvirt/qemu, journals' recorded roots.
+    It is walked from `/` one level at a time without following anything, and every level must be
+    a directory only root can rename, replace or plant entries in (`unsafe_reason`).  A link on
+    the way is followed only where it lies in such a directory (so root or the administrator made
+    it): the same link in a directory another user owns, such as `ram` in the QEMU user's
+    /var/lib/libvirt/qemu, is refused.  The walk serves every root write below an administrator's
+    directory: memory_backing_dir, libvirt's default RAM directory, journals' recorded roots.
     """
-    resolved = Path(os.path.realpath(path))
+    if not path.is_absolute():
+        raise Untrusted(f"{path} is not an absolute path", hint=hint)
+    pending = list(path.parts[1:])
     current = open_root(Path("/"), follow=False)
+    links = 0
     try:
-        for part in ("/", *resolved.parts[1:]):
-            if part != "/":
+        _check_trusted(current, hint)
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                nxt = Dir(os.open("..", _DIR_FLAGS, dir_fd=current.fd), current.path.parent)
+            else:
+                info = current.lstat(part)
+                if info is not None and stat.S_ISLNK(info.st_mode):
+                    links += 1
+                    if links > MAX_LINKS:
+                        raise Untrusted(f"{path} has too many symbolic links", hint=hint)
+                    target = Path(os.readlink(part, dir_fd=current.fd))
+                    pending[:0] = list(target.parts[1:] if target.is_absolute() else target.parts)
+                    if target.is_absolute():
+                        current.close()
+                        current = open_root(Path("/"), follow=False)
+                    continue
                 nxt = current.sub(part)
-                current.close()
-                current = nxt
-            problem = unsafe_reason(os.fstat(current.fd))
-            if problem is not None:
-                where = current.path if part != "/" else Path("/")
-                raise Untrusted(f"{where} {problem}; vfiotask does not let root write below a directory "
-                                "another user can change", hint=hint)
+            current.close()
+            current = nxt
+            _check_trusted(current, hint)
     except BaseException:
         current.close()
         raise
     return Dir(current.fd, Path(path))
+
+
+def _check_trusted(directory: Dir, hint: str) -> None:
+    problem = unsafe_reason(os.fstat(directory.fd))
+    if problem is not None:
+        raise Untrusted(f"{directory.path} {problem}; vfiotask does not let root write below a directory "
+                        "another user can change", hint=hint)
 
 
 Maker = Callable[[Dir, str, int], Dir]

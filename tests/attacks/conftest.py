@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import is_root
+from tests.libvirt.conftest import hook_host  # noqa: F401 - the hook's private host, as in tests/libvirt
 
 ATTACKERS = ("libvirt-qemu", "nobody")
 

@@ -35,6 +35,7 @@ from vfiotask.integrations.libvirt.ramfiles import (
     hand_over,
     hugetlbfs_pages,
     open_private,
+    open_ram_root,
     populate_file,
     remove_empty_shared,
     reserve_pages,
@@ -269,7 +270,15 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
                     undo: list[Callable[[], object]]) -> None:
     from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
+    if paths.memory_backing_dir(ctx.conf) is None:
+        # libvirt's default lies in the QEMU user's /var/lib/libvirt/qemu, where that user can swap
+        # `ram` for anything: nothing is made there (and it is on disk, where prefaulting gains little)
+        ctx.log(f"{domain.name}: no memory_backing_dir in qemu.conf; RAM files left to QEMU "
+                "(vfiotask setup memory-backing makes one only root can write)")
+        return
     base = paths.require_backing_dir(ctx.conf)
+    guests = paths.guests_place(ctx.conf)
+    open_ram_root(guests).close()  # a directory another user can change is refused whatever is on it
     fstype = filesystem_type(base, ctx.host_root)
     if fstype not in RAM_FILESYSTEMS:
         ctx.log(f"{domain.name}: memory_backing_dir {base} is not tmpfs or hugetlbfs; RAM files left to QEMU")
