@@ -66,12 +66,16 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 # A real install, independent of this checkout: a venv under $(PREFIX) with the wheel built from
-# here, the command linked into $(BINDIR), the manual page, completions and systemd unit where
-# man, the shells and systemd look.  Then: vfiotask hook install (docs/quickstart.md).
+# here, the command linked into $(BINDIR), the manual page, completions and systemd units where
+# man, the shells and systemd look (the units' ExecStart names $(BINDIR)/vfiotask).  Then:
+# vfiotask hook install (docs/quickstart.md).  `make uninstall` first removes the hook from
+# $(HOOKSDIR) (default: libvirt's, /etc/libvirt/hooks).
 PREFIX ?= /opt/vfiotask
 BINDIR ?= /usr/local/bin
 SHAREDIR ?= /usr/local/share
 UNITDIR ?= /etc/systemd/system
+HOOKSDIR ?=
+UNITS := vfiotask-stage@.service vfiotask-recover.service
 
 install:
 	$(PYTHON) -m venv --clear $(PREFIX)
@@ -84,15 +88,21 @@ install:
 	install -D -m 644 $(PREFIX)/share/bash-completion/completions/vfiotask \
 	  $(SHAREDIR)/bash-completion/completions/vfiotask
 	install -D -m 644 $(PREFIX)/share/zsh/site-functions/_vfiotask $(SHAREDIR)/zsh/site-functions/_vfiotask
-	install -D -m 644 $(PREFIX)/lib/systemd/system/vfiotask-stage@.service $(UNITDIR)/vfiotask-stage@.service
+	install -d $(UNITDIR)
+	for unit in $(UNITS); do \
+	  sed 's|^ExecStart=/usr/local/bin/vfiotask |ExecStart=$(BINDIR)/vfiotask |' \
+	    $(PREFIX)/lib/systemd/system/$$unit > $(UNITDIR)/$$unit.tmp && chmod 644 $(UNITDIR)/$$unit.tmp && \
+	  mv $(UNITDIR)/$$unit.tmp $(UNITDIR)/$$unit || exit 1; \
+	done
 	@if [ "$(UNITDIR)" = /etc/systemd/system ] && command -v systemctl >/dev/null; then systemctl daemon-reload; fi
 	@echo "installed vfiotask in $(PREFIX); next: $(BINDIR)/vfiotask hook install && systemctl restart libvirtd"
 
 uninstall:
-	-$(BINDIR)/vfiotask hook uninstall
+	-$(BINDIR)/vfiotask hook uninstall $(if $(HOOKSDIR),--hooks-dir $(HOOKSDIR))
 	rm -f $(BINDIR)/vfiotask $(SHAREDIR)/man/man1/vfiotask.1 $(SHAREDIR)/bash-completion/completions/vfiotask \
-	  $(SHAREDIR)/zsh/site-functions/_vfiotask $(UNITDIR)/vfiotask-stage@.service
+	  $(SHAREDIR)/zsh/site-functions/_vfiotask $(addprefix $(UNITDIR)/,$(UNITS))
 	rm -rf $(PREFIX)
+	@if [ "$(UNITDIR)" = /etc/systemd/system ] && command -v systemctl >/dev/null; then systemctl daemon-reload; fi
 
 # The manual page and completions are generated from the parser (a test checks they are current).
 generate: test-venv

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,11 +90,55 @@ def hugepage_pools(host_lock: None) -> Iterator[None]:
 
 
 @pytest.fixture
+def inject_faults() -> Iterator[Callable[[str], None]]:
+    """Fail chunks in this process as VFIOTASK_FAIL does where fault_injection is on: call it with
+    `JOB:K[,JOB:K...]`, or '' for no failure.  A malformed spec raises the UsageError the command
+    would exit 2 with."""
+    from vfiotask import testpoints
+    from vfiotask.faultinjection import ChunkFaults, parse_fail_spec
+
+    def arm(spec: str) -> None:
+        testpoints.set_chunk_fault(ChunkFaults(parse_fail_spec(spec), "the test") if spec else None)
+
+    yield arm  # the slot is emptied after every test (points_emptied)
+
+
+@pytest.fixture(autouse=True)
+def points_emptied() -> Iterator[None]:
+    """No test leaves a test point filled for the next one (a fixture, or an in-process hook
+    prepare of a guest with fail=, fills them)."""
+    yield
+    from vfiotask import testpoints
+
+    testpoints.set_chunk_fault(None)
+    testpoints.set_crash_hook(None)
+
+
+@pytest.fixture
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private VFIOTASK_STATE_DIR, so tests never touch /run/vfiotask."""
     path = tmp_path / "state"
     monkeypatch.setenv("VFIOTASK_STATE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def root_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh directory that no one but root can change at any level, for what root must trust
+    (a config file, an installed vfiotask): pytest's tmp_path is below /tmp, which everyone can
+    write.  Made under /run and removed afterwards; a user other than root gets a tmp_path, since
+    vfiotask asks root alone for such paths."""
+    if not is_root():
+        yield tmp_path_factory.mktemp("root-only")
+        return
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vfiotask-test-", dir="/run"))
+    path.chmod(0o755)  # others may look (an attacker's own directory can be below it), not write
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def vfiotask_command() -> list[str]:
@@ -183,3 +227,12 @@ def real_state_dir_kept_as_found() -> Iterator[None]:
 def real_state_dir_restored() -> Iterator[None]:
     with real_state_dir_kept_as_found():
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trusted_configs_removed() -> Iterator[None]:
+    """The config files tests.support wrote where root trusts them go at the session's end."""
+    from tests.support import TRUSTED_CONFIGS
+
+    yield
+    shutil.rmtree(TRUSTED_CONFIGS, ignore_errors=True)

@@ -24,7 +24,8 @@ LAYER = {
     "jobs": 3,
     "integrations": 4,
 }
-SHARED = {"errors", "units", "statedir", "journal", "dirfd", "config", "__init__"}
+SHARED = {"errors", "units", "statedir", "journal", "journalrecords", "dirfd", "config", "trust", "testpoints",
+          "faultinjection", "__init__"}
 
 
 def _layer_of(module: str) -> int | None:

@@ -16,11 +16,22 @@ from tests.conftest import REPO, run_cli
 from tests.devices.helpers import copy_tree, snapshot
 
 QUICKSTART = REPO / "docs" / "quickstart.md"
-HOOK_MODULES = ["hook", "phases", "domain", "paths", "ramfiles", "xmlsafe", "placement", "guestjournal"]
+HOOK_MODULES = ["hook", "ours", "phases", "domain", "paths", "ramfiles", "xmlsafe", "placement", "guestjournal"]
 
 
 def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", QUICKSTART.read_text(), flags=re.S)
+
+
+def user_commands() -> list[list[str]]:
+    """Every command of the shell blocks a user types on a single host, in order (the Fleets
+    section's are a compute node's: tests/libvirt/test_nova.py), without their comments."""
+    import shlex
+
+    text = QUICKSTART.read_text().split("## Fleets", 1)[0]
+    found = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    return [words for block in found for words in map(lambda line: shlex.split(line, comments=True),
+                                                       block.splitlines()) if words]
 
 
 def hook_messages() -> list[str]:
@@ -56,41 +67,55 @@ def test_every_hook_message_is_in_the_troubleshooting_table() -> None:
     assert "asks for vfiotask" in table  # the shim's own line, when vfiotask is gone
 
 
-def test_the_guest_xml_is_ours_and_tune_accepts_it() -> None:
+def test_the_guest_xml_is_ours_and_tune_prepared_moves_it_to_a_file() -> None:
     from vfiotask.integrations.libvirt.domain import parse_domain
-    from vfiotask.integrations.libvirt.tune import tuned
+    from vfiotask.integrations.libvirt.tune import prepared
 
     xml = blocks("xml")[0]
     domain = parse_domain(xml.encode())
     assert domain.ours and domain.name == "gpu-guest" and len(domain.hostdevs) == 2
-    _, after = tuned(xml, 4, file_backed=True)
-    assert "<allocation mode=\"immediate\" threads=\"4\" />" in after
+    assert domain.page_size_for(None) == 2 << 20  # what setup memory-backing mounts by default
+    _, after = prepared(xml, 2 << 20)
+    tuned = parse_domain(after)
+    assert tuned.backing.file_backed and not tuned.backing.uses_hugepages and tuned.ours
 
 
-def test_the_config_file_is_accepted(tmp_path: Path) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(blocks("toml")[0])
+@pytest.mark.parametrize("index", [0, 1])
+def test_the_config_files_are_accepted(root_only_dir: Path, index: int) -> None:
+    """The host's config.toml of the quick start, and a Nova compute node's of its Fleets section."""
+    path = root_only_dir / "config.toml"
+    path.write_text(blocks("toml")[index])
     result = run_cli("config", "show", "--json", env={"VFIOTASK_CONFIG": str(path)})
     assert result.returncode == 0, result.stderr
-    assert {s["key"]: s["source"] for s in json.loads(result.stdout)["settings"]}["max_threads"] == "file"
+    from_file = {s["key"] for s in json.loads(result.stdout)["settings"] if s["source"] == "file"}
+    assert "prepare_guests" in from_file and ("max_threads" in from_file) == (index == 0)
+
+
+def test_the_config_file_in_docs_libvirt_is_accepted(root_only_dir: Path) -> None:
+    path = root_only_dir / "config.toml"
+    text = (REPO / "docs" / "libvirt.md").read_text()
+    path.write_text(re.findall(r"```toml\n(.*?)```", text, flags=re.S)[0])
+    result = run_cli("config", "show", "--json", env={"VFIOTASK_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_commands_that_need_no_gpu(tmp_path: Path, state_dir: Path) -> None:
     """check, devices, bind --dry-run, hook install, hook status, hook uninstall, as the quick start
-    runs them, on a fixture host with a GPU on amdgpu."""
-    commands = [line.split() for block in blocks("sh") for line in block.splitlines()
-                if line.startswith("vfiotask ")]
-    assert [c[1] for c in commands] == ["check", "devices", "bind", "hook", "tune", "hook", "hook"]
+    runs them, on a fixture host with a GPU on amdgpu.  The whole quick start, with libvirtd and
+    without the GPU, runs in tests/libvirt/test_quickstart_libvirt.py."""
+    commands = user_commands()
+    assert [c[0] if c[0] != "vfiotask" else c[1] for c in commands] == [
+        "make", "check", "devices", "bind", "setup", "hook", "systemctl", "virsh", "tune", "prepin", "virsh", "hook",
+        "check", "systemctl", "virsh", "tune", "setup", "hook", "systemctl", "make"]
     root = copy_tree("doctor", tmp_path)
     before = snapshot(root.parent)
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    extra = {"check": ["--sysfs-root", str(root)], "devices": ["--sysfs-root", str(root)],
-             "bind": ["--sysfs-root", str(root)], "hook": []}
+    fixture = ["--sysfs-root", str(root)]
     for command in commands:
-        if command[1] == "tune":  # needs libvirtd: tests/libvirt runs it
-            continue
-        args = command[1:] + extra[command[1]]
+        if command[0] != "vfiotask" or command[1] not in ("check", "devices", "bind", "hook") or "--domain" in command:
+            continue  # needs libvirtd or changes the host: the libvirt test runs them
+        args = command[1:] + (fixture if command[1] != "hook" else [])
         if command[1:3] in (["hook", "install"], ["hook", "uninstall"]):
             args += ["--hooks-dir", str(hooks)]
         result = run_cli(*args)

@@ -11,6 +11,10 @@ from tests.conftest import requires_root, run_cli
 from vfiotask import statedir
 from vfiotask.errors import HostStateError
 from vfiotask.journal import Journal
+from vfiotask.journalrecords import NAMED, HugepageRecord, HugepagesContents, Owner, PoolGrowth
+
+OWNER = Owner(NAMED, "owner")
+GROWTH = PoolGrowth(2 << 20, None, 0, 1)
 
 
 def test_state_dir_is_created_private(state_dir: Path) -> None:
@@ -84,23 +88,24 @@ def test_a_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
 
 def test_an_intent_is_on_disk_before_its_change_and_written_once(state_dir: Path) -> None:
     """Write-ahead: the entry is in the file before the caller's change; the end of the lock adds no write."""
-    journal = Journal("probe")
-    with journal.locked() as data:
-        entry = journal.intend(data, "owner", "file")
-        on_disk = json.loads((state_dir / "probe.json").read_text())
-        inode = (state_dir / "probe.json").stat().st_ino
-    assert [item["id"] for item in on_disk["intents"]] == [entry["id"]]
-    assert (state_dir / "probe.json").stat().st_ino == inode  # not rewritten: nothing changed since
-    with journal.locked() as data:
-        data["extra"] = 1  # a change no intend/done/drop saved: the end of the lock saves it
-    assert json.loads((state_dir / "probe.json").read_text())["extra"] == 1
+    journal = Journal(HugepagesContents)
+    with journal.locked() as contents:
+        entry = journal.intend(contents, OWNER, GROWTH)
+        on_disk = json.loads((state_dir / "hugepages.json").read_text())
+        inode = (state_dir / "hugepages.json").stat().st_ino
+    assert [item["id"] for item in on_disk["intents"]] == [entry.id]
+    assert (state_dir / "hugepages.json").stat().st_ino == inode  # not rewritten: nothing changed since
+    with journal.locked() as contents:
+        contents.owners[OWNER] = HugepageRecord(OWNER, 2 << 20, {None: 1}, {None: 1})  # saved by no intend/done/drop
+    assert list(json.loads((state_dir / "hugepages.json").read_text())["owners"]) == ["owner"]
 
 
 def test_a_journal_emptied_and_refilled_under_one_lock_is_saved(state_dir: Path) -> None:
-    journal = Journal("probe")
-    with journal.locked() as data:
-        entry = journal.intend(data, "owner", "file")
-        journal.drop(data, entry)
-        assert not (state_dir / "probe.json").exists()
-        data["intents"] = [entry]
-    assert json.loads((state_dir / "probe.json").read_text())["intents"] == [entry]
+    journal = Journal(HugepagesContents)
+    with journal.locked() as contents:
+        entry = journal.intend(contents, OWNER, GROWTH)
+        journal.drop(contents, entry)
+        assert not (state_dir / "hugepages.json").exists()
+        contents.owners[OWNER] = HugepageRecord(OWNER, 2 << 20, {None: 1}, {None: 1})
+    assert list(json.loads((state_dir / "hugepages.json").read_text())["owners"]) == ["owner"]
+    assert journal.read().owners[OWNER].pages == {None: 1}

@@ -323,6 +323,59 @@ def walk(root: Dir, parts: Iterable[str], *, create: bool = False, mode: int = 0
     return current
 
 
+def walk_in_tree(root: Dir, parts: Iterable[str], *,
+                 check: Callable[[Path, os.stat_result], None] | None = None) -> Dir:
+    """`root/parts...` resolved as the kernel resolves a path in a tree of its own (/sys, where
+    bus/pci/devices/ADDR is a link into devices/), but by descriptor and never out of the tree.
+
+    A link at a level is read with readlinkat and its target walked from the level holding it;
+    an absolute target, or one that climbs above `root`, is refused (LinkRefused), so nothing
+    outside the tree is ever opened through one.  `check` sees each directory opened, with its
+    fstat (a caller refuses ones others could change).  The last level is returned (the caller's
+    to close), its `path` where it really is below `root`.
+    """
+    stack = [Dir(os.dup(root.fd), root.path)]
+    pending = list(parts)
+    links = 0
+    last_link = None
+    try:
+        while pending:
+            name = pending.pop(0)
+            if name in ("", "."):
+                continue
+            current = stack[-1]
+            if name == "..":
+                if len(stack) == 1:
+                    raise LinkRefused(f"{last_link or root.path / '/'.join(parts)} leads out of {root.path}",
+                                      hint="this tree is not laid out like /sys; refused")
+                stack.pop().close()
+                continue
+            info = current.lstat(name)
+            if info is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(current.path / name))
+            if stat.S_ISLNK(info.st_mode):
+                links += 1
+                target = os.readlink(name, dir_fd=current.fd)
+                if links > MAX_LINKS:
+                    raise LinkRefused(f"{current.path / name}: more than {MAX_LINKS} links in one path",
+                                      hint="this tree is not laid out like /sys; refused")
+                if target.startswith("/"):
+                    raise LinkRefused(f"{current.path / name} is an absolute link (to {target}); links in a sysfs "
+                                      f"tree are relative and stay inside it ({root.path})",
+                                      hint="this tree is not laid out like /sys; refused")
+                last_link = f"{current.path / name} (a link to {target})"
+                pending[:0] = target.split("/")
+                continue
+            level = current.sub(name)
+            stack.append(level)
+            if check is not None:
+                check(level.path, os.fstat(level.fd))
+        return stack.pop()
+    finally:
+        for level in stack:
+            level.close()
+
+
 def open_path(root: Path, parts: Iterable[str], *, hint: str = "use a directory only root can write") -> Dir:
     """`root` (an administrator's directory that only root can change: `open_trusted_root`) then
     `parts` without following links."""

@@ -80,6 +80,12 @@ class HostStateError(VfiotaskError):
     """The host is not in the state an operation expects (journal, mounts, services)."""
 
 
+class CorruptJournal(HostStateError):
+    """A journal that is not JSON, or not the shape its records must have (an unknown kind, a
+    relative path, a root its journal may not touch, ...): nothing is undone or changed from it,
+    since what it names cannot be trusted.  Exit 1, like any other failure."""
+
+
 class StateDirError(HostStateError):
     """The state dir cannot hold journals safely (a link, not a directory, writable by others).
 
@@ -90,11 +96,27 @@ class StateDirError(HostStateError):
     exit_status = EXIT_RESOURCES
 
 
+class UntrustedPathError(HostStateError):
+    """A file or directory root would read, run or write can be changed by another user (owned by
+    someone else, or writable by group or others, at its level or any level above it).
+
+    Exit 3 like an unsafe state dir: acting on it would let that user choose what root does.
+    """
+
+    exit_status = EXIT_RESOURCES
+
+
 class NeedsRoot(HostStateError):
     """The file or interface is root's: a normal user gets this line, not a PermissionError."""
 
     def __init__(self, what: str, *, hint: str | None = None) -> None:
         super().__init__(f"{what} needs root", hint=hint or "run it as root (sudo vfiotask ...)")
+
+
+class InjectedFault(OSError):
+    """A chunk failure made on purpose by fault injection (vfiotask.faultinjection): an EIO whose
+    description says it was injected and by what, so no one reading a failed start or a log
+    takes it for a real I/O error.  Its `strerror` is that text."""
 
 
 class TaskFailed(VfiotaskError):
@@ -170,6 +192,8 @@ def describe_exception(exc: BaseException) -> str:
 
         name = errno_module.errorcode.get(exc.errno, str(exc.errno))
         where = f" ({exc.filename})" if exc.filename else ""
+        if isinstance(exc, InjectedFault):
+            where = f", {exc.strerror}"
         return f"{os.strerror(exc.errno)} [{name}]{where}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

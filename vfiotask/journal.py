@@ -11,31 +11,46 @@ process, `committed` for this boot.  An entry whose holder is gone is what `reco
 Each journal is a JSON object in `<state dir>/<name>.json`, changed under an flock on
 `<name>.lock` and replaced atomically (a fresh `O_EXCL` temporary, fsync, rename, fsync of the
 directory), every file opened relative to the state dir's descriptor and never through a link.
+This module is the only code that reads or writes journal files; everything else sees their
+contents as the typed records of vfiotask.journalrecords, checked whole when read: a journal
+that is not JSON, or not the shape its records must have, is one error naming the file
+(CorruptJournal, exit 1), and nothing is done from it.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
-import signal
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from vfiotask.dirfd import Dir, LinkRefused, Maker, identity_of, open_path
-from vfiotask.errors import HostStateError, NeedsRoot
+from vfiotask.dirfd import Dir, Identity, LinkRefused, Maker, identity_of, open_path
+from vfiotask.errors import CorruptJournal, HostStateError, NeedsRoot, StateDirError
+from vfiotask.journalrecords import (
+    DIR,
+    FILE,
+    Change,
+    Contents,
+    Entry,
+    FsChange,
+    Holder,
+    Malformed,
+    Owner,
+    Place,
+    Roots,
+)
 from vfiotask.statedir import open_state_dir, state_dir_path
-from vfiotask.units import parse_count
+from vfiotask.testpoints import crash_point
 
-INTENT = "intent"
-DONE = "done"
-CRASH_ENV = "VFIOTASK_CRASH_AT"
+C = TypeVar("C", bound=Contents)
 
 
 # -- holders -------------------------------------------------------------------------------------
@@ -59,68 +74,48 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 and fields[19].isascii() and fields[19].isdigit() else None
 
 
-def holder() -> dict[str, Any]:
+def holder() -> Holder:
     """This process, as a journal entry names it."""
     pid = os.getpid()
-    return {"pid": pid, "start": _start_time(pid), "boot": boot_id()}
+    return Holder(boot_id(), pid, _start_time(pid))
 
 
-def committed() -> dict[str, Any]:
+def committed() -> Holder:
     """A holder that outlives processes: the change belongs to its owner until released, this boot."""
-    return {"committed": True, "boot": boot_id()}
+    return Holder(boot_id(), committed=True)
 
 
-def holder_alive(who: dict[str, Any] | None) -> bool:
+def holder_alive(who: Holder | None) -> bool:
     """Whether the holder can still give back its changes itself (so recovery must leave them)."""
-    if not who or who.get("boot") != boot_id():
+    if who is None or who.boot != boot_id():
         return False
-    if who.get("committed"):
+    if who.committed:
         return True
-    pid = who.get("pid")
-    return isinstance(pid, int) and pid > 0 and _start_time(pid) == who.get("start")
+    return who.pid is not None and _start_time(who.pid) == who.start
 
 
-def same_boot(who: dict[str, Any] | None) -> bool:
-    return bool(who) and who.get("boot") == boot_id()  # type: ignore[union-attr]
-
-
-# -- test-only crash points ----------------------------------------------------------------------
-
-_crash_lock = threading.Lock()
-_crash_count = 0
-
-
-def _crash_target() -> int | None:
-    spec = os.environ.get(CRASH_ENV)
-    return parse_count(spec, CRASH_ENV) if spec else None
-
-
-def crash_point() -> None:
-    """With VFIOTASK_CRASH_AT=K, the K-th crash point reached in this process SIGKILLs it.
-
-    Crash points sit after each intent is on disk and after each change is made, and in the
-    chunks of the jobs, so a test can kill a run at a chosen place, by count rather than by time.
-    """
-    point = _crash_target()
-    if point is None:
-        return
-    global _crash_count
-    with _crash_lock:
-        _crash_count += 1
-        hit = _crash_count == point
-    if hit:
-        os.kill(os.getpid(), signal.SIGKILL)
+def same_boot(who: Holder | None) -> bool:
+    return who is not None and who.boot == boot_id()
 
 
 # -- journals ------------------------------------------------------------------------------------
 
 
-class Journal:
-    """A JSON object stored at `<state dir>/<name>.json`, guarded by `<name>.lock`."""
+class Journal(Generic[C]):
+    """A journal stored at `<state dir>/<NAME>.json`, guarded by `<NAME>.lock`, read whole into its
+    typed `Contents` (vfiotask.journalrecords) and refused whole when any of it is malformed.
 
-    def __init__(self, name: str, directory: Path | None = None) -> None:
+    `roots` gives the directories the journal's file and directory entries may be under (None:
+    any absolute, normalised path); it is asked on every read, so a root that stopped being
+    allowed (memory_backing_dir changed in qemu.conf) is noticed.
+    """
+
+    def __init__(self, layout: type[C], directory: Path | None = None, *,
+                 roots: Callable[[], Roots] | None = None) -> None:
+        self.layout = layout
+        self.name = layout.NAME
         self.directory = directory
-        self.name = name
+        self.roots = roots
         self._held: Dir | None = None
         self._saved = b""  # what the file holds now, while locked: a save of the same is skipped
 
@@ -131,14 +126,14 @@ class Journal:
     def _open_dir(self) -> Dir:
         return open_state_dir(self.directory)
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> C:
         """A snapshot of the journal, without taking the lock (for status displays)."""
         with self._open_dir() as directory:
             return self._load(directory)
 
     @contextmanager
-    def locked(self) -> Iterator[dict[str, Any]]:
-        """Yield the journal's content under the lock; what the caller leaves in it is saved.
+    def locked(self) -> Iterator[C]:
+        """Yield the journal's contents under the lock; what the caller leaves in them is saved.
 
         A journal left with nothing in it takes its lock file away too (while holding it), so an
         undone operation leaves the state dir as it found it; a waiter that then gets the lock of
@@ -148,12 +143,12 @@ class Journal:
         with self._open_dir() as directory:
             lock = self._lock(directory)
             try:
-                data = self._load(directory)
-                self._saved = _encode(data)
+                contents = self._load(directory)
+                self._saved = _encode(contents)
                 self._held = directory
                 try:
-                    yield data
-                    self.save(data)
+                    yield contents
+                    self.save(contents)
                 finally:
                     self._held = None
                     if directory.lstat(f"{self.name}.json") is None:
@@ -163,12 +158,20 @@ class Journal:
 
     def _lock(self, directory: Dir) -> int:
         name = f"{self.name}.lock"
+        where = directory.path / name
         while True:
-            lock = directory.open(name, os.O_RDWR | os.O_CREAT)
+            try:  # O_NONBLOCK: a FIFO planted at the name is opened without waiting, then refused
+                lock = directory.open(name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
+            except LinkRefused as exc:
+                raise _lock_refused(where, "a symbolic link") from exc
+            except OSError as exc:  # EISDIR: a directory; ENXIO: a socket
+                if exc.errno not in (errno.EISDIR, errno.ENXIO):
+                    raise
+                raise _lock_refused(where, "a directory" if exc.errno == errno.EISDIR else "a socket") from exc
             try:
                 info = os.fstat(lock)
                 if not stat.S_ISREG(info.st_mode):
-                    raise HostStateError(f"{directory.path / name} is not a regular file", hint="remove it")
+                    raise _lock_refused(where, "not a regular file")
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 named = directory.lstat(name)
             except BaseException:
@@ -178,17 +181,17 @@ class Journal:
                 return lock
             os.close(lock)  # removed while we waited: lock the file that has the name now
 
-    def save(self, data: dict[str, Any]) -> None:
-        """Write `data` durably now; only inside `locked()` (an intent must be on disk before its change)."""
+    def save(self, contents: C) -> None:
+        """Write `contents` durably now; only inside `locked()` (an intent must be on disk before its change)."""
         directory = self._held
         if directory is None:
             raise HostStateError(f"journal {self.path} saved without its lock", hint="this is a bug; report it")
-        if not any(data.values()):  # nothing recorded: no file, as before anything was (readers see {})
+        encoded = _encode(contents)
+        if encoded == _EMPTY:  # nothing recorded: no file, as before anything was (readers see nothing)
             if directory.unlink(f"{self.name}.json"):
                 directory.fsync()
-            self._saved = b""
+            self._saved = _EMPTY
             return
-        encoded = _encode(data)
         if encoded == self._saved:  # already on disk (each intend/done/drop saves, then locked() again)
             return
         tmp = f".{self.name}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -206,12 +209,12 @@ class Journal:
         directory.fsync()
         self._saved = encoded
 
-    def _load(self, directory: Dir) -> dict[str, Any]:
+    def _load(self, directory: Dir) -> C:
         where = directory.path / f"{self.name}.json"
         try:
             fd = directory.open(f"{self.name}.json", os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
-            return {}
+            return self.layout()
         except LinkRefused as exc:
             raise HostStateError(f"journal {where} is a symbolic link; it is not followed",
                                  hint="remove the link and check who made it") from exc
@@ -225,66 +228,96 @@ class Journal:
         finally:
             os.close(fd)
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            raise HostStateError(
-                f"journal {where} is corrupt ({reason})",
-                hint="inspect it, undo what it lists by hand, then remove it",
-            ) from exc
+            data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        except UnicodeDecodeError as exc:
+            raise _corrupt(where, "corrupt (not UTF-8)") from exc
+        except json.JSONDecodeError as exc:
+            raise _corrupt(where, f"corrupt ({exc.msg})") from exc
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, nesting deeper than the stack
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise _corrupt(where, f"corrupt ({reason})") from exc
         if not isinstance(data, dict):
-            raise HostStateError(f"journal {where} is not a JSON object", hint="remove it after checking")
-        return data
+            raise _corrupt(where, "not a JSON object")
+        try:
+            return self.layout.from_json(data, self.roots() if self.roots is not None else None)
+        except Malformed as exc:
+            raise _corrupt(where, f"malformed: {exc}") from exc
 
     # -- intents -------------------------------------------------------------------------------
 
-    def intend(self, data: dict[str, Any], owner: str, kind: str, **fields: Any) -> dict[str, Any]:
-        """Record, durably, that this process is about to make a change of `kind` for `owner`."""
-        _crash_target()  # a malformed VFIOTASK_CRASH_AT is refused before anything is recorded
+    def intend(self, contents: C, owner: Owner, change: Change) -> Entry:
+        """Record, durably, that this process is about to make `change` for `owner`."""
         # the randomness of a uuid4 without importing uuid (and with it platform) into the hook
-        entry = {"id": os.urandom(16).hex(), "owner": owner, "kind": kind, "state": INTENT, "holder": holder(),
-                 **fields}
-        data.setdefault("intents", []).append(entry)
-        self.save(data)
-        crash_point()
+        entry = Entry(os.urandom(16).hex(), owner, holder(), change)
+        contents.intents.append(entry)
+        self.save(contents)
+        crash_point("journal: intent on disk")
         return entry
 
-    def done(self, data: dict[str, Any], entry: dict[str, Any], **fields: Any) -> None:
-        """The change of `entry` is made; `fields` say what it produced."""
-        crash_point()
-        for item in data.get("intents", []):
-            if item.get("id") == entry["id"]:
-                item.update(fields, state=DONE)
-                entry.update(item)
-        self.save(data)
+    def done(self, contents: C, entry: Entry, change: Change | None = None, *, save: bool = True) -> Entry:
+        """The change of `entry` is made; `change` (when given) says what it produced.  Returns the
+        entry as it is recorded now.  `save=False` when a later save in the same lock writes it:
+        only an intent must be on disk before its change, and recovery checks what a change made."""
+        crash_point("journal: change made")
+        made = entry._replace(done=True, change=change or entry.change)
+        contents.intents = [made if item.id == entry.id else item for item in contents.intents]
+        if save:
+            self.save(contents)
+        return made
 
-    def drop(self, data: dict[str, Any], entry: dict[str, Any]) -> None:
-        """Forget `entry`: undone, or handed over to a record that outlives it."""
-        data["intents"] = [item for item in data.get("intents", []) if item.get("id") != entry["id"]]
-        if not data["intents"]:
-            del data["intents"]
-        self.save(data)
+    def drop(self, contents: C, *entries: Entry, save: bool = True) -> None:
+        """Forget `entries`: undone, or handed over to a record that outlives them.  `save=False`
+        when the caller writes that record in the same save (at the end of the lock, or its own)."""
+        ids = {entry.id for entry in entries}
+        contents.intents = [item for item in contents.intents if item.id not in ids]
+        if save:
+            self.save(contents)
 
-    def commit(self, data: dict[str, Any], owner: str) -> None:
+    def commit(self, contents: C, owner: Owner) -> None:
         """`owner`'s changes now belong to it, not to this process: recovery leaves them alone."""
-        for item in data.get("intents", []):
-            if item.get("owner") == owner:
-                item["holder"] = committed()
-        self.save(data)
+        contents.intents = [item._replace(holder=committed()) if item.owner == owner else item
+                            for item in contents.intents]
+        self.save(contents)
 
     @staticmethod
-    def entries(data: dict[str, Any], owner: str | None = None, *, orphaned: bool = False) -> list[dict[str, Any]]:
+    def entries(contents: Contents, owner: Owner | None = None, *, orphaned: bool = False) -> list[Entry]:
         """The journal's entries (of `owner`), newest first; `orphaned`: only those whose holder is gone."""
-        found = [item for item in data.get("intents", []) if owner is None or item.get("owner") == owner]
-        if orphaned:
-            found = [item for item in found if not holder_alive(item.get("holder"))]
-        return list(reversed(found))
+        found = contents.entries(owner)
+        return [entry for entry in found if not holder_alive(entry.holder)] if orphaned else found
 
 
-def _encode(data: dict[str, Any]) -> bytes:
+_EMPTY = b"{}"
+
+
+def _encode(contents: Contents) -> bytes:
     # compact: only then does json use its C encoder (indenting runs it in Python, ~10x the
     # time, paid on every intent and every done of a hook's prepare)
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return json.dumps(contents.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):  # json keeps the last silently: which of them would be undone?
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key[:60]!r} twice in one object")
+            seen.add(key)
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _corrupt(where: Path, what: str) -> CorruptJournal:
+    return CorruptJournal(f"journal {where} is {what}; nothing was done from it",
+                          hint="inspect it, undo what it lists by hand, then remove it")
+
+
+def _lock_refused(where: Path, what: str) -> StateDirError:
+    return StateDirError(f"journal lock {where} is {what}; refused",
+                         hint="remove it (and check who made it); vfiotask creates its lock files itself")
 
 
 _TEMPORARY = re.compile(r"^\.[A-Za-z0-9_-]+\.([0-9]{1,10})\.[0-9]{1,20}\.tmp$")
@@ -308,24 +341,21 @@ def remove_stale_temporaries(*, dry_run: bool = False) -> list[str]:
 # -- files and directories, made and undone by descriptor ----------------------------------------
 
 
-def fs_fields(directory: Dir, root: Path, parts: list[str], name: str) -> dict[str, Any]:
-    """Where a file or directory is made: the trusted root, the levels below it, the directory's identity."""
-    return {"root": str(root), "parts": list(parts), "dir": list(directory.identity()), "name": name}
+def fs_change(kind: str, directory: Dir, place: Place, name: str, ident: Identity | None = None) -> FsChange:
+    """A file or directory `name` made in `directory`, which is `place`: its root, the levels
+    below it, and the directory's identity now."""
+    return FsChange(kind, str(place.root), tuple(place.parts), directory.identity(), name, ident)
 
 
-def recorded_path(entry: dict[str, Any]) -> Path:
-    """Where a file or directory entry was made, for messages."""
-    return Path(str(entry.get("root")), *[str(p) for p in entry.get("parts", [])], str(entry.get("name")))
-
-
-def open_recorded_dir(entry: dict[str, Any]) -> Dir:
+def open_recorded_dir(change: FsChange) -> Dir:
     """The directory a file or directory entry was made in, reached again without following links."""
-    return open_path(Path(str(entry.get("root"))), [str(p) for p in entry.get("parts", [])])
+    return open_path(Path(change.root), change.parts)
 
 
-def make_file(journal: Journal, owner: str, directory: Dir, root: Path, parts: list[str], name: str,
-              size: int, mode: int = 0o600) -> tuple[int, dict[str, Any]]:
-    """A new file `name` of `size` bytes in `directory`, journaled by inode before it has its name.
+def make_file(journal: Journal[Any], owner: Owner, directory: Dir, place: Place, name: str,
+              size: int, mode: int = 0o600) -> tuple[int, Entry]:
+    """A new file `name` of `size` bytes in `directory` (which is `place`), journaled by inode
+    before it has its name.
 
     The file is made unnamed (O_TMPFILE), recorded with its inode, then linked: a kill before the
     link leaves nothing, after it leaves a name recovery removes only if it still has that inode.
@@ -335,100 +365,96 @@ def make_file(journal: Journal, owner: str, directory: Dir, root: Path, parts: l
     try:
         os.ftruncate(fd, size)
         info = os.fstat(fd)
-        with journal.locked() as data:
-            entry = journal.intend(data, owner, "file", **fs_fields(directory, root, parts, name),
-                                   ident=[info.st_dev, info.st_ino])
+        with journal.locked() as contents:
+            entry = journal.intend(contents, owner, fs_change(FILE, directory, place, name, identity_of(info)))
         try:
             directory.link(fd, name)
         except BaseException:
-            with journal.locked() as data:
-                journal.drop(data, entry)
+            with journal.locked() as contents:
+                journal.drop(contents, entry)
             raise
-        with journal.locked() as data:
-            journal.done(data, entry)
+        with journal.locked() as contents:
+            entry = journal.done(contents, entry)
     except BaseException:
         os.close(fd)
         raise
     return fd, entry
 
 
-def undo_recorded(journal: Journal, owner: str, *, orphaned: bool = False,
-                  where: Callable[[dict[str, Any]], bool] = lambda _entry: True,
+def undo_recorded(journal: Journal[Any], owner: Owner, *, orphaned: bool = False,
+                  where: Callable[[FsChange], bool] = lambda _change: True,
                   dry_run: bool = False) -> list[str]:
     """Undo the files and directories journaled for `owner` (only those whose holder is gone when
     `orphaned`, only those `where` accepts), newest first, if still the same inode; says what it did."""
     actions = []
-    with journal.locked() as data:
-        for entry in journal.entries(data, owner, orphaned=orphaned):
-            if entry.get("kind") not in ("file", "dir") or not where(entry):
+    with journal.locked() as contents:
+        for entry in journal.entries(contents, owner, orphaned=orphaned):
+            if not isinstance(entry.change, FsChange) or not where(entry.change):
                 continue
             action = undo_fs(entry, dry_run=dry_run)
             if action is None:  # nothing there that is ours: only the record goes
-                action = (f"{'would drop' if dry_run else 'dropped'} the record of {entry.get('kind')} "
-                          f"{recorded_path(entry)}: it is gone or no longer the one made")
+                action = (f"{'would drop' if dry_run else 'dropped'} the record of {entry.kind} "
+                          f"{entry.change.path}: it is gone or no longer the one made")
             actions.append(action)
             if not dry_run:
-                journal.drop(data, entry)
+                journal.drop(contents, entry)
     return actions
 
 
-def undo_entry(journal: Journal, entry: dict[str, Any]) -> str | None:
+def undo_entry(journal: Journal[Any], entry: Entry) -> str | None:
     """Undo a file or directory entry now (this process made it) and forget it."""
     action = undo_fs(entry)
-    with journal.locked() as data:
-        journal.drop(data, entry)
+    with journal.locked() as contents:
+        journal.drop(contents, entry)
     return action
 
 
-def journaled_mkdir(journal: Journal, data: dict[str, Any], owner: str, root: Path) -> Maker:
+def journaled_mkdir(journal: Journal[Any], contents: Contents, owner: Owner, root: Path) -> Maker:
     """A `dirfd.walk` maker that records each directory before making it (the caller holds the lock)."""
 
     def maker(parent: Dir, name: str, mode: int) -> Dir:
-        parts = list(parent.path.relative_to(root).parts)
-        entry = journal.intend(data, owner, "dir", **fs_fields(parent, root, parts, name))
+        change = fs_change(DIR, parent, Place(root, tuple(parent.path.relative_to(root).parts)), name)
+        entry = journal.intend(contents, owner, change)
         made = parent.mkdir(name, mode)
-        journal.done(data, entry, ident=list(made.identity()))
+        journal.done(contents, entry, change._replace(ident=made.identity()))
         return made
 
     return maker
 
 
-def undo_fs(entry: dict[str, Any], *, dry_run: bool = False) -> str | None:
+def undo_fs(entry: Entry, *, dry_run: bool = False) -> str | None:
     """Undo a recorded file or directory if its name still has the recorded identity; says what it did.
 
     A directory is removed only when empty.  A directory recorded as intent only (killed between
     mkdir and its record) is removed when empty: an empty directory is all such a kill can leave.
     """
-    if not same_boot(entry.get("holder")):
+    change = entry.change
+    if not isinstance(change, FsChange) or not same_boot(entry.holder):
         return None  # inode numbers of an earlier boot name nothing now: forget, never remove
-    kind, name = entry.get("kind"), str(entry.get("name"))
-    where = recorded_path(entry)
-    ident = entry.get("ident")
+    name, ident, where = change.name, change.ident, change.path
     try:
-        directory = open_recorded_dir(entry)
+        directory = open_recorded_dir(change)
     except (OSError, HostStateError):
         return None
     with directory:
-        if list(directory.identity()) != list(entry.get("dir", [])):
+        if directory.identity() != change.dir:
             return None  # the directory was replaced: what we made is gone with it
         info = directory.lstat(name)
         if info is None:
             return None
-        if ident is not None and [info.st_dev, info.st_ino] != list(ident):
+        if ident is not None and identity_of(info) != ident:
             return None
-        if kind == "file":
+        if change.kind == FILE:
             if ident is None or not stat.S_ISREG(info.st_mode):
                 return None
             if dry_run:
                 return f"would remove file {where}"
-            return f"removed file {where}" if directory.unlink(name, tuple(ident)) else None
-        if kind == "dir":
-            if not stat.S_ISDIR(info.st_mode):
-                return None
-            if dry_run:
-                with suppress(OSError), directory.sub(name) as sub:
-                    if not sub.names():
-                        return f"would remove empty directory {where}"
-                return None
-            return f"removed directory {where}" if directory.rmdir(name, ident and tuple(ident)) else None
-    return None
+            return f"removed file {where}" if directory.unlink(name, ident) else None
+        if not stat.S_ISDIR(info.st_mode):
+            return None
+        if dry_run:
+            with suppress(OSError), directory.sub(name) as sub:
+                if not sub.names():
+                    return f"would remove empty directory {where}"
+            return None
+        return f"removed directory {where}" if directory.rmdir(name, ident) else None

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 from vfiotask.dirfd import Dir, LinkRefused, open_root
-from vfiotask.errors import NeedsRoot, StateDirError, describe_exception
+from vfiotask.errors import NeedsRoot, StateDirError, UsageError, describe_exception
 
 DEFAULT_STATE_DIR = Path("/run/vfiotask")
 STATE_DIR_ENV = "VFIOTASK_STATE_DIR"
@@ -30,7 +30,7 @@ def state_dir_path() -> Path:
     changes are theirs alone)."""
     configured = os.environ.get(STATE_DIR_ENV)
     if configured:
-        return Path(configured)
+        return from_environment(configured)
     from vfiotask.config import read_file
 
     in_file = read_file().get("state_dir")  # the administrator's choice, in /etc/vfiotask/config.toml
@@ -40,6 +40,15 @@ def state_dir_path() -> Path:
     if os.geteuid() != 0 and runtime:
         return Path(runtime) / "vfiotask"
     return DEFAULT_STATE_DIR
+
+
+def from_environment(configured: str) -> Path:
+    """VFIOTASK_STATE_DIR's value, which must be absolute: a relative one would be a different
+    directory for every working directory a command (or libvirtd) starts in."""
+    if not configured.startswith("/"):
+        raise UsageError(f"{STATE_DIR_ENV}={configured!r} is not an absolute path",
+                         hint=f"give an absolute path (default {DEFAULT_STATE_DIR})")
+    return Path(configured)
 
 
 def state_dir(create: bool = True) -> Path:
@@ -68,15 +77,22 @@ def open_state_dir(path: Path | None = None) -> Dir:
     except OSError as exc:
         what = "a symbolic link" if exc.errno == errno.ELOOP else describe_exception(exc)
         raise StateDirError(f"state directory {path} cannot be used: {what}", hint=_HINT) from exc
-    info = os.fstat(directory.fd)
-    problem = None
-    if not stat.S_ISDIR(info.st_mode):
-        problem = "is not a directory"
-    elif info.st_uid not in (0, os.geteuid()):
-        problem = f"is owned by uid {info.st_uid}, not root or this user"
-    elif info.st_mode & 0o077:
-        problem = f"has mode {stat.S_IMODE(info.st_mode):04o}; others could change what root undoes"
+    problem = state_dir_problem(os.fstat(directory.fd))
     if problem:
         directory.close()
         raise StateDirError(f"state directory {path} {problem}; refused", hint=_HINT)
     return directory
+
+
+def state_dir_problem(info: os.stat_result) -> str | None:
+    """Why a state dir with this (l)stat may not be used; None when it may.  `vfiotask check`
+    asks the same question, so that it passes exactly the directories every command accepts."""
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    if info.st_uid not in (0, os.geteuid()):
+        return f"is owned by uid {info.st_uid}, not root or this user"
+    if info.st_mode & 0o077:
+        return f"has mode {stat.S_IMODE(info.st_mode):04o}; others could change what root undoes"
+    return None

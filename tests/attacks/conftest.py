@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import is_root
-from tests.libvirt.conftest import hook_host  # noqa: F401 - the hook's private host, as in tests/libvirt
+from tests.libvirt.conftest import hook_host  # noqa: F401 - the hook, run as libvirtd runs it, for attacks on it
 
 ATTACKERS = ("libvirt-qemu", "nobody")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tests.conftest import run_cli
 from tests.devices.helpers import copy_tree, snapshot
+from tests.support import faults_on
 
 
 def one_line(stderr: str) -> str:
@@ -91,8 +92,9 @@ def test_bind_dry_run_shows_the_change_and_makes_none(tmp_path: Path, state_dir:
 def test_fault_injection_undoes_everything(tmp_path: Path, state_dir: Path) -> None:
     root = copy_tree("bridge", tmp_path)
     before = snapshot(root.parent)
-    result = run_cli("bind", "0000:05:00.0", "--sysfs-root", str(root), env={"VFIOTASK_FAIL": "bind:2"})
-    assert result.returncode == 1 and "bind: Input/output error [EIO]" in one_line(result.stderr)
+    result = run_cli("bind", "0000:05:00.0", "--sysfs-root", str(root), env=faults_on(tmp_path, VFIOTASK_FAIL="bind:2"))
+    line = one_line(result.stderr)
+    assert result.returncode == 1 and "bind: Input/output error [EIO], injected by fault_injection" in line
     assert snapshot(root.parent) == before
 
 

@@ -130,7 +130,7 @@ def test_a_state_dir_others_may_write_fails(tmp_path: Path) -> None:
     state.mkdir(mode=0o700)
     state.chmod(0o777)
     _, lines, _ = check(state=state)
-    assert "mode 0777: others could change what vfiotask undoes" in line(lines, "fail  state dir:")
+    assert "has mode 0777; others could change what root undoes" in line(lines, "fail  state dir:")
     state.chmod(0o700)
     _, lines, _ = check(state=state)
     assert line(lines, "ok    state dir:").endswith("mode 0700")

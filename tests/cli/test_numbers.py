@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tests.libvirt.xmls import guest_xml
+from tests.support import faults_on
 
 VIABLE = str(REPO / "fixtures" / "sysfs" / "viable" / "sys")
 
@@ -98,9 +99,10 @@ ENV_CASES = [(entry, name, value) for entry in ENV_ENTRY_POINTS for name, value 
 
 
 @pytest.mark.parametrize(("entry", "name", "value"), ENV_CASES, ids=[f"{e}-{n}" for e, n, _ in ENV_CASES])
-def test_hostile_numbers_in_the_environment_are_refused(entry: str, name: str, value: str, state_dir: Path) -> None:
+def test_hostile_numbers_in_the_environment_are_refused(entry: str, name: str, value: str, state_dir: Path,
+                                                        tmp_path: Path) -> None:
     variable, template, args = ENV_ENTRY_POINTS[entry]
-    result = run_cli(*args, env={variable: template.format(value)})
+    result = run_cli(*args, env=faults_on(tmp_path, **{variable: template.format(value)}))  # the value is read
     assert_refused(result, variable)
 
 
@@ -114,7 +116,7 @@ XML_CASES = {
         "<cell id='0'", "<cell id='\u00b2'"),
     "nodeset past any node": OURS.replace("<vcpu>", "<numatune><memory nodeset='0-99999999999'/></numatune><vcpu>"),
     "threads of 5001 digits": guest_xml("g", 64, id=1, config={"threads": "7" * 5001}),
-    "hostdev bus out of range": guest_xml("g", 64, id=1, hostdevs=["0000:01:00.0"]).replace("bus='0x01'",
+    "hostdev bus out of range": guest_xml("g", 64, id=1, hostdevs=["0000:01:00.0"], config={}).replace("bus='0x01'",
                                                                                            "bus='0x100'"),
 }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import drop_ipc_lock, is_root, run_cli, status_field, vfiotask_command
+from tests.support import faults_on
 from vfiotask.host.hugepages import HugepagePools
 from vfiotask.memory.accountant import LockedMemoryAccountant
 
@@ -205,7 +206,7 @@ def test_auto_pin_over_budget_says_so_and_shows_the_prefault() -> None:
 
 
 @pytest.mark.parametrize("job", ["prefault", "pin"])
-def test_injected_failure_at_each_chunk_undoes_everything(job: str, shm_dir: Path) -> None:
+def test_injected_failure_at_each_chunk_undoes_everything(job: str, shm_dir: Path, tmp_path: Path) -> None:
     path = shm_dir / "guest.ram"
     # 4 chunks whether 1, 2 or 4 threads run (a busy CPU may leave one): each K below is claimed
     steady = ["--size", "32M", "--min-chunk", "8M"]
@@ -214,8 +215,9 @@ def test_injected_failure_at_each_chunk_undoes_everything(job: str, shm_dir: Pat
     chunks = data["chunks"] if job == "prefault" else data["pin_chunks"]
     assert chunks >= 2
     for index in range(1, chunks + 1):
-        result = run_wrapped("prepin", *steady, "--backing", str(path), env={"VFIOTASK_FAIL": f"{job}:{index}"})
-        assert_one_line(result, 1, "EIO", "chunk")
+        result = run_wrapped("prepin", *steady, "--backing", str(path),
+                             env=faults_on(tmp_path, VFIOTASK_FAIL=f"{job}:{index}"))
+        assert_one_line(result, 1, "EIO", "injected by fault_injection", "chunk")
         assert locked_after(result) == 0
         assert not path.exists(), f"{job}:{index} left the backing file"
 

@@ -150,7 +150,7 @@ def test_a_driver_that_will_not_let_go_is_one_line_and_every_binding_is_as_befor
     line = one_line(capsys)
     assert "0000:06:00.3" in line and "Device or resource busy" in line
     assert snapshot(root.parent) == before
-    assert bindings_journal().read() == {}
+    assert bindings_journal().read().devices == {}
 
 
 def dropped_connection() -> Exception:

@@ -2,8 +2,9 @@
 
 Each case runs the `vfiotask` command or the libvirt hook as a separate process with
 `VFIOTASK_FAIL=JOB:K` (the hook gets it from the guest's `<vfiotask:config fail=...>`, as under
-libvirtd) or `VFIOTASK_MOCK_FAIL=K:ERRNO`, and asserts what a user sees: the exit status, one
-line on stderr, no traceback; and what the kernel and the filesystem show afterwards: VmLck of
+libvirtd) or `VFIOTASK_MOCK_FAIL=K:ERRNO`, on a host whose config turns fault injection on, and
+asserts what a user sees: the exit status, one line on stderr that says the failure was injected,
+no traceback; and what the kernel and the filesystem show afterwards: VmLck of
 the process, every hugepage pool, the entries of the state dir and memory_backing_dir, the
 reservations and guests the journals list, the drivers of the fixture tree.
 
@@ -27,6 +28,7 @@ from tests.conftest import REPO, private_mount, requires_root
 from tests.devices.helpers import copy_tree, sysfs
 from tests.hoststate import HostSnapshot, snapshot
 from tests.libvirt.xmls import guest_xml
+from tests.support import fault_injection_config
 
 HOOK = REPO / "hooks" / "qemu"
 MiB = 1 << 20
@@ -35,17 +37,20 @@ GUEST_MIB = 256  # four chunks of the 64 MiB the hook's prefault never goes belo
 
 @dataclass
 class Host:
-    """A private state dir, memory_backing_dir on tmpfs, a qemu.conf naming it, a fixture tree."""
+    """A private state dir, memory_backing_dir on tmpfs, a qemu.conf naming it, a fixture tree, and
+    a config with fault injection on."""
 
     state: Path
     backing: Path
     conf: Path
     sys_root: Path
     node_xml: Path
+    config: Path
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root",
-               "VFIOTASK_STATE_DIR": str(self.state), "VFIOTASK_LIBVIRT_QEMU_CONF": str(self.conf)}
+               "VFIOTASK_STATE_DIR": str(self.state), "VFIOTASK_LIBVIRT_QEMU_CONF": str(self.conf),
+               "VFIOTASK_CONFIG": str(self.config)}
         env.update(extra)
         return env
 
@@ -71,7 +76,8 @@ def host(tmp_path: Path) -> Iterator[Host]:
     conf = tmp_path / "qemu.conf"
     conf.write_text(f'memory_backing_dir = "{backing}"\n')
     try:
-        yield Host(tmp_path / "state", backing, conf, copy_tree("bridge", tmp_path), tmp_path / "node.xml")
+        yield Host(tmp_path / "state", backing, conf, copy_tree("bridge", tmp_path), tmp_path / "node.xml",
+                   fault_injection_config(tmp_path))
     finally:
         import shutil
 
@@ -90,19 +96,20 @@ def assert_failed_cleanly(result: subprocess.CompletedProcess[str], status: int,
 # -- the command ---------------------------------------------------------------------------------
 
 SMALL = ["--size", "32M", "--min-chunk", "8M"]  # four chunks
+INJECTED = "EIO], injected by fault_injection"
 CLI_CASES = [
     # (case, arguments, environment variable, value, exit status, words in the line)
-    *[(f"prefault-memfd-{k}", [*SMALL, "--pin", "none"], "VFIOTASK_FAIL", f"prefault:{k}", 1, "EIO")
+    *[(f"prefault-memfd-{k}", [*SMALL, "--pin", "none"], "VFIOTASK_FAIL", f"prefault:{k}", 1, INJECTED)
       for k in range(1, 5)],
     *[(f"prefault-file-{k}", [*SMALL, "--pin", "none", "--backing", "{backing}/guest.ram"], "VFIOTASK_FAIL",
-       f"prefault:{k}", 1, "EIO") for k in range(1, 5)],
+       f"prefault:{k}", 1, INJECTED) for k in range(1, 5)],
     *[(f"mlock-{k}", [*SMALL, "--pin", "mlock", "--backing", "{backing}/guest.ram"], "VFIOTASK_FAIL",
-       f"pin:{k}", 1, "EIO") for k in range(1, 5)],
+       f"pin:{k}", 1, INJECTED) for k in range(1, 5)],
     *[(f"mock-map-{k}", ["--size", "64M", "--min-chunk", "16M", "--pin", "mock", "--group", "2",
                          "--sysfs-root", str(sysfs("viable"))], "VFIOTASK_MOCK_FAIL", f"{k}:EIO", 1, "EIO")
       for k in range(1, 5)],
     *[(f"mock-pin-{k}", ["--size", "64M", "--min-chunk", "16M", "--pin", "mock", "--group", "2",
-                         "--sysfs-root", str(sysfs("viable"))], "VFIOTASK_FAIL", f"pin:{k}", 1, "EIO")
+                         "--sysfs-root", str(sysfs("viable"))], "VFIOTASK_FAIL", f"pin:{k}", 1, INJECTED)
       for k in range(1, 5)],
 ]
 
@@ -133,7 +140,7 @@ def test_hugepage_reservation_failure(host: Host) -> None:
     assert host.cli("hugepages", "release", "--owner", "fm").returncode == 0
     before = host.snap()
     result = host.cli(*args, VFIOTASK_FAIL="hugepages:1")
-    assert_failed_cleanly(result, 1, "EIO")
+    assert_failed_cleanly(result, 1, INJECTED)
     assert host.snap() == before
 
 
@@ -148,7 +155,7 @@ def test_bind_failure_at_each_device(host: Host, k: int) -> None:
     assert host.cli("unbind", *BIND, str(host.sys_root)).returncode == 0
     before = host.snap()
     result = host.cli("bind", *BIND, str(host.sys_root), VFIOTASK_FAIL=f"bind:{k}")
-    assert_failed_cleanly(result, 1, "EIO")
+    assert_failed_cleanly(result, 1, INJECTED)
     assert host.snap() == before
 
 
@@ -157,7 +164,7 @@ def test_unbind_failure_at_each_device(host: Host, k: int) -> None:
     assert host.cli("bind", *BIND, str(host.sys_root)).returncode == 0
     bound = host.snap()
     result = host.cli("unbind", *BIND, str(host.sys_root), VFIOTASK_FAIL=f"unbind:{k}")
-    assert_failed_cleanly(result, 1, "EIO")
+    assert_failed_cleanly(result, 1, INJECTED)
     assert host.snap() == bound  # still bound, still recorded: unbind can be run again
     assert host.cli("unbind", *BIND, str(host.sys_root)).returncode == 0
 
@@ -174,7 +181,7 @@ def test_hook_file_population_failure_at_each_chunk(host: Host, k: int) -> None:
     before = host.snap()
     result = host.hook(name, "start", "begin",
                        guest_xml(name, GUEST_MIB, id=7, file_backed=True, config={"fail": f"prefault:{k}"}))
-    assert_failed_cleanly(result, 1, f"guest {name}:", "EIO")
+    assert_failed_cleanly(result, 1, f"guest {name}:", INJECTED, f"prefault:{k} from the guest's fail=")
     assert result.stdout == ""
     assert host.snap() == before
 
@@ -190,7 +197,7 @@ def test_hook_hugepage_failure(host: Host, tmp_path: Path) -> None:
         before = host.snap()
         result = host.hook(name, "start", "begin",
                            guest_xml(name, 8, id=8, hugepages="2048", config={"fail": "hugepages:1"}))
-        assert_failed_cleanly(result, 1, f"guest {name}:", "hugepage reservation failed")
+        assert_failed_cleanly(result, 1, f"guest {name}:", "hugepage reservation failed", INJECTED)
         assert result.stdout == ""
         assert host.snap() == before
 
@@ -216,6 +223,6 @@ def test_staging_failure_at_each_chunk(host: Host, k: int) -> None:
     assert host.cli("hook", "unstage", "--domain", name).returncode == 0
     before = host.snap()
     result = host.cli(*args, VFIOTASK_FAIL=f"prefault:{k}")
-    assert_failed_cleanly(result, 1, "EIO")
+    assert_failed_cleanly(result, 1, INJECTED)
     assert host.snap() == before
 

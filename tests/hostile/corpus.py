@@ -111,7 +111,7 @@ def hostile_xml() -> list[tuple[str, str, bytes, tuple[str, ...]]]:
          ("threads",)),
         ("fail-5001-digits", NAME,
          good().replace("<vfiotask:config ", "<vfiotask:config fail='prefault:" + "9" * 5001 + "' ").encode(),
-         ("VFIOTASK_FAIL",)),
+         ("vfiotask:config fail",)),
         ("hostdev-bad-address", NAME,
          good(hostdevs=["0000:01:00.0"]).replace("bus='0x01'", "bus='0xzz'").encode(), ("address",)),
         ("hostdev-huge-address", NAME,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,11 @@ def test_bind_unbind_round_trip_restores_the_tree_byte_for_byte(
     assert group_viability(host.groups[group]).viable
     assert all(d.driver in ("vfio-pci", "pcieport", None) for d in host.groups[group].devices)
     assert snapshot(root.parent) != before
-    recorded = bindings_journal().read()[str(root)]
+    recorded = bindings_journal().read().devices[str(root)]
     assert sorted(recorded) == sorted(r.address for r in result.bound)
     unbind(addresses, sysfs_root=root)
     assert snapshot(root.parent) == before
-    assert bindings_journal().read() == {}
+    assert bindings_journal().read().devices == {}
 
 
 def test_sibling_bind_takes_the_whole_group_and_unbind_gives_back_the_original_drivers(
@@ -83,7 +84,7 @@ def test_devices_the_host_uses_are_refused_and_nothing_changes(
     assert why in caught.value.one_line() and "refusing" in caught.value.one_line()
     assert caught.value.exit_status == 4
     assert snapshot(root.parent) == before
-    assert bindings_journal().read() == {}
+    assert bindings_journal().read().devices == {}
 
 
 def test_unknown_address_is_a_usage_error(tmp_path: Path, state_dir: Path) -> None:
@@ -110,7 +111,7 @@ def test_a_driver_that_is_not_a_name_is_a_usage_error_and_changes_nothing(
     with pytest.raises(UsageError, match="is not a driver name"):
         bind(["0000:00:1f.6"], driver=driver, sysfs_root=root)
     assert snapshot(root.parent) == before
-    assert bindings_journal().read() == {}
+    assert bindings_journal().read().devices == {}
 
 
 def test_a_tree_bound_through_a_symlink_is_unbound_through_its_real_path(tmp_path: Path, state_dir: Path) -> None:
@@ -121,7 +122,7 @@ def test_a_tree_bound_through_a_symlink_is_unbound_through_its_real_path(tmp_pat
     bind(["0000:01:00.0"], sysfs_root=alias / "sys")
     unbind(["0000:01:00.0"], sysfs_root=root)
     assert snapshot(root.parent) == before
-    assert bindings_journal().read() == {}
+    assert bindings_journal().read().devices == {}
 
 
 def test_unbind_without_a_record(tmp_path: Path, state_dir: Path) -> None:
@@ -133,15 +134,15 @@ def test_unbind_without_a_record(tmp_path: Path, state_dir: Path) -> None:
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_a_failing_bind_chunk_is_undone_byte_for_byte(
-    k: int, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    k: int, tmp_path: Path, state_dir: Path, inject_faults: Callable[[str], None]
 ) -> None:
     root = copy_tree("bridge", tmp_path)
     before = snapshot(root.parent)
-    monkeypatch.setenv("VFIOTASK_FAIL", f"bind:{k}")
+    inject_faults(f"bind:{k}")
     with pytest.raises(TaskFailed):
         bind(["0000:05:00.0"], sysfs_root=root)
     assert snapshot(root.parent) == before
-    assert bindings_journal().read() == {}
+    assert bindings_journal().read().devices == {}
 
 
 def test_a_driver_failing_halfway_restores_that_device(tmp_path: Path, state_dir: Path) -> None:
@@ -160,16 +161,16 @@ def test_a_driver_failing_halfway_restores_that_device(tmp_path: Path, state_dir
 
 
 def test_a_failing_unbind_keeps_the_binding_and_its_record(
-    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, state_dir: Path, inject_faults: Callable[[str], None]
 ) -> None:
     root = copy_tree("bridge", tmp_path)
     bind(["0000:05:00.0"], sysfs_root=root)
     bound = snapshot(root.parent)
-    monkeypatch.setenv("VFIOTASK_FAIL", "unbind:2")
+    inject_faults("unbind:2")
     with pytest.raises(TaskFailed):
         unbind(["0000:05:00.0"], sysfs_root=root)
     assert snapshot(root.parent) == bound
-    assert sorted(bindings_journal().read()[str(root)]) == ["0000:05:00.0", "0000:05:01.0"]
+    assert sorted(bindings_journal().read().devices[str(root)]) == ["0000:05:00.0", "0000:05:01.0"]
 
 
 def test_fake_kernel_probe_without_override_uses_the_alias_table(tmp_path: Path) -> None:
@@ -200,7 +201,7 @@ def test_real_root_disk_and_nic_are_refused_before_any_write(state_dir: Path) ->
     for address in in_use:
         with pytest.raises(DeviceError, match="refusing"):
             bind([address], control=NoWrites())  # type: ignore[arg-type]
-    assert bindings_journal().read() == {}
+    assert bindings_journal().read().devices == {}
 
 
 def test_real_root_without_iommu_says_so(state_dir: Path) -> None:
@@ -259,7 +260,7 @@ def test_a_device_failing_inside_a_chunk_of_several_gives_back_the_whole_chunk(
     assert caught.value.exit_status == 4
     assert drivers(root) == before
     assert snapshot(root.parent) == tree
-    assert bindings_journal().read() == {}
+    assert bindings_journal().read().devices == {}
 
 
 def test_the_wide_group_binds_in_chunks_of_several_devices(tmp_path: Path, state_dir: Path) -> None:
@@ -293,7 +294,7 @@ def test_a_device_failing_inside_an_unbind_chunk_takes_the_whole_chunk_again(
         unbind(["0000:06:00.0"], sysfs_root=root, control=RefusingDriver(HostPaths.for_root(root)))
     assert drivers(root) == bound
     assert snapshot(root.parent) == tree
-    assert sorted(bindings_journal().read()[str(root)]) == WIDE
+    assert sorted(bindings_journal().read().devices[str(root)]) == WIDE
 
 
 def _held_gpu(tmp_path: Path) -> Path:
@@ -312,7 +313,7 @@ def test_a_held_device_is_refused_with_its_holders_named_and_nothing_changes(tmp
     assert "0000:01:00.0 is held by Xorg (pid 1234): /dev/dri/card1 open" in text
     assert "gpu-monitor (pid 2345)" in text and "fbcon: vtcon1" in text and "efifb: boot framebuffer" in text
     assert "kills nothing" in text and caught.value.exit_status == 4
-    assert snapshot(root.parent) == before and bindings_journal().read() == {}
+    assert snapshot(root.parent) == before and bindings_journal().read().devices == {}
 
 
 def test_force_binds_a_held_device_and_leaves_its_holders_alone(tmp_path: Path, state_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from vfiotask.errors import HostStateError, HugepageShortageError, UsageError, V
 from vfiotask.host.hugepages import HugepagePools
 from vfiotask.jobs.hugepages import HugepageReserver
 from vfiotask.journal import Journal
+from vfiotask.journalrecords import HugepagesContents, hugepage_owner
 
 MiB2 = 2 << 20
 
@@ -48,7 +50,7 @@ def pool_count(root: Path, node: int, size_kb: int = 2048) -> int:
 
 def reserver(tmp_path: Path, capacity: dict[int | None, int] | None = None) -> HugepageReserver:
     root = make_sysfs(tmp_path / "root") if not (tmp_path / "root").exists() else tmp_path / "root"
-    return HugepageReserver(KernelLikePools(root, capacity or {}), Journal("hugepages", tmp_path / "state"))
+    return HugepageReserver(KernelLikePools(root, capacity or {}), Journal(HugepagesContents, tmp_path / "state"))
 
 
 def test_reserve_grows_every_node_and_release_gives_exactly_that_back(tmp_path: Path) -> None:
@@ -60,7 +62,7 @@ def test_reserve_grows_every_node_and_release_gives_exactly_that_back(tmp_path: 
 
     assert (pool_count(root, 0), pool_count(root, 1)) == (8, 3 + 5)
     assert held.pages == {0: 8, 1: 5} and held.page_size == MiB2
-    assert [o.owner for o in r.owners()] == ["guest1"]
+    assert [str(o.owner) for o in r.owners()] == ["guest1"]
     assert r.release("guest1") == held
     assert (pool_count(root, 0), pool_count(root, 1)) == (0, 3)
     assert r.owners() == []
@@ -98,8 +100,8 @@ def test_shortfall_on_one_node_undoes_every_node(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("index", [1, 2])
-def test_injected_failure_undoes_what_grew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index: int) -> None:
-    monkeypatch.setenv("VFIOTASK_FAIL", f"hugepages:{index}")
+def test_injected_failure_undoes_what_grew(tmp_path: Path, inject_faults: Callable[[str], None], index: int) -> None:
+    inject_faults(f"hugepages:{index}")
     r = reserver(tmp_path)
     with pytest.raises(VfiotaskError, match="EIO") as info:
         r.reserve("guest1", {0: 4 * MiB2, 1: 4 * MiB2})
@@ -131,7 +133,7 @@ def test_real_pool_reserve_and_release(hugepage_pools: None, tmp_path: Path) -> 
     pools = HugepagePools()
     if MiB2 not in pools.page_sizes():
         pytest.skip("no 2 MiB hugepage pool on this kernel")
-    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    r = HugepageReserver(pools, Journal(HugepagesContents, tmp_path / "state"))
     node = pools.nodes()[0] if pools.nodes() else None
     before = pools.state(MiB2, node).total
     r.reserve("test-real", {node: 8 * MiB2}, MiB2)
@@ -147,7 +149,7 @@ def test_real_pool_that_cannot_grow_is_left_as_it_was(hugepage_pools: None, tmp_
     gib = 1 << 30
     if gib not in pools.page_sizes():
         pytest.skip("no 1 GiB hugepage pool on this kernel")
-    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    r = HugepageReserver(pools, Journal(HugepagesContents, tmp_path / "state"))
     before = pools.state(gib).total
     too_much = (Path("/proc/meminfo").read_text().split()[1])  # MemTotal in kB
     with pytest.raises(HugepageShortageError, match="no pool was changed"):
@@ -183,7 +185,7 @@ def fragmented_root(tmp_path: Path) -> Path:
 def test_a_short_node_is_compacted_and_asked_again_before_failing(tmp_path: Path) -> None:
     root = fragmented_root(tmp_path)
     pools = FragmentedPools(root, {0: 3}, after={0: 10})
-    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    r = HugepageReserver(pools, Journal(HugepagesContents, tmp_path / "state"))
 
     held = r.reserve("guest1", {0: 8 * MiB2})
 
@@ -196,7 +198,7 @@ def test_a_short_node_is_compacted_and_asked_again_before_failing(tmp_path: Path
 def test_when_compaction_is_not_enough_the_error_says_what_it_won_and_what_is_fragmented(tmp_path: Path) -> None:
     root = fragmented_root(tmp_path)
     pools = FragmentedPools(root, {0: 3}, after={0: 5})
-    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    r = HugepageReserver(pools, Journal(HugepagesContents, tmp_path / "state"))
 
     with pytest.raises(HugepageShortageError) as caught:
         r.reserve("guest1", {0: 8 * MiB2})
@@ -235,7 +237,7 @@ def test_a_link_put_at_the_mount_point_after_the_check_is_not_followed(
         path.symlink_to(victim)  # the race, won
 
     mocker.patch.object(HugepageReserver, "_check_mount_point", check_then_swap)
-    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    r = HugepageReserver(pools, Journal(HugepagesContents, tmp_path / "state"))
     before = pools.state(MiB2, None).total
     with pytest.raises(VfiotaskError, match="link"):
         r.reserve("swapped", {None: MiB2}, MiB2, mount=mount)
@@ -266,7 +268,7 @@ def test_a_failed_mount_whose_pools_cannot_shrink_keeps_the_reservation_for_rele
     (root / "proc/self").mkdir()
     (root / "proc/self/mountinfo").write_text("")
     pools = StuckPools(root, floor=4)
-    r = HugepageReserver(pools, Journal("hugepages", tmp_path / "state"))
+    r = HugepageReserver(pools, Journal(HugepagesContents, tmp_path / "state"))
     mocker.patch.object(HugepageReserver, "_mount", side_effect=HostStateError("cannot mount a hugetlbfs"))
     mount = tmp_path / "huge"
 
@@ -277,8 +279,8 @@ def test_a_failed_mount_whose_pools_cannot_shrink_keeps_the_reservation_for_rele
     assert "cannot mount a hugetlbfs, and the pools it grew could not be shrunk back: node 0:" in text
     assert "vfiotask hugepages release --owner guest1" in text
     assert pool_count(root, 0) == 4
-    assert [(o.owner, dict(o.pages)) for o in r.owners()] == [("guest1", {0: 4})]
-    assert "mount" not in r.journal.read()["owners"]["guest1"] and not mount.exists()
+    assert [(str(o.owner), dict(o.pages)) for o in r.owners()] == [("guest1", {0: 4})]
+    assert r.journal.read().owners[hugepage_owner("guest1")].mount is None and not mount.exists()
     pools.floor = 0
     r.release("guest1")
     assert pool_count(root, 0) == 0 and r.owners() == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -41,14 +41,14 @@ def test_vmlck_equals_the_size_while_held(region: Region) -> None:
     assert status_field("VmLck") == start
 
 
-def test_failure_at_each_chunk_leaves_nothing_locked(region: Region, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_at_each_chunk_leaves_nothing_locked(region: Region, inject_faults: Callable[[str], None]) -> None:
     start = status_field("VmLck")
     acct = LockedMemoryAccountant.for_budget(None)
     for threads in (1, 2):
         with pin(region, MlockBackend(), acct, min_chunk=STEADY_CHUNK, max_threads=threads) as pinning:
             assert pinning.report.chunks == STEADY_CHUNKS
     for index in range(1, STEADY_CHUNKS + 1):
-        monkeypatch.setenv("VFIOTASK_FAIL", f"pin:{index}")
+        inject_faults(f"pin:{index}")
         with pytest.raises(TaskFailed) as caught:
             pin(region, MlockBackend(), acct, min_chunk=STEADY_CHUNK)
         assert "EIO" in str(caught.value)

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,11 @@ def test_populates_every_page(backing: str, shm_dir: Path) -> None:
 
 @pytest.mark.parametrize("backing", ["anon", "memfd", "file"])
 def test_failure_at_each_chunk_leaves_nothing_populated_or_created(
-    backing: str, shm_dir: Path, monkeypatch: pytest.MonkeyPatch
+    backing: str, shm_dir: Path, inject_faults: Callable[[str], None]
 ) -> None:
     path = shm_dir / "guest.ram"
     for index in range(1, STEADY_CHUNKS + 1):
-        monkeypatch.setenv("VFIOTASK_FAIL", f"prefault:{index}")
+        inject_faults(f"prefault:{index}")
         spec = RegionSpec(size=SIZE, backing=str(path) if backing == "file" else backing)
         with pytest.raises(TaskFailed) as caught, open_region(spec) as region:
             try:
@@ -79,7 +80,7 @@ def test_failure_at_each_chunk_leaves_nothing_populated_or_created(
         assert not path.exists()
 
 
-def test_failed_prefault_keeps_existing_file_data(shm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_prefault_keeps_existing_file_data(shm_dir: Path, inject_faults: Callable[[str], None]) -> None:
     path = shm_dir / "guest.ram"
     with open(path, "wb") as handle:
         handle.truncate(SIZE)
@@ -89,12 +90,12 @@ def test_failed_prefault_keeps_existing_file_data(shm_dir: Path, monkeypatch: py
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     blocks = path.stat().st_blocks
     for index in range(1, STEADY_CHUNKS + 1):
-        monkeypatch.setenv("VFIOTASK_FAIL", f"prefault:{index}")
+        inject_faults(f"prefault:{index}")
         with open_region(RegionSpec(size=SIZE, backing=str(path))) as region, pytest.raises(TaskFailed):
             prefault(region, min_chunk=STEADY_CHUNK)
         assert path.stat().st_blocks == blocks, f"chunk {index}: allocation changed"
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"chunk {index}: data changed"
-    monkeypatch.delenv("VFIOTASK_FAIL")
+    inject_faults("")
     with open_region(RegionSpec(size=SIZE, backing=str(path))) as region:
         prefault(region, min_chunk=MIN_CHUNK)
         assert region.allocated_bytes() == SIZE
@@ -137,18 +138,18 @@ def test_parts_cover_only_what_they_name() -> None:
         assert region.data_ranges() == [(0, 8 * MiB), (16 * MiB, 20 * MiB)]
 
 
-def test_hugetlbfs_file_and_undo(hugetlbfs_mount: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hugetlbfs_file_and_undo(hugetlbfs_mount: Path, inject_faults: Callable[[str], None]) -> None:
     pools = HugepagePools()
     pools.set_total(2 * MiB, pools.state(2 * MiB).total + SIZE // (2 * MiB))
     before = pools.state(2 * MiB)
     path = hugetlbfs_mount / "guest.ram"
     with open_region(RegionSpec(size=SIZE, backing=str(path))) as region:
         for helpers in (HelperKind.THREAD, HelperKind.PROCESS):
-            monkeypatch.setenv("VFIOTASK_FAIL", "prefault:2")
+            inject_faults("prefault:2")
             with pytest.raises(TaskFailed):
                 prefault(region, min_chunk=MIN_CHUNK, helpers=helpers)
             assert region.allocated_bytes() == 0
-            monkeypatch.delenv("VFIOTASK_FAIL")
+            inject_faults("")
             prefault(region, min_chunk=MIN_CHUNK, helpers=helpers)
             assert region.allocated_bytes() == SIZE
             assert pools.state(2 * MiB).free == before.free - SIZE // (2 * MiB)

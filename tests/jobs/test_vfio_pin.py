@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,11 +85,11 @@ def test_a_map_failing_at_every_index_leaves_vmlck_and_the_container_as_they_wer
 
 
 def test_engine_fault_injection_at_every_pin_chunk(
-    region: Region, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    region: Region, state_dir: Path, inject_faults: Callable[[str], None]
 ) -> None:
     maps = _map_count(region)
     for k in range(1, maps + 1):
-        monkeypatch.setenv("VFIOTASK_FAIL", f"pin:{k}")
+        inject_faults(f"pin:{k}")
         start = status_field("VmLck")
         with open_backend("mock", group=2, device=None, iova=BASE, sysfs_root=VIABLE) as backend:
             with pytest.raises(TaskFailed):

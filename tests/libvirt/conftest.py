@@ -61,12 +61,14 @@ class HookHost:
 
 
 @pytest.fixture
-def hook_host(tmp_path: Path) -> Iterator[HookHost]:
+def hook_host(tmp_path: Path, root_only_dir: Path) -> Iterator[HookHost]:
+    """qemu.conf (and a config.toml a test puts beside it) where only root can change them, as
+    root demands of what it reads; the state dir is the test's own."""
     if not Path("/dev/shm").is_dir():
         pytest.skip("no /dev/shm tmpfs")
     backing = Path("/dev/shm") / f"vfiotask-test-{uuid.uuid4().hex[:8]}"
     backing.mkdir()
-    conf = tmp_path / "qemu.conf"
+    conf = root_only_dir / "qemu.conf"
     conf.write_text(f'memory_backing_dir = "{backing}"\n')
     try:
         yield HookHost(backing, conf, tmp_path / "state")

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import requires_root
 from tests.libvirt.conftest import HookHost, file_blocks, stderr_line
 from tests.libvirt.xmls import guest_xml
+from tests.support import faults_on
 
 MiB = 1 << 20
 OURS = {"threads": "2"}
@@ -66,12 +67,13 @@ def test_numa_cells_get_one_file_each(hook_host: HookHost) -> None:
 
 @requires_root
 @pytest.mark.parametrize("fail", ["prefault:1", "prefault:2"])
-def test_forced_failure_aborts_with_one_line_and_leaves_nothing(hook_host: HookHost, fail: str) -> None:
+def test_forced_failure_aborts_with_one_line_and_leaves_nothing(hook_host: HookHost, fail: str,
+                                                                tmp_path: Path) -> None:
     xml = guest_xml("bad", 256, id=9, file_backed=True, config={"fail": fail})
-    result = hook_host.run("bad", "start", "begin", xml)
+    result = hook_host.run("bad", "start", "begin", xml, **faults_on(tmp_path))
     assert result.returncode == 1 and result.stdout == b""
     line = stderr_line(result)
-    assert "guest bad" in line and "EIO" in line
+    assert "guest bad" in line and "EIO], injected by fault_injection" in line
     assert list((hook_host.backing_dir).iterdir()) == []
     assert hook_host.journal()["guests"] == {}
 
@@ -166,7 +168,7 @@ def test_start_never_follows_a_link_put_in_place(hook_host: HookHost, tmp_path: 
 
 @requires_root
 def test_memlock_budget_below_guest_ram_is_refused(hook_host: HookHost, tmp_path: Path) -> None:
-    xml = guest_xml("pin", 512, id=2, hostdevs=["0000:01:00.0"], hard_limit_mib=256)
+    xml = guest_xml("pin", 512, id=2, hostdevs=["0000:01:00.0"], hard_limit_mib=256, config={})
     result = hook_host.run("pin", "start", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "viable/sys"))
     assert result.returncode == 1
     line = stderr_line(result)
@@ -175,7 +177,7 @@ def test_memlock_budget_below_guest_ram_is_refused(hook_host: HookHost, tmp_path
 
 
 def test_hostdev_in_a_group_shared_with_a_host_driver_is_refused(hook_host: HookHost) -> None:
-    xml = guest_xml("sib", 256, id=2, hostdevs=["0000:01:00.0"])
+    xml = guest_xml("sib", 256, id=2, hostdevs=["0000:01:00.0"], config={})
     result = hook_host.run("sib", "start", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "sibling/sys"))
     assert result.returncode == 1
     assert "0000:01:00.1" in stderr_line(result)
@@ -183,7 +185,7 @@ def test_hostdev_in_a_group_shared_with_a_host_driver_is_refused(hook_host: Hook
 
 
 def test_viable_hostdev_passes_and_release_clears_it(hook_host: HookHost) -> None:
-    xml = guest_xml("ok", 256, id=2, hostdevs=["0000:01:00.0", "0000:01:00.1"])
+    xml = guest_xml("ok", 256, id=2, hostdevs=["0000:01:00.0", "0000:01:00.1"], config={})
     env = {"VFIOTASK_SYSFS_ROOT": str(SYSFS / "viable/sys")}
     result = hook_host.run("ok", "start", "begin", xml, **env)
     assert (result.returncode, result.stderr) == (0, b"")
@@ -218,7 +220,8 @@ def test_staged_files_are_moved_into_place_not_populated_again(hook_host: HookHo
 
 
 @requires_root
-def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
     from vfiotask.integrations.libvirt.ahead import stage, unstage
     from vfiotask.integrations.libvirt.domain import parse_domain
 
@@ -229,7 +232,8 @@ def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatc
     # cell 0's staged file fits and is moved into place; cell 1 shrank, so its file is populated anew
     # and that fails: the moved file must go back to staging, untouched
     result = hook_host.run("warm2", "start", "begin", xml.replace("memory='32' unit='MiB'/></numa>",
-                                                                    "memory='16' unit='MiB'/></numa>"))
+                                                                    "memory='16' unit='MiB'/></numa>"),
+                           **faults_on(tmp_path))
     assert result.returncode == 1 and "EIO" in stderr_line(result)
     assert all(Path(f.path).exists() for f in files)
     assert not hook_host.guest_dir("12-warm2").exists()
@@ -284,11 +288,12 @@ def test_a_pool_that_cannot_grow_fails_prepare_and_keeps_nothing(hook_host: Hook
         subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_the_hooks_fast_path_reads_the_hugepage_jobs_journal() -> None:
-    from vfiotask.integrations.libvirt.guestjournal import HUGEPAGES_JOURNAL
-    from vfiotask.jobs.hugepages import JOURNAL_NAME
+def test_the_hooks_fast_path_reads_the_hugepage_jobs_journal(state_dir: Path) -> None:
+    from vfiotask.jobs.hugepages import HugepageReserver
+    from vfiotask.journal import Journal
+    from vfiotask.journalrecords import HugepagesContents
 
-    assert HUGEPAGES_JOURNAL == JOURNAL_NAME
+    assert Journal(HugepagesContents).path == HugepageReserver().journal.path == state_dir / "hugepages.json"
 
 
 def test_release_of_a_guest_with_only_a_hugepage_reservation_left(hook_host: HookHost, tmp_path: Path) -> None:

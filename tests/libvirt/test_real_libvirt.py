@@ -2,8 +2,9 @@
 
 One private libvirtd serves the module (started after the hook is installed and qemu.conf
 names a tmpfs memory_backing_dir); everything is put back afterwards, also on failure.
-libvirtd runs the hook with only LC_ALL, PATH and HOME, so the hook's state is in /run/vfiotask
-and fault injection reaches it through the guest's `<vfiotask:config fail=...>` metadata.
+libvirtd runs the hook with only LC_ALL, PATH and HOME, so the hook's state is in /run/vfiotask,
+its config is /etc/vfiotask/config.toml (written for the tests that turn fault injection on, and
+put back), and fault injection reaches it through the guest's `<vfiotask:config fail=...>` metadata.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from tests.conftest import HUGEPAGES_SYSFS, holding_host_lock, pools_restored, real_state_dir_kept_as_found
 from tests.libvirt.conftest import running_private_libvirt, skip_without_libvirt
 from tests.libvirt.xmls import guest_xml
+from tests.support import FAULTS_ON, etc_config
 
 pytestmark = pytest.mark.libvirt
 
@@ -34,6 +36,14 @@ def lab() -> Iterator[object]:
     with holding_host_lock(), pools_restored(), real_state_dir_kept_as_found(), \
             running_private_libvirt(guest_prefix=PREFIX) as private:
         yield private
+
+
+@pytest.fixture
+def faults_on_host(lab: object) -> Iterator[object]:
+    """The module's libvirtd, with fault injection on in /etc/vfiotask/config.toml for one test
+    (`lab` holds the host lock, which every test that writes that file takes)."""
+    with etc_config(FAULTS_ON):
+        yield lab
 
 
 def journal() -> dict[str, dict[str, object]]:
@@ -114,8 +124,9 @@ def test_hugepage_backed_guest_reserves_and_gives_back(lab) -> None:  # type: ig
     ],
 )
 def test_forced_failure_aborts_the_start_and_leaves_the_host_as_before(  # type: ignore[no-untyped-def]
-    lab, suffix: str, backing: dict[str, object], fail: str, message: str
+    faults_on_host, suffix: str, backing: dict[str, object], fail: str, message: str
 ) -> None:
+    lab = faults_on_host
     name = PREFIX + suffix
     pool = int(POOL_2M.read_text())
     entries = sorted(os.listdir(lab.backing_dir))
@@ -123,12 +134,33 @@ def test_forced_failure_aborts_the_start_and_leaves_the_host_as_before(  # type:
     try:
         assert started.returncode != 0
         assert f"vfiotask: guest {name}: {message}" in started.stderr
+        assert f"EIO], injected by fault_injection ({fail} from the guest's fail='{fail}')" in started.stderr
     finally:
         stop_guest(name)
     assert int(POOL_2M.read_text()) == pool
     assert name not in journal()["guests"] and hugepage_owners() == []
     qemu_dir = lab.backing_dir / "libvirt" / "qemu"
     assert not qemu_dir.exists() or not any(p.name.endswith(name[:20]) for p in qemu_dir.iterdir())
+    assert sorted(os.listdir(lab.backing_dir)) == entries
+
+
+def test_a_guest_asking_for_a_failure_does_not_start_where_fault_injection_is_off(  # type: ignore[no-untyped-def]
+    lab,
+) -> None:
+    """No /etc/vfiotask/config.toml: fail= is refused before anything is made, in one line."""
+    name = PREFIX + "foff"
+    entries = sorted(os.listdir(lab.backing_dir))
+    started = run_guest(lab, name, guest_xml(name, 512, file_backed=True, config={"fail": "prefault:1"}))
+    try:
+        assert started.returncode != 0
+        assert (f"vfiotask: guest {name}: fail='prefault:1' in its <vfiotask:config> asks for an injected failure, "
+                "but fault injection is off on this host (fault_injection is not true in "
+                "/etc/vfiotask/config.toml); remove fail= from the guest's <vfiotask:config>, or set "
+                "fault_injection = true there") in started.stderr
+        assert "injected by" not in started.stderr
+    finally:
+        stop_guest(name)
+    assert name not in journal()["guests"]
     assert sorted(os.listdir(lab.backing_dir)) == entries
 
 

@@ -2,7 +2,8 @@
 
 VFIOTASK_CRASH_AT=K makes a process SIGKILL itself at its K-th crash point (after each journal
 intent is on disk, after each change is made, after each populate and pin chunk), so a kill lands
-at a chosen place by count, never by timing.  For each K until a run completes untouched, the run
+at a chosen place by count, never by timing; the crash points are the test suite's own
+(tests.support.crash_at: vfiotask never kills itself).  For each K until a run completes untouched, the run
 is killed, recovery runs (`vfiotask recover`, the hook's next `release end` or `prepare begin`,
 `hugepages release --owner`, a rerun of prepin), and then the host is compared with what it was:
 files and directories under memory_backing_dir and the backing directory, hugepage pools per node
@@ -26,6 +27,7 @@ from tests.devices.helpers import copy_tree, snapshot
 from tests.libvirt.conftest import HookHost
 from tests.libvirt.xmls import guest_xml
 from tests.recovery.conftest import pools, tree
+from tests.support import crash_at
 
 HOOK = REPO / "hooks" / "qemu"
 MAX_POINTS = 60
@@ -84,14 +86,14 @@ def crash_matrix(tally: Tally, start: Callable[[int], subprocess.CompletedProces
 
 @requires_root
 @pytest.mark.parametrize("cells", [[], [4, 4, 4, 4]], ids=["pc.ram", "four-cells"])
-def test_hook_prepare_killed_anywhere_is_recovered(hook_host: HookHost, cells: list[int]) -> None:
+def test_hook_prepare_killed_anywhere_is_recovered(hook_host: HookHost, cells: list[int], tmp_path: Path) -> None:
     hook_host.state.mkdir(mode=0o700)
     xml = guest_xml("k", 16, id=5, file_backed=True, config={"threads": "2"}, cells=cells).encode()
     env = hook_host.env()
     before = tree(hook_host.backing_dir)
 
     def prepare(point: int) -> subprocess.CompletedProcess[bytes]:
-        return run([sys.executable, str(HOOK), "k", "start", "begin", "-"], {**env, "VFIOTASK_CRASH_AT": str(point)},
+        return run([sys.executable, str(HOOK), "k", "start", "begin", "-"], {**env, **crash_at(point, tmp_path)},
                    xml)
 
     def recover() -> None:
@@ -121,13 +123,13 @@ STAGE = ("import sys; from vfiotask.integrations.libvirt.ahead import stage; "
 
 
 @requires_root
-def test_staging_killed_anywhere_is_recovered(hook_host: HookHost) -> None:
+def test_staging_killed_anywhere_is_recovered(hook_host: HookHost, tmp_path: Path) -> None:
     hook_host.state.mkdir(mode=0o700)
     xml = guest_xml("s", 8, file_backed=True, config={"threads": "1"}, cells=[4, 4]).encode()
     env = hook_host.env()
 
     def stage(point: int) -> subprocess.CompletedProcess[bytes]:
-        return run([sys.executable, "-c", STAGE], {**env, "VFIOTASK_CRASH_AT": str(point)}, xml)
+        return run([sys.executable, "-c", STAGE], {**env, **crash_at(point, tmp_path)}, xml)
 
     def recover() -> None:
         assert run(cli("recover", "--owner", "s"), env).returncode == 0
@@ -145,7 +147,7 @@ def test_staging_killed_anywhere_is_recovered(hook_host: HookHost) -> None:
 
 
 @requires_root
-def test_prepare_moving_staged_files_killed_anywhere_is_recovered(hook_host: HookHost) -> None:
+def test_prepare_moving_staged_files_killed_anywhere_is_recovered(hook_host: HookHost, tmp_path: Path) -> None:
     hook_host.state.mkdir(mode=0o700)
     xml = guest_xml("w", 8, id=7, file_backed=True, config={"threads": "1"}, cells=[4, 4]).encode()
     env = hook_host.env()
@@ -153,7 +155,7 @@ def test_prepare_moving_staged_files_killed_anywhere_is_recovered(hook_host: Hoo
     def prepare(point: int) -> subprocess.CompletedProcess[bytes]:
         staged = run([sys.executable, "-c", STAGE], env, xml)
         assert staged.returncode == 0, staged.stderr
-        return run([sys.executable, str(HOOK), "w", "start", "begin", "-"], {**env, "VFIOTASK_CRASH_AT": str(point)},
+        return run([sys.executable, str(HOOK), "w", "start", "begin", "-"], {**env, **crash_at(point, tmp_path)},
                    xml)
 
     def recover() -> None:
@@ -177,7 +179,7 @@ def test_prepare_moving_staged_files_killed_anywhere_is_recovered(hook_host: Hoo
 
 @requires_root
 def test_hugepage_reservations_killed_anywhere_are_given_back(hook_host: HookHost, hugetlbfs_mount: Path,
-                                                              all_pools_restored: None) -> None:
+                                                              all_pools_restored: None, tmp_path: Path) -> None:
     hook_host.state.mkdir(mode=0o700)
     env = hook_host.env()
     baseline = pools()
@@ -192,7 +194,7 @@ def test_hugepage_reservations_killed_anywhere_are_given_back(hook_host: HookHos
         assert run(cli("recover"), env).returncode == 0
 
     def hook_prepare(point: int) -> subprocess.CompletedProcess[bytes]:
-        return run([sys.executable, str(HOOK), "hp", "start", "begin", "-"], {**env, "VFIOTASK_CRASH_AT": str(point)},
+        return run([sys.executable, str(HOOK), "hp", "start", "begin", "-"], {**env, **crash_at(point, tmp_path)},
                    xml)
 
     def hook_release() -> None:
@@ -204,7 +206,7 @@ def test_hugepage_reservations_killed_anywhere_are_given_back(hook_host: HookHos
 
     def reserve(point: int) -> subprocess.CompletedProcess[bytes]:
         return run(cli("hugepages", "reserve", "--size", "8M", "--page-size", "2M", "--owner", "Y"),
-                   {**env, "VFIOTASK_CRASH_AT": str(point)})
+                   {**env, **crash_at(point, tmp_path)})
 
     def release_owner() -> None:
         status = run(cli("hugepages", "status"), env).stdout.decode()
@@ -242,11 +244,11 @@ def test_a_two_node_reservation_killed_anywhere_is_given_back(tmp_path: Path, st
     baseline = snapshot(root)
 
     def reserve(point: int) -> subprocess.CompletedProcess[bytes]:
-        return run([sys.executable, "-c", RESERVE_ON_FIXTURE, str(root)], {"VFIOTASK_CRASH_AT": str(point)})
+        return run([sys.executable, "-c", RESERVE_ON_FIXTURE, str(root)], crash_at(point, tmp_path))
 
     def release() -> None:
         if snapshot(root) != baseline:
-            assert [o["owner"] for o in reserver.orphans()] != []
+            assert [str(entry.owner) for entry, _ in reserver.orphans()] != []
         reserver.release("Y")
 
     def recover() -> None:
@@ -265,7 +267,7 @@ def test_a_two_node_reservation_killed_anywhere_is_given_back(tmp_path: Path, st
 
 
 @requires_root
-def test_prepin_killed_anywhere_leaves_no_file_and_no_pin(shm_dir: Path, state_dir: Path) -> None:
+def test_prepin_killed_anywhere_leaves_no_file_and_no_pin(shm_dir: Path, state_dir: Path, tmp_path: Path) -> None:
     state_dir.mkdir(mode=0o700)
     backing = shm_dir / "guest.ram"
     argv = cli("prepin", "--size", "16M", "--backing", str(backing), "--pin", "mlock", "--threads", "2",
@@ -273,7 +275,7 @@ def test_prepin_killed_anywhere_leaves_no_file_and_no_pin(shm_dir: Path, state_d
     holders: list[int] = []
 
     def prepin(point: int) -> subprocess.CompletedProcess[bytes]:
-        process = subprocess.Popen(argv, env={**os.environ, "VFIOTASK_CRASH_AT": str(point)},
+        process = subprocess.Popen(argv, env={**os.environ, **crash_at(point, tmp_path)},
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = process.communicate(timeout=120)
         holders.append(process.pid)
@@ -309,7 +311,7 @@ def test_bind_killed_anywhere_gives_the_devices_back(tmp_path: Path, state_dir: 
     before = snapshot(root.parent)
 
     def bind(point: int) -> subprocess.CompletedProcess[bytes]:
-        result = run(cli("bind", address, "--sysfs-root", str(root)), {"VFIOTASK_CRASH_AT": str(point)})
+        result = run(cli("bind", address, "--sysfs-root", str(root)), crash_at(point, tmp_path))
         if result.returncode == 0:
             assert run(cli("unbind", address, "--sysfs-root", str(root)), {}).returncode == 0
         return result

@@ -10,14 +10,16 @@ WORKER = """
 import os, sys
 from pathlib import Path
 from vfiotask.journal import Journal
-journal, marker = Journal("probe"), Path(sys.argv[1]) / "inside"
+from vfiotask.journalrecords import TuneContents, TuneRecord
+journal, marker, me = Journal(TuneContents), Path(sys.argv[1]) / "inside", str(os.getpid())
 for _ in range(40):
     for step in (1, -1):
-        with journal.locked() as data:
+        with journal.locked() as contents:
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if another holds it too
-            data["n"] = data.get("n", 0) + step
-            if not data["n"]:
-                del data["n"]
+            if step > 0:
+                contents.guests[me] = TuneRecord("<domain/>")
+            else:
+                del contents.guests[me]
             os.close(fd)
             os.unlink(marker)
 """

@@ -90,18 +90,21 @@ def test_unheld_slot_files_are_removed_and_held_ones_kept(state_dir: Path) -> No
 
 
 def test_a_planted_temporary_link_is_not_followed(state_dir: Path, tmp_path: Path) -> None:
+    import threading
+
     from vfiotask.journal import Journal
+    from vfiotask.journalrecords import TuneContents, TuneRecord
 
     victim = tmp_path / "victim"
     victim.write_bytes(b"v" * 1024)
-    journal = Journal("probe")
-    with journal.locked() as data:
-        data["x"] = 1
-    for name in ("probe.tmp", f".probe.{os.getpid()}.tmp"):
+    journal = Journal(TuneContents, state_dir)
+    with journal.locked() as contents:
+        contents.guests["x"] = TuneRecord("<domain>1</domain>")
+    for name in ("tune.tmp", f".tune.{os.getpid()}.tmp", f".tune.{os.getpid()}.{threading.get_ident()}.tmp"):
         (state_dir / name).symlink_to(victim)
-    with journal.locked() as data:
-        data["x"] = 2
-    assert victim.read_bytes() == b"v" * 1024 and journal.read() == {"x": 2}
+    with journal.locked() as contents:
+        contents.guests["x"] = TuneRecord("<domain>2</domain>")
+    assert victim.read_bytes() == b"v" * 1024 and journal.read().guests == {"x": TuneRecord("<domain>2</domain>")}
 
 
 @requires_root

@@ -6,18 +6,19 @@ import json
 from pathlib import Path
 
 from tests.conftest import run_cli
+from tests.support import crash_at
 
 
-def killed_prepin(backing: Path) -> None:
+def killed_prepin(backing: Path, state_dir: Path) -> None:
     """A prepin SIGKILLed after its file got its name (crash point 2: the file's intent is done)."""
     result = run_cli("prepin", "--size", "8M", "--backing", str(backing), "--pin", "none",
-                     env={"VFIOTASK_CRASH_AT": "2"})
+                     env=crash_at(2, state_dir.parent))
     assert result.returncode == -9 and backing.exists()
 
 
 def test_dry_run_changes_nothing_then_recover_removes_and_is_idempotent(shm_dir: Path, state_dir: Path) -> None:
     backing = shm_dir / "left.ram"
-    killed_prepin(backing)
+    killed_prepin(backing, state_dir)
 
     dry = run_cli("recover", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
@@ -36,7 +37,7 @@ def test_dry_run_changes_nothing_then_recover_removes_and_is_idempotent(shm_dir:
 
 def test_a_file_replaced_since_is_not_removed(shm_dir: Path, state_dir: Path) -> None:
     backing = shm_dir / "left.ram"
-    killed_prepin(backing)
+    killed_prepin(backing, state_dir)
     backing.unlink()
     backing.write_text("someone else's")  # a new inode at the recorded name
     dropped = f"files: dropped the record of file {backing}: it is gone or no longer the one made\n"
@@ -47,7 +48,7 @@ def test_a_file_replaced_since_is_not_removed(shm_dir: Path, state_dir: Path) ->
 
 def test_a_rerun_at_the_same_path_starts_from_a_fresh_file(shm_dir: Path, state_dir: Path) -> None:
     backing = shm_dir / "left.ram"
-    killed_prepin(backing)
+    killed_prepin(backing, state_dir)
     result = run_cli("prepin", "--size", "8M", "--backing", str(backing), "--pin", "none", "--json")
     assert result.returncode == 0, result.stderr
     assert not (state_dir / "files.json").exists()  # the killed run's entry was recovered

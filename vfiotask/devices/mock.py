@@ -15,6 +15,9 @@ Unmapping one of the mappings keeps the page locked for the other and shrinks th
 Fault injection: VFIOTASK_MOCK_FAIL=K:ERRNO[,K:ERRNO...] makes the K-th map (1-based, counted
 per container among the maps that pass the rules) fail with ERRNO (a name such as ENOMEM, or a
 number) after pinning half of its range, which it then undoes, as a failing kernel map does.
+It is read here, not behind the `fault_injection` setting: the mock is itself a stand-in that
+runs only where it is chosen by name (`--pin mock`, a test), never on a path that real devices
+take, and its failures imitate the kernel's answers rather than marking a chunk as injected.
 """
 
 from __future__ import annotations

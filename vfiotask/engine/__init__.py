@@ -17,7 +17,6 @@ Example::
 """
 
 from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
-from vfiotask.engine.faults import FAIL_ENV
 from vfiotask.engine.plan import CpuBudget, CpuPolicy, Plan, chunk_size_for, cpu_budget, plan
 from vfiotask.engine.runner import Engine
 from vfiotask.engine.slots import SlotPool
@@ -33,7 +32,6 @@ from vfiotask.engine.task import (
 from vfiotask.engine.workers import HelperProcessDied
 
 __all__ = [
-    "FAIL_ENV",
     "AffinityFacts",
     "ChunkFn",
     "CpuBudget",

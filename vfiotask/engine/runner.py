@@ -23,13 +23,13 @@ from typing import Any, NoReturn
 
 from vfiotask.engine.chunks import ChunkQueue
 from vfiotask.engine.facts import AffinityFacts, CpuFacts, CpuFactsSource
-from vfiotask.engine.faults import injected_failure
 from vfiotask.engine.plan import CpuPolicy, Plan, distribute, helper_cap, plan
 from vfiotask.engine.priority import thread_nice
 from vfiotask.engine.slots import SlotLease, SlotPool
 from vfiotask.engine.task import HelperKind, Task, TaskReport
 from vfiotask.engine.workers import Helper, ProcessHelper, RunState, ThreadHelper
 from vfiotask.errors import TaskFailed, UsageError, describe_exception
+from vfiotask.testpoints import chunk_fault
 
 __all__ = ["Engine"]
 
@@ -84,7 +84,7 @@ class Engine:
             log.info("%s: %d thread(s), chunks of %d, %d chunk(s), limited by %s", task.name, chosen.threads,
                      chosen.chunk_size, chosen.chunks, chosen.limited_by)
             helper_nodes = self._place(task, facts, chosen, lease)
-            state = RunState(task, ChunkQueue(task.parts, chosen.chunk_size), injected_failure(task.name),
+            state = RunState(task, ChunkQueue(task.parts, chosen.chunk_size), chunk_fault(),
                              self.policy.helper_nice)
             with self._signals_deferred(state):
                 try:

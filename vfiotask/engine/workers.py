@@ -23,12 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from vfiotask.engine.chunks import Chunk, ChunkQueue
-from vfiotask.engine.faults import injected_error
 from vfiotask.engine.priority import LOWEST, PriorityControl
 from vfiotask.engine.task import ChunkFn, Task
+
+if TYPE_CHECKING:
+    from vfiotask.testpoints import ChunkFault
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,10 @@ class HelperProcessDied(ChildProcessError):
 class RunState:
     """What the workers of one task share: the queue, the completed chunks and the first failure."""
 
-    def __init__(self, task: Task, queue: ChunkQueue, fail_at: int | None, helper_nice: int = LOWEST) -> None:
+    def __init__(self, task: Task, queue: ChunkQueue, fault: ChunkFault | None, helper_nice: int = LOWEST) -> None:
         self.task = task
         self.queue = queue
-        self.fail_at = fail_at
+        self.fault = fault  # the test point's answer, read once per task: None in production
         self.helper_nice = helper_nice
         self.done: list[Chunk] = []
         self.failure: tuple[Chunk, BaseException] | None = None
@@ -59,9 +61,11 @@ class RunState:
 
     def execute(self, chunk: Chunk, worker: str, fn: ChunkFn) -> None:
         """Run one chunk and record its outcome; never raises."""
-        if chunk.index == self.fail_at:
-            self.failed(chunk, injected_error(self.task.name, chunk.index))
-            return
+        if self.fault is not None:
+            injected = self.fault(self.task.name, chunk.index)
+            if injected is not None:
+                self.failed(chunk, injected)
+                return
         try:
             fn(chunk.start, chunk.end)
         except BaseException as exc:  # the chunk undid its own partial work; stop the task

@@ -28,13 +28,14 @@ from vfiotask.engine import Task, TaskReport
 from vfiotask.errors import DeviceError, UsageError, describe_exception
 from vfiotask.host.cpus import host_engine
 from vfiotask.host.holders import holders_of
-from vfiotask.journal import Journal, committed, crash_point, holder, holder_alive, same_boot
+from vfiotask.journal import Journal, committed, holder, holder_alive, same_boot
+from vfiotask.journalrecords import BindingRecord, BindingsContents
+from vfiotask.testpoints import crash_point
 
 log = logging.getLogger(__name__)
 
 BIND_TASK = "bind"
 UNBIND_TASK = "unbind"
-JOURNAL_NAME = "bindings"
 DEFAULT_DRIVER = "vfio-pci"
 
 
@@ -62,8 +63,8 @@ class BindResult:
                 "driver": self.driver, "plan": self.report.plan.to_dict() if self.report else None}
 
 
-def bindings_journal(directory: Path | None = None) -> Journal:
-    return Journal(JOURNAL_NAME, directory)
+def bindings_journal(directory: Path | None = None) -> Journal[BindingsContents]:
+    return Journal(BindingsContents, directory)
 
 
 def _root_key(host: Host) -> str:
@@ -71,49 +72,49 @@ def _root_key(host: Host) -> str:
     return os.path.realpath(host.paths.sys)
 
 
-def _note(journal: Journal, key: str, record: BindRecord) -> None:
+def _note(journal: Journal[BindingsContents], key: str, record: BindRecord) -> None:
     """Record a device's original driver before it is touched, held by this process until the bind
     completes; a record already there (from an earlier bind of the same device) is the true
     original and is kept."""
-    with journal.locked() as data:
-        data.setdefault(key, {}).setdefault(record.address, {**asdict(record), "holder": holder()})
-    crash_point()
+    with journal.locked() as contents:
+        contents.devices.setdefault(key, {}).setdefault(record.address, BindingRecord(**asdict(record),
+                                                                                       holder=holder()))
+    crash_point("bind: original driver recorded")
 
 
-def _forget(journal: Journal, key: str, record: BindRecord) -> None:
-    with journal.locked() as data:
-        data.get(key, {}).pop(record.address, None)
-        if key in data and not data[key]:
-            del data[key]
+def _forget(journal: Journal[BindingsContents], key: str, record: BindRecord) -> None:
+    with journal.locked() as contents:
+        contents.devices.get(key, {}).pop(record.address, None)
+        if key in contents.devices and not contents.devices[key]:
+            del contents.devices[key]
 
 
-def _commit(journal: Journal, key: str, records: list[BindRecord]) -> None:
+def _commit(journal: Journal[BindingsContents], key: str, records: list[BindRecord]) -> None:
     """The devices stay bound after this process: their records belong to `vfiotask unbind` now."""
-    with journal.locked() as data:
+    with journal.locked() as contents:
+        recorded = contents.devices.get(key, {})
         for record in records:
-            if record.address in data.get(key, {}):
-                data[key][record.address]["holder"] = committed()
+            if record.address in recorded:
+                recorded[record.address] = recorded[record.address]._replace(holder=committed())
 
 
-def _record_of(data: dict[str, Any]) -> BindRecord:
-    return BindRecord(**{name: data.get(name) for name in BindRecord.__dataclass_fields__})  # type: ignore[arg-type]
+def _record_of(recorded: BindingRecord) -> BindRecord:
+    return BindRecord(recorded.address, recorded.group, recorded.driver, recorded.override, recorded.bound_to)
 
 
-def recover(*, dry_run: bool = False, journal: Journal | None = None) -> list[str]:
+def recover(*, dry_run: bool = False, journal: Journal[BindingsContents] | None = None) -> list[str]:
     """Give back devices whose bind (or unbind) was killed before it completed; says what it did.
 
     Records of an earlier boot are forgotten: the devices came back on their own drivers.
     """
     journal = journal or bindings_journal()
     actions: list[str] = []
-    for key, records in sorted(journal.read().items()):
-        if not isinstance(records, dict):
-            continue
-        for address, data in sorted(records.items()):
-            who = data.get("holder")
-            if who is None or holder_alive(who):
+    for key, records in sorted(journal.read().devices.items()):
+        for address, recorded in sorted(records.items()):
+            who = recorded.holder
+            if holder_alive(who):
                 continue
-            record = _record_of(data)
+            record = _record_of(recorded)
             if not same_boot(who):
                 actions.append(f"{'would forget' if dry_run else 'forgot'} the binding of {address} of an earlier boot")
             else:
@@ -257,7 +258,7 @@ def _all_or_none(records: list[BindRecord], do: Callable[[BindRecord], None],
 
 
 def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path | None = None,
-         journal: Journal | None = None, control: DriverControl | None = None, force: bool = False,
+         journal: Journal[BindingsContents] | None = None, control: DriverControl | None = None, force: bool = False,
          dry_run: bool = False) -> BindResult:
     """Bind the whole IOMMU group of each address to `driver`, recording what it had.
 
@@ -285,13 +286,15 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     already = [d.address for d in members if d.driver == driver]
     if dry_run:
         return BindResult(groups, records, already, None, driver)
+    if records:
+        control.check_writable()  # a tree others can change is refused before anything is recorded
     key = _root_key(host)
 
     def take(record: BindRecord) -> None:
         _note(journal, key, record)
         try:
             _take(control, record)
-            crash_point()
+            crash_point("bind: device rebound")
         except BaseException:
             _forget(journal, key, record)
             raise
@@ -314,7 +317,7 @@ def bind(addresses: list[str], *, driver: str = DEFAULT_DRIVER, sysfs_root: Path
     return BindResult(groups, records, already, report, driver)
 
 
-def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Journal | None = None,
+def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Journal[BindingsContents] | None = None,
            control: DriverControl | None = None) -> BindResult:
     """Give every recorded device of the addresses' groups back to its original driver."""
     if not addresses:
@@ -324,11 +327,12 @@ def unbind(addresses: list[str], *, sysfs_root: Path | None = None, journal: Jou
     groups, members = _members(host, wanted)
     journal = journal or bindings_journal()
     key = _root_key(host)
-    recorded = journal.read().get(key, {})
+    recorded = journal.read().devices.get(key, {})
     records = [_record_of(recorded[d.address]) for d in members if d.address in recorded]
     if not records:  # nothing to do is not an error: the caller says so (exit 0, like every command)
         return BindResult(groups, [], [], None, DEFAULT_DRIVER)
     control = control or driver_control(host.paths)
+    control.check_writable()
 
     def give_back(record: BindRecord) -> None:
         try:

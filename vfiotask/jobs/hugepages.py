@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vfiotask.engine import Engine, Part, ProgressFn, Task
 from vfiotask.errors import (
@@ -34,54 +33,26 @@ from vfiotask.host.freemem import free_memory
 from vfiotask.host.hugepages import HugepagePools, PoolState
 from vfiotask.host.hugetlbfs import HugepageHolder, hugepage_holders
 from vfiotask.host.meminfo import meminfo
-from vfiotask.journal import Journal, boot_id, crash_point, same_boot
+from vfiotask.journal import Journal, boot_id, same_boot
+from vfiotask.journalrecords import (
+    Entry,
+    HugepageRecord,
+    HugepagesContents,
+    Owner,
+    PoolGrowth,
+    Reservation,
+    hugepage_owner,
+    is_normal_path,
+    node_key,
+)
+from vfiotask.testpoints import crash_point
 from vfiotask.units import format_size
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "hugepages"
-JOURNAL_NAME = "hugepages"
-ANY_NODE = "any"
-POOL_KIND = "pool"
 
-
-def _node_key(node: int | None) -> str:
-    return ANY_NODE if node is None else str(node)
-
-
-def _pages_json(pages: Mapping[int | None, int]) -> dict[str, int]:
-    return {_node_key(node): count for node, count in pages.items()}
-
-
-def _node_of(key: str) -> int | None:
-    return None if key == ANY_NODE else int(key)
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """What `owner` holds: `pages[node]` pages of `page_size` bytes (node None: the global pool)."""
-
-    owner: str
-    page_size: int
-    pages: Mapping[int | None, int]
-    already_held: bool = False
-
-    @property
-    def size(self) -> int:
-        return self.page_size * sum(self.pages.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "owner": self.owner,
-            "page_size": self.page_size,
-            "pages": _pages_json(self.pages),
-            "bytes": self.size,
-            "already_held": self.already_held,
-        }
-
-    @classmethod
-    def from_journal(cls, owner: str, record: Mapping[str, Any]) -> Reservation:
-        return cls(owner, int(record["page_size"]), {_node_of(k): int(v) for k, v in record["pages"].items()})
+__all__ = ["HugepageReserver", "Release", "Reservation", "release", "reserve", "validate_owner"]
 
 
 @dataclass(frozen=True)
@@ -104,18 +75,24 @@ def validate_owner(owner: str) -> str:
     return owner
 
 
+def owner_of(owner: Owner | str) -> Owner:
+    """A reservation's owner: given as it is, or from its text (a guest's `libvirt:NAME:PAGESIZE`,
+    or an administrator's name), checked like every owner a user types."""
+    return owner if isinstance(owner, Owner) else hugepage_owner(validate_owner(owner))
+
+
 class HugepageReserver:
     """Reservations against the pools under `pools.root`, journaled in `journal`."""
 
     def __init__(
         self,
         pools: HugepagePools | None = None,
-        journal: Journal | None = None,
+        journal: Journal[HugepagesContents] | None = None,
         engine: Engine | None = None,
         progress: ProgressFn | None = None,
     ) -> None:
         self.pools = pools or HugepagePools()
-        self.journal = journal or Journal(JOURNAL_NAME)
+        self.journal = journal or Journal(HugepagesContents)
         self.engine = engine
         self.progress = progress  # (bytes of the pools grown so far, bytes asked for), per node done
 
@@ -142,7 +119,7 @@ class HugepageReserver:
 
     # -- reserving -----------------------------------------------------------------------------
 
-    def reserve(self, owner: str, demands: Mapping[int | None, int], page_size: int | None = None,
+    def reserve(self, owner: Owner | str, demands: Mapping[int | None, int], page_size: int | None = None,
                 mount: Path | None = None, *, use_free: bool = False) -> Reservation:
         """Give `owner` at least `demands[node]` bytes of hugepages on each node, or nothing at all.
 
@@ -155,7 +132,7 @@ class HugepageReserver:
         `mount`: also mount a hugetlbfs of the page size there (made if missing), as
         dpdk-hugepages.py does, so that files of that size can be made; release unmounts it.
         """
-        validate_owner(owner)
+        owner = owner_of(owner)
         size = self.resolve_page_size(page_size)
         wanted: dict[int | None, int] = {}
         for node, nbytes in demands.items():
@@ -165,16 +142,15 @@ class HugepageReserver:
             wanted[node] = wanted.get(node, 0) + -(-nbytes // size)
         if not wanted:
             raise UsageError("nothing to reserve", hint="give a size")
-        with self.journal.locked() as data:
-            self._recover(data, lambda _owner: True, dry_run=False)  # exact "before" counts need no orphans
-            owners = data.setdefault("owners", {})
+        with self.journal.locked() as contents:
+            self._recover(contents, lambda _owner: True, dry_run=False)  # exact "before" counts need no orphans
+            owners = contents.owners
             if owner in owners:
-                held = Reservation.from_journal(owner, owners[owner])
-                asked = owners[owner].get("wanted", held.to_json()["pages"])
-                if held.page_size == size and asked == _pages_json(wanted):
+                held = owners[owner]
+                if held.page_size == size and dict(held.wanted) == wanted:
                     return Reservation(owner, size, held.pages, already_held=True)
                 raise UsageError(
-                    f"owner {owner!r} already holds {format_size(held.size)} of hugepages",
+                    f"owner {str(owner)!r} already holds {format_size(held.reservation.size)} of hugepages",
                     hint=f"release it first: vfiotask hugepages release --owner {owner}",
                 )
             grow = self._shortfall(size, wanted, owners) if use_free else dict(wanted)
@@ -182,22 +158,20 @@ class HugepageReserver:
             self._check_memory(size, grow)
             if mount is not None:
                 self._check_mount_point(mount)
-            intents = {node: self.journal.intend(data, owner, POOL_KIND, page_size=size, node=_node_key(node),
-                                                 before=self.pools.state(size, node).total, pages=count)
-                       for node, count in grow.items()}
+            growth = {node: PoolGrowth(size, node, self.pools.state(size, node).total, count)
+                      for node, count in grow.items()}
+            intents = {node: self.journal.intend(contents, owner, change) for node, change in growth.items()}
             try:
                 if grow:
-                    self._grow(size, grow, data, intents)
+                    self._grow(size, grow, contents, intents, growth)
             except BaseException:  # the task undid its growth: the intents go, on disk too
-                data["intents"] = [i for i in data.get("intents", []) if i not in intents.values()]
-                self.journal.save(data)
+                self.journal.drop(contents, *intents.values())
                 raise
-            data["intents"] = [i for i in data.get("intents", []) if i not in intents.values()]
-            record = {**Reservation(owner, size, grow).to_json(), "wanted": _pages_json(wanted), "boot": boot_id()}
+            self.journal.drop(contents, *intents.values(), save=False)  # the owner's record replaces them
+            record = HugepageRecord(owner, size, grow, wanted, boot_id())
             if mount is not None:
-                owners[owner] = {**record, "mount": str(mount), "mount_made_dir": not mount.exists()}
-                data["owners"] = owners  # written down before the mount: a crash leaves it to undo
-                self.journal.save(data)
+                owners[owner] = record._replace(mount=str(mount), mount_made_dir=not mount.exists())
+                self.journal.save(contents)  # written down before the mount: a crash leaves it to undo
                 try:
                     self._mount(mount, size)
                 except BaseException as exc:
@@ -205,7 +179,7 @@ class HugepageReserver:
                     self._remove_mount_record(owners, owner)
                     if failures:  # the pools kept the growth: the record (without the mount) stays for release
                         owners[owner] = record
-                    self.journal.save(data)  # the record written before the mount goes, or loses its mount
+                    self.journal.save(contents)  # the record written before the mount goes, or loses its mount
                     if failures and isinstance(exc, Exception):
                         message = exc.message if isinstance(exc, VfiotaskError) else describe_exception(exc)
                         raise HostStateError(
@@ -217,13 +191,12 @@ class HugepageReserver:
         return Reservation(owner, size, grow)
 
     def _shortfall(self, page_size: int, wanted: dict[int | None, int],
-                   owners: Mapping[str, Any]) -> dict[int | None, int]:
+                   owners: Mapping[Owner, HugepageRecord]) -> dict[int | None, int]:
         """Pages each node's pool must grow by once its available pages, less what other owners
         hold there (their pages may not be taken yet), are counted."""
         grow = {}
         for node, count in wanted.items():
-            others = sum(int(record["pages"].get(_node_key(node), 0)) for record in owners.values()
-                         if int(record["page_size"]) == page_size)
+            others = sum(record.pages.get(node, 0) for record in owners.values() if record.page_size == page_size)
             spare = max(self.pools.state(page_size, node).available - others, 0)
             grow[node] = max(count - spare, 0)
         return grow
@@ -231,8 +204,8 @@ class HugepageReserver:
     def _check_mount_point(self, mount: Path) -> None:
         from vfiotask.host.mounts import mounts
 
-        if not mount.is_absolute():
-            raise UsageError(f"--mount {mount} is not an absolute path",
+        if not is_normal_path(str(mount)):  # as the journal records it, and reads it back
+            raise UsageError(f"--mount {mount} is not an absolute path without '.' or '..'",
                              hint="give a directory such as /dev/hugepages1G")
         if not mount.parent.is_dir():
             raise UsageError(f"--mount {mount}: {mount.parent} is not a directory",
@@ -262,10 +235,10 @@ class HugepageReserver:
                                  hint="run as root; nothing was kept") from exc
 
     @staticmethod
-    def _remove_mount_record(owners: dict[str, Any], owner: str) -> None:
-        record = owners.pop(owner, None) or {}
-        if record.get("mount_made_dir"):
-            _remove_made_dir(Path(record["mount"]))
+    def _remove_mount_record(owners: dict[Owner, HugepageRecord], owner: Owner) -> None:
+        record = owners.pop(owner, None)
+        if record is not None and record.mount is not None and record.mount_made_dir:
+            _remove_made_dir(Path(record.mount))
 
     def _check_memory(self, page_size: int, wanted: dict[int | None, int]) -> None:
         """Refuse a request the host's available memory cannot cover, before touching a pool.
@@ -287,8 +260,8 @@ class HugepageReserver:
                 hint="ask for less, free memory, or reserve at boot (hugepages= on the kernel command line)",
             )
 
-    def _grow(self, page_size: int, wanted: dict[int | None, int], data: dict[str, Any],
-              intents: dict[int | None, dict[str, Any]]) -> None:
+    def _grow(self, page_size: int, wanted: dict[int | None, int], contents: HugepagesContents,
+              intents: dict[int | None, Entry], growth: dict[int | None, PoolGrowth]) -> None:
         order = list(wanted)
         lock = threading.Lock()
         added: dict[int, int] = {}
@@ -298,7 +271,7 @@ class HugepageReserver:
                 node = order[index]
                 before = self.pools.state(page_size, node).total
                 got = self.pools.set_total(page_size, before + wanted[node], node) - before
-                crash_point()  # the pool grew; its intent on disk says how to give it back
+                crash_point("hugepages: pool grown")  # the pool grew; its intent on disk says how to give it back
                 won = 0
                 if got < wanted[node]:
                     got, won = self._retry_after_compaction(page_size, node, before, wanted[node], got)
@@ -313,7 +286,7 @@ class HugepageReserver:
                     )
                 with lock:
                     added[index] = got
-                    self.journal.done(data, intents[node], got=got)
+                    self.journal.done(contents, intents[node], growth[node]._replace(got=got))
                     if self.progress is not None:
                         self.progress(sum(added.values()) * page_size, sum(wanted.values()) * page_size)
 
@@ -367,32 +340,32 @@ class HugepageReserver:
 
     # -- releasing -----------------------------------------------------------------------------
 
-    def release(self, owner: str) -> Reservation | None:
+    def release(self, owner: Owner | str) -> Reservation | None:
         """Give back what `owner` holds; None when it holds nothing (releasing twice is harmless)."""
         done = self.release_report(owner)
         return done.held if done else None
 
-    def release_report(self, owner: str) -> Release | None:
+    def release_report(self, owner: Owner | str) -> Release | None:
         """Release, and measure what the pools really gave back: a page a file on hugetlbfs keeps
         or a process maps stays (as a surplus page) however far the pool is shrunk.
 
         Growth a killed reservation of `owner` left (recorded as intents) is given back first.
         """
-        validate_owner(owner)
-        with self.journal.locked() as data:
-            self._recover(data, lambda _owner: True, dry_run=False)
-            record = data.get("owners", {}).get(owner)
+        owner = owner_of(owner)
+        with self.journal.locked() as contents:
+            self._recover(contents, lambda other: other == owner, dry_run=False)  # only its own: exactly
+            record = contents.owners.get(owner)
             if record is None:
                 return None
-            held = Reservation.from_journal(owner, record)
+            held = record.reservation
             unmounted = self._unmount(record)
             before = self._pages(held)
             failures = self._shrink(held)
             freed = before - self._pages(held)
-            del data["owners"][owner]
+            del contents.owners[owner]
         if failures:
             raise HostStateError(
-                f"could not shrink every pool for {owner!r}: {'; '.join(failures)}",
+                f"could not shrink every pool for {str(owner)!r}: {'; '.join(failures)}",
                 hint="check the pools with 'vfiotask hugepages status'",
             )
         kept = sum(held.pages.values()) - freed
@@ -414,14 +387,14 @@ class HugepageReserver:
                 total = self.pools.state(held.page_size, node).total
                 self.pools.set_total(held.page_size, max(total - count, 0), node)
             except OSError as exc:
-                failures.append(f"node {_node_key(node)}: {describe_exception(exc)}")
+                failures.append(f"node {node_key(node)}: {describe_exception(exc)}")
         return failures
 
-    def _unmount(self, record: Mapping[str, Any]) -> str | None:
+    def _unmount(self, record: HugepageRecord) -> str | None:
         """Unmount the hugetlbfs `reserve --mount` made; one still in use stays, and is named."""
         from vfiotask.host import libc
 
-        mount = record.get("mount")
+        mount = record.mount
         if not mount:
             return None
         try:
@@ -430,58 +403,56 @@ class HugepageReserver:
             if exc.errno != errno.EINVAL:  # EINVAL: not mounted any more
                 log.warning("hugepages: %s stays mounted: %s", mount, describe_exception(exc))
                 return None
-        if record.get("mount_made_dir"):
+        if record.mount_made_dir:
             _remove_made_dir(Path(mount))
-        return str(mount)
+        return mount
 
     # -- recovering ----------------------------------------------------------------------------
 
-    def recover(self, match: Callable[[str], bool] = lambda _owner: True, *, dry_run: bool = False) -> list[str]:
+    def recover(self, match: Callable[[Owner], bool] = lambda _owner: True, *, dry_run: bool = False) -> list[str]:
         """Give back pool growth whose reserving process died before it was recorded as an owner's;
         forget reservations of an earlier boot (the kernel's pools started afresh).  Says what it did."""
-        with self.journal.locked() as data:
-            return self._recover(data, match, dry_run=dry_run)
+        with self.journal.locked() as contents:
+            return self._recover(contents, match, dry_run=dry_run)
 
-    def _recover(self, data: dict[str, Any], match: Callable[[str], bool], *, dry_run: bool) -> list[str]:
+    def _recover(self, contents: HugepagesContents, match: Callable[[Owner], bool], *, dry_run: bool) -> list[str]:
         actions: list[str] = []
-        for entry in self.journal.entries(data, orphaned=True):
-            if entry.get("kind") != POOL_KIND or not match(str(entry.get("owner"))):
+        for entry in self.journal.entries(contents, orphaned=True):
+            if not isinstance(entry.change, PoolGrowth) or not match(entry.owner):
                 continue
-            action = self._undo_growth(entry, dry_run=dry_run)
-            actions.append(action)
+            actions.append(self._undo_growth(entry, entry.change, dry_run=dry_run))
             if not dry_run:
-                data["intents"] = [i for i in data.get("intents", []) if i.get("id") != entry.get("id")]
-        for owner, record in sorted(data.get("owners", {}).items()):
-            if match(owner) and record.get("boot", boot_id()) != boot_id():
+                self.journal.drop(contents, entry, save=False)  # saved with the rest, at the end of the lock
+        for owner, record in sorted(contents.owners.items(), key=lambda item: str(item[0])):
+            if match(owner) and record.boot not in (None, boot_id()):
                 actions.append(f"{'would forget' if dry_run else 'forgot'} {owner}'s hugepages of an earlier boot")
                 if not dry_run:
-                    del data["owners"][owner]
-        if not dry_run and not data.get("intents"):
-            data.pop("intents", None)
+                    del contents.owners[owner]
         return actions
 
-    def _undo_growth(self, entry: dict[str, Any], *, dry_run: bool) -> str:
-        owner, page_size, node = entry.get("owner"), int(entry["page_size"]), _node_of(str(entry["node"]))
+    def _undo_growth(self, entry: Entry, growth: PoolGrowth, *, dry_run: bool) -> str:
+        owner, page_size, node = entry.owner, growth.page_size, growth.node
         where = "the global pool" if node is None else f"node {node}"
-        if not same_boot(entry.get("holder")):
+        if not same_boot(entry.holder):
             return f"{'would forget' if dry_run else 'forgot'} {owner}'s pool growth of an earlier boot"
         total = self.pools.state(page_size, node).total
-        grown = max(0, min(total - int(entry["before"]), int(entry.get("got", entry["pages"]))))
+        grown = max(0, min(total - growth.before, growth.pages if growth.got is None else growth.got))
         verb = "would give back" if dry_run else "gave back"
         if grown and not dry_run:
             self.pools.set_total(page_size, total - grown, node)
         return f"{verb} {grown} hugepages of {format_size(page_size)} on {where} from {owner}'s interrupted reservation"
 
-    def orphans(self) -> list[dict[str, Any]]:
+    def orphans(self) -> list[tuple[Entry, PoolGrowth]]:
         """Pool growth recorded by a reservation whose process died: shown by status until recovered."""
-        data = self.journal.read()
-        return [e for e in self.journal.entries(data, orphaned=True) if e.get("kind") == POOL_KIND]
+        contents = self.journal.read()
+        return [(entry, entry.change) for entry in self.journal.entries(contents, orphaned=True)
+                if isinstance(entry.change, PoolGrowth)]
 
     # -- showing -------------------------------------------------------------------------------
 
     def owners(self) -> list[Reservation]:
-        data = self.journal.read()
-        return [Reservation.from_journal(owner, record) for owner, record in sorted(data.get("owners", {}).items())]
+        contents = self.journal.read()
+        return [record.reservation for _, record in sorted(contents.owners.items(), key=lambda item: str(item[0]))]
 
     def pools_state(self) -> list[PoolState]:
         states = []
@@ -491,12 +462,12 @@ class HugepageReserver:
         return states
 
 
-def reserve(owner: str, demands: Mapping[int | None, int], page_size: int | None = None,
+def reserve(owner: Owner | str, demands: Mapping[int | None, int], page_size: int | None = None,
             *, root: Path = Path("/")) -> Reservation:
     return HugepageReserver(HugepagePools(root)).reserve(owner, demands, page_size)
 
 
-def release(owner: str, *, root: Path = Path("/")) -> Reservation | None:
+def release(owner: Owner | str, *, root: Path = Path("/")) -> Reservation | None:
     return HugepageReserver(HugepagePools(root)).release(owner)
 
 

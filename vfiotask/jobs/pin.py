@@ -18,9 +18,9 @@ from vfiotask.engine import Engine, ProgressFn, Task, TaskReport
 from vfiotask.errors import ResourceError
 from vfiotask.host import libc
 from vfiotask.host.cpus import host_engine
-from vfiotask.journal import crash_point
 from vfiotask.memory.accountant import FIX_HINT, LockedMemoryAccountant
 from vfiotask.memory.region import Region
+from vfiotask.testpoints import crash_point
 from vfiotask.units import MiB, format_size
 
 TASK_NAME = "pin"
@@ -140,7 +140,7 @@ def pin(
         accountant.charge(end - start, f"chunk [{start:#x}, {end:#x}) of the region")
         try:
             backend.pin(region, start, end - start)
-            crash_point()  # pinned: a kill here must leave nothing locked once the holder is gone
+            crash_point("pin: chunk pinned")  # pinned: a kill here must leave nothing locked once the holder is gone
         except BaseException:
             accountant.uncharge(end - start)
             raise

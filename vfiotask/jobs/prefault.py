@@ -22,8 +22,8 @@ from vfiotask.errors import HugepageShortageError, UsageError
 from vfiotask.host import libc
 from vfiotask.host.cpus import host_engine
 from vfiotask.host.hugepages import HugepagePools
-from vfiotask.journal import crash_point
 from vfiotask.memory.region import Region
+from vfiotask.testpoints import crash_point
 from vfiotask.units import MiB, format_size
 
 TASK_NAME = "prefault"
@@ -208,7 +208,7 @@ def prefault(
         def chunk(start: int, end: int) -> None:
             try:
                 populator(addr + start, end - start)
-                crash_point()  # mid-populate: this chunk's pages are in, others may not be
+                crash_point("prefault: chunk populated")  # mid-populate: this chunk's pages are in, others may not be
             except BaseException:
                 release(start, end)
                 raise

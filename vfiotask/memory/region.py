@@ -16,7 +16,6 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from vfiotask.errors import HugepageShortageError, ResourceError, UsageError
 from vfiotask.host import libc
@@ -24,6 +23,7 @@ from vfiotask.host.hugepages import HugepagePools
 from vfiotask.host.meminfo import mem_available
 from vfiotask.host.mounts import RAM_FILESYSTEMS, VIRTUAL_FILESYSTEMS, mount_of
 from vfiotask.host.numa import online_nodes
+from vfiotask.journalrecords import PREPIN_OWNER, Entry, FilesContents, Place
 from vfiotask.units import format_size
 
 BASE_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -85,7 +85,7 @@ class Region:
     path: Path | None = None
     fd: int | None = None
     created: bool = False
-    record: dict[str, Any] | None = field(default=None, repr=False)  # the journal entry of a created file
+    record: Entry | None = field(default=None, repr=False)  # the journal entry of a created file
     hugetlb: bool = False
     node: int | None = None
     fstype: str | None = None
@@ -183,6 +183,7 @@ class _Plan:
     allocated: int = 0
     fstype: str | None = None
     free_bytes: int | None = None  # room on a size-limited tmpfs/hugetlbfs mount
+    fd: int | None = None  # an existing backing file, opened once while planning (see _open_existing)
 
 
 def _check_size(size: int, page_size: int, what: str) -> None:
@@ -192,6 +193,31 @@ def _check_size(size: int, page_size: int, what: str) -> None:
             f"{format_size(page_size)} pages of {what}",
             hint=f"round it to a multiple of {format_size(page_size)}",
         )
+
+
+def _open_existing(path: Path) -> int | None:
+    """The backing file opened once, or None when there is none (it is then created by descriptor).
+
+    Everything later is decided on this descriptor, never on the path again: a check of the path
+    followed by an open would map whatever another user swapped in between (a FIFO, whose mmap
+    fails with ENODEV).  Not following a link and not blocking (a FIFO opens at once), then
+    checked to be a regular file (what tmpfs and hugetlbfs hold)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"backing file {path} is a symbolic link; it is not followed",
+                             hint="give the real path of the file") from exc
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # a directory; a socket or a device without its driver
+            raise UsageError(f"backing file {path} is not a regular file",
+                             hint="give the path of a file, not a directory") from exc
+        raise _path_error(path, exc) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"backing file {path} is not a regular file", hint="give the path of a file, not a directory")
+    return fd
 
 
 def _plan_file(spec: RegionSpec) -> _Plan:
@@ -204,19 +230,18 @@ def _plan_file(spec: RegionSpec) -> _Plan:
             f"backing file {path}: directory {parent} does not exist",
             hint="create the directory (on tmpfs or hugetlbfs) or choose another path",
         )
+    fd = _open_existing(path)
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:  # a name too long, a directory we may not search
-        raise _path_error(path, exc) from exc
-    if info is not None and stat.S_ISLNK(info.st_mode):
-        raise UsageError(
-            f"backing file {path} is a symbolic link; it is not followed",
-            hint="give the real path of the file",
-        )
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        raise UsageError(f"backing file {path} is not a regular file", hint="give the path of a file, not a directory")
+        return _plan_opened(spec, path, fd)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+
+
+def _plan_opened(spec: RegionSpec, path: Path, fd: int | None) -> _Plan:
+    parent = path.parent
+    info = os.fstat(fd) if fd is not None else None
     if info is None and not spec.create:
         raise UsageError(f"backing file {path} does not exist", hint="create it or allow creation")
     mount = mount_of(parent, spec.host_root)
@@ -233,7 +258,7 @@ def _plan_file(spec: RegionSpec) -> _Plan:
             hint="put it on tmpfs (/dev/shm) or hugetlbfs, or pass --force to accept the cost",
         )
     hugetlb = mount.fstype == "hugetlbfs"
-    fs = os.statvfs(parent)
+    fs = os.fstatvfs(fd) if fd is not None else os.statvfs(parent)
     page_size = fs.f_bsize if hugetlb else BASE_PAGE_SIZE
     if spec.page_size is not None and spec.page_size != page_size:
         raise UsageError(
@@ -243,8 +268,7 @@ def _plan_file(spec: RegionSpec) -> _Plan:
     free_bytes = None
     if mount.fstype in RAM_FILESYSTEMS and fs.f_blocks:
         free_bytes = fs.f_bavail * fs.f_frsize
-    exists = info is not None
-    if exists and info is not None and info.st_size != spec.size:
+    if info is not None and info.st_size != spec.size:
         raise UsageError(
             f"backing file {path} exists with size {format_size(info.st_size)} ({info.st_size} bytes), "
             f"not the {format_size(spec.size)} ({spec.size} bytes) asked",
@@ -255,10 +279,11 @@ def _plan_file(spec: RegionSpec) -> _Plan:
         page_size=page_size,
         hugetlb=hugetlb,
         path=path,
-        exists=exists,
+        exists=info is not None,
         allocated=(info.st_blocks * 512 if info is not None else 0),
         fstype=mount.fstype,
         free_bytes=free_bytes,
+        fd=fd,
     )
 
 
@@ -339,7 +364,7 @@ def _check_resources(spec: RegionSpec, plan: _Plan) -> None:
         )
 
 
-def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, dict[str, Any] | None]:
+def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, Entry | None]:
     """The fd to map (None for anonymous memory) and the journal entry of a file it created."""
     if plan.kind == "anon":
         return None, None
@@ -357,14 +382,9 @@ def _open_fd(spec: RegionSpec, plan: _Plan) -> tuple[int | None, dict[str, Any] 
     assert plan.path is not None
     if spec.fd is not None:
         return os.dup(spec.fd), None
-    if plan.exists:
-        try:
-            return os.open(plan.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC), None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UsageError(f"backing file {plan.path} is a symbolic link; it is not followed",
-                                 hint="give the real path of the file") from exc
-            raise _path_error(plan.path, exc) from exc
+    if plan.fd is not None:  # the existing file, as it was opened and checked: from here it is the caller's
+        fd, plan.fd = plan.fd, None
+        return fd, None
     return _create_file(plan.path, spec.size)
 
 
@@ -412,11 +432,15 @@ def open_region(spec: RegionSpec) -> Region:
     if spec.kind == "file" and spec.fd is None:
         recover_files(Path(spec.backing))  # a file a killed run left there is removed, never reused
     plan = _plan(spec)
-    what = plan.fstype or ("hugetlb memfd" if plan.hugetlb else spec.kind)
-    _check_size(spec.size, plan.page_size, what)
-    _check_node(spec)
-    _check_resources(spec, plan)
-    fd, record = _open_fd(spec, plan)
+    try:
+        what = plan.fstype or ("hugetlb memfd" if plan.hugetlb else spec.kind)
+        _check_size(spec.size, plan.page_size, what)
+        _check_node(spec)
+        _check_resources(spec, plan)
+        fd, record = _open_fd(spec, plan)
+    finally:
+        if plan.fd is not None:  # refused before it was handed on
+            os.close(plan.fd)
     created = record is not None
     try:
         addr = _map(spec, plan, fd)
@@ -457,7 +481,7 @@ def _advise_hugepages(addr: int, size: int) -> None:
             raise
 
 
-def _discard(fd: int | None, record: dict[str, Any] | None) -> None:
+def _discard(fd: int | None, record: Entry | None) -> None:
     if fd is not None:
         os.close(fd)
     if record is not None:
@@ -466,18 +490,22 @@ def _discard(fd: int | None, record: dict[str, Any] | None) -> None:
 
 # -- backing files this process creates: journaled, so a killed run's file is found and removed --------
 
-FILES_JOURNAL = "files"
-FILES_OWNER = "prepin"
+def _recorded_parent(path: Path) -> Path:
+    """The directory a backing file is made in, as the journal records it: absolute and without
+    links, `.` or `..` (a relative `--backing` names the directory it meant now, not where
+    `vfiotask recover` later runs)."""
+    return Path(os.path.realpath(path.parent))
 
 
-def _create_file(path: Path, size: int) -> tuple[int, dict[str, Any]]:
+def _create_file(path: Path, size: int) -> tuple[int, Entry]:
     """Create the backing file by descriptor in its directory, recorded by inode before it has its name."""
     from vfiotask.dirfd import open_root
     from vfiotask.journal import Journal, make_file
 
     try:
-        with open_root(path.parent) as directory:
-            return make_file(Journal(FILES_JOURNAL), FILES_OWNER, directory, path.parent, [], path.name, size)
+        parent = _recorded_parent(path)
+        with open_root(parent) as directory:
+            return make_file(Journal(FilesContents), PREPIN_OWNER, directory, Place(parent, ()), path.name, size)
     except FileExistsError as exc:
         raise UsageError(f"backing file {path} appeared while it was being created",
                          hint="check who else uses that path, then retry") from exc
@@ -485,16 +513,16 @@ def _create_file(path: Path, size: int) -> tuple[int, dict[str, Any]]:
         raise _path_error(path, exc) from exc
 
 
-def _settle(record: dict[str, Any], *, remove: bool) -> None:
+def _settle(record: Entry, *, remove: bool) -> None:
     """A created file is removed (the run failed) or handed to the user (the run succeeded)."""
     from vfiotask.journal import Journal, undo_entry
 
-    journal = Journal(FILES_JOURNAL)
+    journal = Journal(FilesContents)
     if remove:
         undo_entry(journal, record)
         return
-    with journal.locked() as data:
-        journal.drop(data, record)
+    with journal.locked() as contents:
+        journal.drop(contents, record)
 
 
 def recover_files(path: Path | None = None, *, dry_run: bool = False) -> list[str]:
@@ -506,11 +534,12 @@ def recover_files(path: Path | None = None, *, dry_run: bool = False) -> list[st
     from vfiotask.errors import StateDirError
     from vfiotask.journal import Journal, undo_recorded
 
-    journal = Journal(FILES_JOURNAL)
+    journal = Journal(FilesContents)
     try:
-        if not journal.read().get("intents"):
+        if not journal.read().intents:
             return []
     except StateDirError:  # nothing can have been recorded where this user cannot write
         return []
-    return undo_recorded(journal, FILES_OWNER, orphaned=True, dry_run=dry_run,
-                         where=lambda entry: path is None or Path(str(entry["root"]), str(entry["name"])) == path)
+    at = None if path is None else _recorded_parent(path) / path.name
+    return undo_recorded(journal, PREPIN_OWNER, orphaned=True, dry_run=dry_run,
+                         where=lambda change: at is None or change.path == at)

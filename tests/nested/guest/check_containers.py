@@ -8,12 +8,14 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import drop_ipc_lock, run_cli, status_field
 from tests.nested.guest.conftest import EDU, start_holder
+from tests.support import faults_on
 from vfiotask.devices import open_container
 from vfiotask.devices.container import (
     DmaEntryLimitError,
@@ -142,11 +144,11 @@ def test_enomem_at_rlimit_memlock_without_cap_ipc_lock(bound_edu: int, flavor: s
 
 
 def test_a_failure_at_each_chunk_leaves_the_container_empty(
-        bound_edu: int, flavor: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        bound_edu: int, flavor: str, inject_faults: Callable[[str], None], tmp_path: Path) -> None:
     region = open_region(RegionSpec(size=128 * MiB, backing="anon"))
     try:
         for chunk in range(1, 5):
-            monkeypatch.setenv("VFIOTASK_FAIL", f"pin:{chunk}")
+            inject_faults(f"pin:{chunk}")
             accountant = LockedMemoryAccountant()
             with open_backend("vfio", group=bound_edu, device=None, iova=BASE, sysfs_root=None) as backend:
                 with pytest.raises(TaskFailed):
@@ -162,6 +164,6 @@ def test_a_failure_at_each_chunk_leaves_the_container_empty(
         region.close()
     assert locked() == 0
     failed = run_cli("prepin", "--size", "128M", "--min-chunk", "32M", "--threads", "1",
-                     "--pin", "vfio", "--group", str(bound_edu), env={"VFIOTASK_FAIL": "pin:3"})
+                     "--pin", "vfio", "--group", str(bound_edu), env=faults_on(tmp_path, VFIOTASK_FAIL="pin:3"))
     assert failed.returncode == 1, failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1

@@ -216,8 +216,9 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
                 doms[variant].create()
                 took = time.monotonic() - began
                 if variant == "hook":
-                    record = GuestJournal().guest(names[variant]) or {}
-                    populate.extend({"seconds": f["seconds"], "threads": f["threads"]} for f in record.get("files", []))
+                    record = GuestJournal().guest(names[variant])
+                    files = record.files if record is not None else ()
+                    populate.extend({"seconds": f.seconds, "threads": f.threads} for f in files)
                 return took
 
             def stop(variant: str) -> None:

@@ -56,17 +56,20 @@ class PrivateLibvirt:
     `backing_dir`: memory_backing_dir (default: a fresh directory on /dev/shm, a tmpfs); with
     `set_backing_dir=False` qemu.conf is left as it is (a test of `setup memory-backing` set it).
     `guest_prefix`: guests whose names start with it are destroyed and undefined on exit.
+    With `install_hook=False` the hook is left to the caller (a test installing it as a user does),
+    and still put back as found on exit.
     """
 
     def __init__(self, *, guest_prefix: str = "vfiotask-", backing_dir: Path | None = None,
                  qemu_conf: Path = QEMU_CONF, hooks_dir: Path = HOOKS_DIR, hugetlbfs: bool = True,
-                 set_backing_dir: bool = True) -> None:
+                 set_backing_dir: bool = True, install_hook: bool = True) -> None:
         self.guest_prefix = guest_prefix
         self.backing_dir = backing_dir or Path("/dev/shm") / f"vfiotask-ram-{uuid.uuid4().hex[:8]}"
         self.qemu_conf = qemu_conf
         self.hooks_dir = hooks_dir
         self.hugetlbfs = hugetlbfs
         self.set_backing_dir = set_backing_dir
+        self.install_hook = install_hook
         self.pids: dict[str, int] = {}
         self._undo: list[tuple[str, Callable[[], object]]] = []
 
@@ -109,7 +112,8 @@ class PrivateLibvirt:
         created = [p for p in (self.hooks_dir, target.parent) if not p.exists()]
         before = target.read_text() if target.exists() else None
         self._undo.append(("restore the hook", lambda: self._restore_hook(target, before, created)))
-        install(self.hooks_dir)
+        if self.install_hook:
+            install(self.hooks_dir)
 
     def _start(self) -> None:
         if self.hugetlbfs and not self._hugetlbfs_mounted():
@@ -120,13 +124,26 @@ class PrivateLibvirt:
         for daemon in ("virtlogd", "libvirtd"):
             if daemon == "virtlogd" and _running("virtlogd"):
                 continue
-            pidfile = PID_DIR / f"vfiotask-{daemon}.pid"
-            pidfile.unlink(missing_ok=True)
-            subprocess.run([daemon, "-d", "-p", str(pidfile)], check=True, timeout=60)
-            pid = self._wait_pid(pidfile)
-            self.pids[daemon] = pid
-            self._undo.append((f"stop {daemon}", partial(self._stop, pid, pidfile)))
+            self._undo.append((f"stop {daemon}", self._start_daemon(daemon)))
         self._undo.append(("remove test guests", self.remove_guests))
+        self._wait_ready()
+
+    def _start_daemon(self, daemon: str) -> Callable[[], object]:
+        """Start `daemon` in the background; returns what stops it again (by the PID it wrote)."""
+        pidfile = PID_DIR / f"vfiotask-{daemon}.pid"
+        pidfile.unlink(missing_ok=True)
+        subprocess.run([daemon, "-d", "-p", str(pidfile)], check=True, timeout=60)
+        pid = self._wait_pid(pidfile)
+        self.pids[daemon] = pid
+        return partial(self._stop, pid, pidfile)
+
+    def restart(self) -> None:
+        """Stop the libvirtd started here and start it again, as `systemctl restart libvirtd` does
+        on a host with systemd: libvirtd reads qemu.conf and its hooks only when it starts."""
+        (index,) = [i for i, (what, _action) in enumerate(self._undo) if what == "stop libvirtd"]
+        self._undo[index][1]()
+        # in the same place of the undo list: on exit the test guests are removed while it still runs
+        self._undo[index] = ("stop libvirtd", self._start_daemon("libvirtd"))
         self._wait_ready()
 
     @staticmethod

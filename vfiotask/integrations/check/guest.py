@@ -23,7 +23,7 @@ from vfiotask.host.numa import node_cpus
 from vfiotask.host.thp import thp_settings
 from vfiotask.integrations.check.findings import Finding, fail, ok, warn
 from vfiotask.integrations.check.host import Probe, backing_kind
-from vfiotask.integrations.libvirt.domain import Domain, Hostdev
+from vfiotask.integrations.libvirt.domain import NAMESPACE, SOURCE_POLICY, Domain, Hostdev
 from vfiotask.integrations.libvirt.phases import hugepage_demands, hugetlbfs_page_sizes, qemu_memlock_limit
 from vfiotask.integrations.libvirt.placement import Placement, device_placement, placed
 from vfiotask.units import GiB, format_size
@@ -180,6 +180,23 @@ def ram_findings(domain: Domain, probe: Probe) -> list[Finding]:
     return [ok("memory", seen)]
 
 
+def preparation_findings(domain: Domain) -> list[Finding]:
+    """Whether the hook prepares this guest at all, and with which settings."""
+    config = domain.config
+    settings = (f"threads {config.threads or 'auto'}, prefault {'on' if config.prefault else 'off'}, "
+                f"hugepages {'on' if config.hugepages else 'off'}, device-numa {'on' if config.device_numa else 'off'}")
+    if config.source == SOURCE_POLICY:
+        return [ok("preparation", f"by prepare_guests in config.toml (a PCI guest with file-backed RAM): {settings}")]
+    if config.present:
+        return [ok("preparation", f"by its <vfiotask:config>: {settings}")]
+    if not (domain.hostdevs or domain.backing.file_backed or domain.backing.uses_hugepages):
+        return []
+    return [warn("preparation", "no <vfiotask:config>: the hook leaves this guest alone (config.toml's "
+                 "prepare_guests takes only PCI guests with file-backed RAM, and only when set to "
+                 "file-backed-passthrough)",
+                 f"virsh metadata {domain.name} {NAMESPACE} --config --key vfiotask --set '<config/>'")]
+
+
 def ahead_findings(domain: Domain, probe: Probe) -> list[Finding]:
     from vfiotask.integrations.libvirt.paths import DEFAULT_RAM_ROOT, memory_backing_dir
 
@@ -235,6 +252,7 @@ def guest_findings(domain: Domain, probe: Probe) -> list[Finding]:
     found: list[Finding] = []
     for dev in domain.hostdevs:
         found += device_findings(dev, domain, host, probe)
+    found += preparation_findings(domain)
     found += placement_findings(domain, placement)
     found += memlock_findings(domain)
     found += hugepage_findings(effective, probe)

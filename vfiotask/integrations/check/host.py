@@ -205,7 +205,8 @@ def hook_findings(probe: Probe) -> list[Finding]:
             return [fail("hook", f"{path} runs {' and '.join(gone)}, which {'is' if len(gone) == 1 else 'are'} gone: "
                          "guests with <vfiotask:config> fail to start, others start unprepared",
                          "reinstall vfiotask (make install) and run vfiotask hook install, or vfiotask hook uninstall")]
-        if not probe.fixture and ("/.venv/" in interpreter or not script.startswith(("/opt/", "/usr/"))):
+        installed = script.endswith("/share/vfiotask/hooks/qemu")  # where a wheel puts it, under any PREFIX
+        if not probe.fixture and ("/.venv/" in interpreter or not installed):
             found_checkout = warn("hook", f"{path} runs vfiotask from a checkout ({interpreter}): removing the "
                                   "checkout or 'make clean' breaks it", "make install, then vfiotask hook install "
                                   "with /usr/local/bin/vfiotask")
@@ -238,7 +239,7 @@ def _hook_current(probe: Probe, path: Path, text: str, interpreter: str) -> list
 
 
 def state_dir_findings(probe: Probe) -> list[Finding]:
-    from vfiotask.statedir import state_dir
+    from vfiotask.statedir import state_dir, state_dir_problem
 
     path = probe.state_dir or state_dir(create=False)
     try:
@@ -247,10 +248,11 @@ def state_dir_findings(probe: Probe) -> list[Finding]:
         return [ok("state dir", f"{path} does not exist yet; it is created 0700 on first use")]
     mode = stat.S_IMODE(info.st_mode)
     said = f"{path}: owner uid {info.st_uid}, mode {mode:04o}"
-    if not stat.S_ISDIR(info.st_mode):
-        return [fail("state dir", f"{path} is not a directory", f"remove it: rm {path}")]
-    if info.st_uid not in (0, os.geteuid()) or mode & 0o022:
-        return [fail("state dir", said + ": others could change what vfiotask undoes",
+    problem = state_dir_problem(info)  # the rule every command applies before it uses the directory
+    if problem in ("is a symbolic link", "is not a directory"):
+        return [fail("state dir", f"{path} {problem}: every command refuses it", f"remove it: rm {path}")]
+    if problem:
+        return [fail("state dir", f"{path} {problem}; every command refuses it",
                      f"chown root {path} && chmod 0700 {path}")]
     return [ok("state dir", said)]
 

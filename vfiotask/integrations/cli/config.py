@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "config",
         help="show the host-wide defaults from /etc/vfiotask/config.toml",
         description="Show every setting in force and where it came from: default, file (/etc/vfiotask/config.toml "
-        "or $VFIOTASK_CONFIG), env, or a command's flag. A bad file is one error (exit 2).",
+        "or $VFIOTASK_CONFIG), env, or a command's flag. A bad file is one error (exit 2); for root, a file "
+        "another user could change, at any level of its path, is refused (exit 3).",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser), required=True)
     show = actions.add_parser("show", help="print the effective settings and their sources")
@@ -40,4 +41,7 @@ def run_show(args: argparse.Namespace) -> int:
 def _show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):  # a table, as TOML writes it inline
+        return "{" + ", ".join(f"{key} = {_show(item) if not isinstance(item, str) else repr(item)}"
+                               for key, item in value.items()) + "}"
     return str(value)

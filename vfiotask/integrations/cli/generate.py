@@ -33,7 +33,9 @@ failed: a host state, a permission (root needed), or an unexpected kernel answer
 bad input: an option, a size, a config file; nothing was changed.
 .TP
 .B 3
-not enough resources: locked\\-memory budget, memory, hugepages; nothing was kept.
+not enough resources: locked\\-memory budget, memory, hugepages; nothing was kept.  Also a state
+directory, a config file, the code \\fBhook install\\fR would have libvirtd run, or a sysfs tree to
+write into, that another user could change: refused.
 .TP
 .B 4
 a device or IOMMU group cannot be used.

@@ -11,6 +11,7 @@ from typing import Any
 
 from vfiotask.integrations.cli.output import EXIT_NOTHING, iso_time, print_json, table
 from vfiotask.integrations.libvirt.hookinstall import HOOK_NAME, HOOKS_DIR, hook_path, install, libvirtd_pids, uninstall
+from vfiotask.journalrecords import FileRecord, GuestRecord, StagedRecord
 
 
 def _hooks_dir(text: str) -> Path:
@@ -77,20 +78,20 @@ def run_uninstall(args: argparse.Namespace) -> int:
     return 0 if removed else EXIT_NOTHING
 
 
-def _files(record: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"path": f.get("path"), "size_bytes": f.get("size"), "node": f.get("node"),
-             "allocated_bytes": f.get("allocated"), "seconds": f.get("seconds"), "threads": f.get("threads")}
-            for f in record.get("files", [])]
+def _files(files: tuple[FileRecord, ...]) -> list[dict[str, Any]]:
+    return [{"path": f.path, "size_bytes": f.size, "node": f.node, "allocated_bytes": f.allocated,
+             "seconds": f.seconds, "threads": f.threads}
+            for f in files]
 
 
-def status_json(guests: dict[str, Any], staged: dict[str, Any]) -> dict[str, Any]:
+def status_json(guests: dict[str, GuestRecord], staged: dict[str, StagedRecord]) -> dict[str, Any]:
     return {
-        "guests": [{"name": name, "id": r.get("id"), "uuid": r.get("uuid"), "began": iso_time(r.get("began")),
-                    "prepared": iso_time(r.get("prepared")), "files": _files(r),
-                    "hugepages_bytes": sum(h.get("bytes", 0) for h in r.get("hugepages", [])),
-                    "placement": r.get("placement")}
+        "guests": [{"name": name, "id": r.id, "uuid": r.uuid, "began": iso_time(r.began),
+                    "prepared": iso_time(r.prepared), "files": _files(r.files),
+                    "hugepages_bytes": sum(h.size for h in r.hugepages),
+                    "placement": None if r.placement is None else r.placement.to_json()}
                    for name, r in sorted(guests.items())],
-        "staged": [{"name": name, "uuid": r.get("uuid"), "staged": iso_time(r.get("staged")), "files": _files(r)}
+        "staged": [{"name": name, "uuid": r.uuid, "staged": iso_time(r.staged), "files": _files(r.files)}
                    for name, r in sorted(staged.items())],
     }
 
@@ -100,8 +101,8 @@ def run_status(args: argparse.Namespace) -> int:
     from vfiotask.journal import holder_alive
     from vfiotask.units import format_size
 
-    data = GuestJournal().journal.read()
-    guests, staged = data.get("guests", {}), data.get("staged", {})
+    contents = GuestJournal().read()
+    guests, staged = contents.guests, contents.staged
     if args.json:
         print_json(status_json(guests, staged))
         return 0
@@ -112,8 +113,7 @@ def run_status(args: argparse.Namespace) -> int:
     rows: list[list[object]] = []
     for guest in shown["guests"]:
         size = sum(f["size_bytes"] or 0 for f in guest["files"])
-        holder = guests[guest["name"]].get("holder")
-        interrupted = holder is not None and not holder_alive(holder)  # 'vfiotask recover' undoes it
+        interrupted = not holder_alive(guests[guest["name"]].holder)  # 'vfiotask recover' undoes it
         state = "interrupted" if interrupted else "running" if guest["prepared"] else "preparing"
         rows.append([guest["name"], state, len(guest["files"]),
                      format_size(size), format_size(guest["hugepages_bytes"]), guest["began"] or "-"])

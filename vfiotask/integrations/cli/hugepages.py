@@ -10,6 +10,7 @@ from typing import Any
 from vfiotask.errors import HostStateError, NeedsRoot
 from vfiotask.integrations.cli.output import EXIT_NOTHING, note, print_json, table
 from vfiotask.integrations.progress import TerminalLine
+from vfiotask.journalrecords import Entry, PoolGrowth
 from vfiotask.units import format_size, parse_node, parse_size
 
 MOST_OF_RAM = 0.5
@@ -62,7 +63,7 @@ def _pages_json(pages: dict[int | None, int]) -> list[dict[str, Any]]:
 
 
 def reservation_json(reservation: Any) -> dict[str, Any]:
-    return {"owner": reservation.owner, "page_size_bytes": reservation.page_size,
+    return {"owner": str(reservation.owner), "page_size_bytes": reservation.page_size,
             "pages": _pages_json(dict(reservation.pages)), "size_bytes": reservation.size}
 
 
@@ -108,13 +109,13 @@ def run_reserve(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from vfiotask.jobs.hugepages import HugepageReserver, validate_owner
+    from vfiotask.jobs.hugepages import HugepageReserver, owner_of
 
     _require_root("release")
-    wanted = validate_owner(args.owner)
+    wanted = owner_of(args.owner)
     reserver = HugepageReserver()
     recovered = reserver.recover(lambda owner: owner == wanted)  # an interrupted reservation's growth
-    done = reserver.release_report(args.owner)
+    done = reserver.release_report(wanted)
     if args.json:
         data: dict[str, Any] = {"owner": args.owner, "changed": done is not None or bool(recovered),
                                 "recovered": recovered}
@@ -149,7 +150,7 @@ def run_status(args: argparse.Namespace) -> int:
     pools = reserver.pools_state()
     try:
         owners: list[Any] | None = reserver.owners()
-        orphans = reserver.orphans()
+        orphans: list[tuple[Entry, PoolGrowth]] = reserver.orphans()
     except NeedsRoot:  # the journal is root's: show the pools, say where the rest is
         owners, orphans = None, []
     if args.json:
@@ -158,7 +159,7 @@ def run_status(args: argparse.Namespace) -> int:
                        "free_pages": p.free, "surplus_pages": p.surplus, "reserved_pages": p.reserved}
                       for p in pools],
             "owners": None if owners is None else [reservation_json(o) for o in owners],
-            "interrupted": [_orphan_json(e) for e in orphans],
+            "interrupted": [_orphan_json(orphan) for orphan in orphans],
         })
         return 0
     print(table(["page size", "node", "total", "free", "surplus", "reserved"],
@@ -174,16 +175,16 @@ def run_status(args: argparse.Namespace) -> int:
                     [(o.owner, format_size(o.size), format_size(o.page_size),
                       ", ".join(f"{'all' if n is None else n}: {c}" for n, c in o.pages.items()))
                      for o in owners]))
-    for entry in orphans:
-        orphan = _orphan_json(entry)
+    for interrupted in orphans:
+        orphan = _orphan_json(interrupted)
         print(f"{orphan['owner']}: interrupted reservation, up to {orphan['pages']} pages of "
               f"{format_size(orphan['page_size'])} on {orphan['node']} (process {orphan['pid']} is gone); "
               f"'vfiotask hugepages release --owner {orphan['owner']}' or 'vfiotask recover' gives them back")
     return 0
 
 
-def _orphan_json(entry: dict[str, Any]) -> dict[str, Any]:
-    node = entry.get("node")
-    return {"owner": entry.get("owner"), "page_size": entry.get("page_size"),
-            "node": "the global pool" if node == "any" else f"node {node}",
-            "pages": entry.get("got", entry.get("pages")), "pid": (entry.get("holder") or {}).get("pid")}
+def _orphan_json(orphan: tuple[Entry, PoolGrowth]) -> dict[str, Any]:
+    entry, growth = orphan
+    return {"owner": str(entry.owner), "page_size": growth.page_size,
+            "node": "the global pool" if growth.node is None else f"node {growth.node}",
+            "pages": growth.pages if growth.got is None else growth.got, "pid": entry.holder.pid}

@@ -29,6 +29,7 @@ from vfiotask.errors import (
     VfiotaskError,
     describe_exception,
 )
+from vfiotask.faultinjection import from_environment
 
 COMMAND_MODULES = (
     "prepin",
@@ -164,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     stdout, sys.stdout = sys.stdout, _GuardedOutput(sys.stdout)
     try:
+        from_environment()  # VFIOTASK_FAIL, VFIOTASK_CRASH_AT: refused (exit 2) unless fault_injection is on
         return int(args.handler(args))
     except OutputError as exc:  # `| head`, a full disk: not a bug, so no traceback; before its base class
         os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())  # the exit flush must not fail again

@@ -13,7 +13,6 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,15 @@ from typing import Any
 from vfiotask.devices.discovery import SYSFS_ROOT_ENV, sysfs_root_from_env
 from vfiotask.engine import CpuPolicy, Engine, HelperKind
 from vfiotask.engine.priority import LOWEST
-from vfiotask.errors import MemlockLimitError, StateDirError, UsageError
+from vfiotask.errors import MemlockLimitError, UsageError
 from vfiotask.host.cpus import host_engine
 from vfiotask.integrations.cli.output import note, print_json, table
 from vfiotask.integrations.progress import TerminalLine
 from vfiotask.jobs.pin import MlockBackend, PinBackend, Pinning, pin
+from vfiotask.jobs.pinjournal import pins_recorded
 from vfiotask.jobs.prefault import MIN_CHUNK, PrefaultReport, prefault
-from vfiotask.journal import Journal
 from vfiotask.memory.accountant import LockedMemoryAccountant
-from vfiotask.memory.region import FILES_OWNER, Region, RegionSpec, open_region
+from vfiotask.memory.region import Region, RegionSpec, open_region
 from vfiotask.units import MAX_THREADS, format_size, parse_address, parse_count, parse_node, parse_size
 
 log = logging.getLogger(__name__)
@@ -236,43 +235,6 @@ def render_table(data: dict[str, Any]) -> str:
         format_size(data["locked_bytes"]) + (f" ({data['pin']})" if data["pin"] != "none" else ""),
     ]
     return table(headers, [row], numbers_right=False)
-
-
-PINS_JOURNAL = "pins"
-
-
-@contextlib.contextmanager
-def pins_recorded(size: int, backend: str) -> Iterator[None]:
-    """Pins are journaled with their holder while held: `recover` and an administrator can tell a
-    living holder from a dead one (whose pins the kernel dropped with it) by pid and start time."""
-    journal = Journal(PINS_JOURNAL)
-    try:
-        with journal.locked() as data:
-            for dead in journal.entries(data, orphaned=True):  # their pins went with their process
-                journal.drop(data, dead)
-            entry = journal.intend(data, FILES_OWNER, "pin", bytes=size, backend=backend)
-    except StateDirError:  # a user without a state dir: the pins still end with this process
-        yield
-        return
-    try:
-        yield
-    finally:
-        with journal.locked() as data:
-            journal.drop(data, entry)
-
-
-def recover_pins(*, dry_run: bool = False) -> list[str]:
-    """Forget pin records of dead holders: the kernel unpinned with the process, nothing is left to undo."""
-    journal = Journal(PINS_JOURNAL)
-    actions = []
-    with journal.locked() as data:
-        for entry in journal.entries(data, orphaned=True):
-            pid = (entry.get("holder") or {}).get("pid")
-            actions.append(f"{'would forget' if dry_run else 'forgot'} {format_size(int(entry.get('bytes', 0)))} "
-                           f"of {entry.get('backend')} pins of process {pid}, gone (the kernel unpinned them)")
-            if not dry_run:
-                journal.drop(data, entry)
-    return actions
 
 
 HOLD_POLL_S = 0.2

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
             print("memory-backing is not set up by vfiotask here; nothing to undo")
             return 0
         if args.dry_run:
-            for step in reversed(held["steps"]):
-                print(f"would revert: {step['step']} ({step['path']})")
+            for step in reversed(held.steps):
+                print(f"would revert: {step.step} ({step.path})")
             return 0
         for line in setup.undo(args.root):
             print(line)

@@ -15,24 +15,29 @@ from typing import TYPE_CHECKING, Any
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.domain import Domain, parse_domain, validate_name
-from vfiotask.integrations.libvirt.guestjournal import GuestJournal, hugepage_owner
+from vfiotask.integrations.libvirt.domain import NAMESPACE, Domain, parse_domain, validate_name
+from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 from vfiotask.integrations.libvirt.ramfiles import (
-    FileRecord,
     hugetlbfs_pages,
     open_private,
     populate_file,
     remove_empty_shared,
     reserve_pages,
-    staged_owner,
+    still_ours,
 )
 from vfiotask.journal import undo_recorded
+from vfiotask.journalrecords import (
+    FileRecord,
+    Reservation,
+    StagedPages,
+    StagedRecord,
+    guest_pages_owner,
+    staging_owner,
+)
 from vfiotask.units import format_size
 
 if TYPE_CHECKING:  # the hook imports this module to take a staging over: no engine, no jobs
     from vfiotask.engine import ProgressFn
-
-HUGEPAGES_KIND = "hugepages"  # a staging's reservation, recorded beside its files
 
 
 def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
@@ -43,6 +48,13 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
 
     journal = journal or GuestJournal()
     name = validate_name(domain.name)
+    if not domain.ours:  # the hook would never move them into place: memory held for nothing
+        raise UsageError(
+            f"guest {name} is not one the hook prepares (it has no <vfiotask:config>, and config.toml's "
+            "prepare_guests does not take it), so files staged for it would never be used",
+            hint=f"virsh metadata {name} {NAMESPACE} --config --key vfiotask --set '<config/>', "
+            "or see prepare_guests in docs/libvirt.md",
+        )
     if not domain.backing.file_backed:
         raise UsageError(
             f"guest {name}'s RAM is not file-backed, so there is nothing to populate ahead",
@@ -57,61 +69,60 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
     wanted = paths.ram_files(domain)
     held = journal.staged(name)
     if held is not None:
-        files = [FileRecord.from_json(f) for f in held.get("files", [])]
+        files = list(held.files)
         same = sorted((f.name, f.size) for f in files) == sorted((r.name, r.size) for r in wanted)
-        if same and all(f.still_ours() for f in files):
+        if same and all(still_ours(f) for f in files):
             return files, False
         unstage(name, journal=journal)
-    undo_recorded(journal.journal, staged_owner(name), orphaned=True)  # what a killed staging left
+    undo_recorded(journal.journal, staging_owner(name), orphaned=True)  # what a killed staging left
     give_back_staged_hugepages(journal, name, orphaned=True)
     place = paths.staging_place(name, conf)
-    hugepages: dict[str, Any] | None = None
+    hugepages: Reservation | None = None
     done: list[FileRecord] = []
     try:
         if fstype == "hugetlbfs":  # the guest's reservation, taken over by the hook at its start
             hugepages = _reserve_staged(journal, name, base, wanted)
-        with open_private(place, journal.journal, staged_owner(name)) as directory:
+        with open_private(place, journal.journal, staging_owner(name)) as directory:
             for ram in wanted:
                 meter = progress(f"{domain.name}: {ram.name}") if progress else None
                 done.append(populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal.journal,
-                                          owner=staged_owner(name), threads=threads, progress=meter))
+                                          owner=staging_owner(name), threads=threads, progress=meter))
     except BaseException:
         _give_back(journal, name)
         raise
-    journal.put_staged(name, {"files": [r.to_json() for r in done], "uuid": domain.uuid, "staged": time.time(),
-                              "hugepages": hugepages}, owner=staged_owner(name))
+    journal.put_staged(name, StagedRecord(tuple(done), domain.uuid, time.time(), hugepages),
+                       owner=staging_owner(name))
     return done, True
 
 
 def unstage(name: str, *, journal: GuestJournal | None = None) -> list[FileRecord]:
     """Give back the memory of files staged for `name` and never used (moved ones are the guest's now)."""
     journal = journal or GuestJournal()
-    record = journal.pop_staged(name) or {}
-    files = [FileRecord.from_json(f) for f in record.get("files", [])]
+    record = journal.pop_staged(name)
     _give_back(journal, name)
-    return files
+    return list(record.files) if record is not None else []
 
 
 def _give_back(journal: GuestJournal, name: str) -> None:
     """Remove what the staging of `name` made and release its hugepages (a failed staging, an unstage)."""
-    undo_recorded(journal.journal, staged_owner(name))
+    undo_recorded(journal.journal, staging_owner(name))
     give_back_staged_hugepages(journal, name)
     remove_empty_shared(journal.journal)
 
 
-def _reserve_staged(journal: GuestJournal, name: str, base: Path, wanted: list[paths.RamFile]) -> dict[str, Any]:
+def _reserve_staged(journal: GuestJournal, name: str, base: Path, wanted: list[paths.RamFile]) -> Reservation:
     """Reserve the hugepages the staged files take, recorded for the staging first: a staging killed
     after its pool grew leaves an entry that recovery (or the next staging) gives back."""
     page_size, pages = hugetlbfs_pages(base, wanted)
-    owner = hugepage_owner(name, page_size)
-    with journal.journal.locked() as data:
-        entry = journal.journal.intend(data, staged_owner(name), HUGEPAGES_KIND, hugepages_owner=owner)
+    owner = guest_pages_owner(name, page_size)
+    with journal.locked() as contents:
+        entry = journal.journal.intend(contents, staging_owner(name), StagedPages(owner))
     held, new = reserve_pages(owner, page_size, pages, _reserver)
-    with journal.journal.locked() as data:
+    with journal.locked() as contents:
         if new:
-            journal.journal.done(data, entry)
+            journal.journal.done(contents, entry)
         else:  # held before this staging (a prepared guest's): never this staging's to give back
-            journal.journal.drop(data, entry)
+            journal.journal.drop(contents, entry)
     return held
 
 
@@ -119,20 +130,20 @@ def give_back_staged_hugepages(journal: GuestJournal, name: str, *, orphaned: bo
                                dry_run: bool = False) -> list[str]:
     """Release the reservation a staging of `name` made, unless a guest's prepare has taken it over
     (then only the staging's record of it goes): each reservation is given back exactly once."""
-    with journal.journal.locked() as data:
-        entries = [e for e in journal.journal.entries(data, staged_owner(name), orphaned=orphaned)
-                   if e.get("kind") == HUGEPAGES_KIND]
+    with journal.locked() as contents:
+        entries = [(e, e.change) for e in journal.journal.entries(contents, staging_owner(name), orphaned=orphaned)
+                   if isinstance(e.change, StagedPages)]
     actions: list[str] = []
-    for entry in entries:
-        owner = str(entry.get("hugepages_owner"))
+    for entry, staged in entries:
+        owner = staged.hugepages_owner
         if journal.guest(name) is None:
             if dry_run:
                 actions.append(f"would release {owner}'s hugepages staged for {name}")
             elif (held := _reserver().release(owner)) is not None:
                 actions.append(f"released {owner}'s {format_size(held.size)} of hugepages staged for {name}")
         if not dry_run:
-            with journal.journal.locked() as data:
-                journal.journal.drop(data, entry)
+            with journal.locked() as contents:
+                journal.journal.drop(contents, entry)
     return actions
 
 

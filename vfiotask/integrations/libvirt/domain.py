@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from typing import NamedTuple
 
 from vfiotask.errors import UsageError
-from vfiotask.integrations.libvirt.ours import NAMESPACE, validate_name
+from vfiotask.integrations.libvirt.ours import NAMESPACE, name_with_element, validate_name
 from vfiotask.integrations.libvirt.xmlsafe import parse_xml
 from vfiotask.units import (
     MAX_COUNT,
@@ -132,18 +132,31 @@ class Hostdev(NamedTuple):
 
 
 class Config(NamedTuple):
-    """vfiotask's settings for a guest, from `<vfiotask:config .../>` in `<metadata>`.
+    """vfiotask's settings for a guest: from `<vfiotask:config .../>` in `<metadata>`, or, for a
+    PCI guest with file-backed RAM and no such element, from config.toml's [defaults] when
+    `prepare_guests` takes those guests.  What a guest's element leaves out comes from [defaults]
+    too, then from the built-in defaults below.
 
-    `fail` is the test interface for fault injection: the hook runs with only LC_ALL, PATH and
-    HOME from libvirtd, so VFIOTASK_FAIL cannot reach it through the environment.
+    `fail` asks for fault injection (vfiotask.faultinjection; only with fault_injection = true in
+    root's config): the hook runs with only LC_ALL, PATH and HOME from libvirtd, so VFIOTASK_FAIL
+    cannot reach it through the environment.
     """
 
-    present: bool = False
+    source: str = ""  # SOURCE_METADATA, SOURCE_POLICY, or "": the hook leaves the guest alone
     threads: int = 0  # 0: the engine's policy
     prefault: bool = True
     hugepages: bool = True
     device_numa: bool = True  # no <numatune>: RAM and hugepages on the passed-through devices' node
     fail: str = ""
+
+    @property
+    def present(self) -> bool:
+        """Whether the hook prepares the guest with these settings."""
+        return bool(self.source)
+
+
+SOURCE_METADATA = "<vfiotask:config>"
+SOURCE_POLICY = "prepare_guests"
 
 
 class DacLabel(NamedTuple):
@@ -168,8 +181,9 @@ class Domain(NamedTuple):
 
     @property
     def ours(self) -> bool:
-        """A guest the hook acts on: it passes PCI devices through, or asks for vfiotask by metadata."""
-        return bool(self.hostdevs) or self.config.present
+        """A guest the hook acts on: it asks for vfiotask by metadata, or it passes PCI devices
+        through with file-backed RAM and config.toml's `prepare_guests` takes such guests."""
+        return self.config.present
 
     @property
     def short_name(self) -> str:
@@ -269,32 +283,43 @@ def _numatune(root: ET.Element) -> Numatune:
     )
 
 
-def _config(root: ET.Element) -> Config:
+def _config(root: ET.Element, hostdevs: tuple[Hostdev, ...], backing: MemoryBacking) -> Config:
     from vfiotask.config import get
 
     node = root.find(f"./metadata/{CONFIG_TAG}")
+    source = SOURCE_METADATA
     if node is None:
-        return Config(device_numa=bool(get("numa_from_device")))
+        from vfiotask.integrations.libvirt.ours import policy_takes_passthrough
 
-    def flag(key: str, default: bool) -> bool:
-        value = node.get(key)
+        passthrough = bool(hostdevs) and backing.file_backed
+        if not (passthrough and policy_takes_passthrough()):
+            return Config(device_numa=bool(get("numa_from_device")))
+        source = SOURCE_POLICY
+    host: dict[str, object] = get("defaults")  # checked when read: threads "auto" or 1..MAX_THREADS, flags bools
+
+    def flag(key: str) -> bool:
+        value = node.get(key) if node is not None else None
         if value is None:
-            return default
+            return bool(host.get(key, get("numa_from_device") if key == "device-numa" else True))
         if value.lower() in ("on", "yes", "true", "1"):
             return True
         if value.lower() in ("off", "no", "false", "0"):
             return False
         raise UsageError(f"vfiotask:config {key}={value!r} is not on or off", hint="write on or off")
 
-    threads = node.get("threads", "auto")
-    count = 0 if threads == "auto" else parse_count(threads, "vfiotask:config threads", maximum=MAX_THREADS)
+    threads = node.get("threads") if node is not None else None
+    if threads is None:
+        chosen = host.get("threads", "auto")
+        count = chosen if isinstance(chosen, int) else 0  # "auto": the engine's policy
+    else:
+        count = 0 if threads == "auto" else parse_count(threads, "vfiotask:config threads", maximum=MAX_THREADS)
     return Config(
-        present=True,
+        source=source,
         threads=count,
-        prefault=flag("prefault", True),
-        hugepages=flag("hugepages", True),
-        device_numa=flag("device-numa", bool(get("numa_from_device"))),
-        fail=_fail_spec(node.get("fail", "")),
+        prefault=flag("prefault"),
+        hugepages=flag("hugepages"),
+        device_numa=flag("device-numa"),
+        fail=_fail_spec(node.get("fail", "") if node is not None else ""),
     )
 
 
@@ -311,14 +336,14 @@ def _vcpu_cpus(root: ET.Element) -> tuple[int, ...]:
 
 
 def _fail_spec(text: str) -> str:
-    """Checked when the definition is read, so a bad spec is refused before anything is journaled.
-    The engine package is imported only when there is a spec: the hook of a guest without one
-    never needs it."""
+    """Checked when the definition is read, so a bad spec is refused before anything is journaled
+    (whether fault injection is on is the hook's to check, when it prepares the guest).  The
+    module is imported only when there is a spec: the hook of a guest without one never needs it."""
     if not text:
         return text
-    from vfiotask.engine.faults import parse_fail_spec
+    from vfiotask.faultinjection import GUEST_SOURCE, parse_fail_spec
 
-    parse_fail_spec(text)
+    parse_fail_spec(text, GUEST_SOURCE)
     return text
 
 
@@ -343,7 +368,10 @@ def _memory(root: ET.Element) -> int:
 def domain_from_element(root: ET.Element) -> Domain:
     if root.tag != "domain":
         raise UsageError(f"the XML's root element is <{root.tag}>, not <domain>", hint="pass a domain definition")
-    name = _text(root.find("./name"))
+    name_element = root.find("./name")
+    if name_element is not None and len(name_element):  # read as the expat scan reads it (ours.scan)
+        raise name_with_element(str(name_element[0].tag))
+    name = _text(name_element)
     if not name:
         raise UsageError("domain XML has no <name>", hint="pass a complete libvirt domain definition")
     cells = []
@@ -352,17 +380,19 @@ def domain_from_element(root: ET.Element) -> Domain:
         memory = scaled(cell.get("memory"), cell.get("unit"), what="NUMA cell memory", minimum=1)
         cells.append(NumaCell(cell_id, memory))
     hard = root.find("./memtune/hard_limit")
+    hostdevs = _hostdevs(root)
+    backing = _backing(root)
     return Domain(
         name=name,
         uuid=_text(root.find("./uuid")),
         id=whole_number(root.get("id"), "domain id"),
         memory=_memory(root),
         cells=tuple(cells),
-        backing=_backing(root),
+        backing=backing,
         numatune=_numatune(root),
         hard_limit=scaled(hard.text, hard.get("unit"), what="memtune hard_limit") if hard is not None else None,
-        hostdevs=_hostdevs(root),
-        config=_config(root),
+        hostdevs=hostdevs,
+        config=_config(root, hostdevs, backing),
         dac_label=_dac_label(root),
         has_viommu=root.find("./devices/iommu") is not None,
         vcpu_cpus=_vcpu_cpus(root),

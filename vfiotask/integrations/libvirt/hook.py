@@ -2,13 +2,14 @@
 
 libvirtd waits for the hook on every phase of every guest, so what it imports is what the phase
 needs and nothing more: phases with nothing to do leave after reading argv; for a guest that is
-not ours expat alone decides (`ours.is_ours`); the domain model, the journal and the memory
-code are imported only for a guest that is ours, and the jobs only when there is work.  The
-installed hook starts Python with `-I -S` (no site processing, a fixed sys.path), see
-`vfiotask.integrations.libvirt.hookinstall`.  The hook never writes to stdout (in qemu.d the output of one
-script can be the input of the next), never calls libvirt (libvirtd is blocked on us), logs to
-syslog, and prints one line on stderr when it fails a start: libvirt shows that line to the user
-who ran `virsh start`.
+not ours expat alone decides (`ours.scan`; config.toml is read only for a PCI guest with
+file-backed RAM and no vfiotask metadata, which its `prepare_guests` decides on); the domain
+model, the journal and the memory code are imported only for a guest that is ours, and the jobs
+only when there is work.  The installed hook starts Python with `-I -S` (no site processing, a
+fixed sys.path), see `vfiotask.integrations.libvirt.hookinstall`.  The hook never writes to
+stdout (in qemu.d the output of one script can be the input of the next), never calls libvirt
+(libvirtd is blocked on us), logs to syslog, and prints one line on stderr when it fails a
+start: libvirt shows that line to the user who ran `virsh start`.
 """
 
 from __future__ import annotations
@@ -91,13 +92,23 @@ def run_start(name: str, data: bytes) -> int:
     try:
         validate_name(name)
         if found.name != name or domain.name != name:
-            return fail(f"guest {name}: the XML on stdin is for {found.name!r}; nothing done")
+            shown = found.name if found.name != name else domain.name
+            return fail(f"guest {name}: the XML on stdin is for {shown!r}; nothing done")
         if domain.id is None:
             return fail(f"guest {name}: the XML has no id attribute; nothing done")
+        from vfiotask import testpoints  # the journal imports it anyway: no extra module
         from vfiotask.integrations.libvirt import phases
 
+        if testpoints.requested(os.environ):  # the hook run by hand: libvirtd passes no such variable
+            from vfiotask.faultinjection import from_environment
+
+            from_environment()
         phases.prepare(domain, phases.HookContext(log=log))
-        log(f"{name}: prepared and handed to QEMU")
+        from vfiotask.integrations.libvirt.domain import SOURCE_POLICY
+
+        by_policy = " by prepare_guests, with the settings of [defaults]" \
+            if domain.config.source == SOURCE_POLICY else ""
+        log(f"{name}: prepared{by_policy} and handed to QEMU")
     except VfiotaskError as exc:
         return fail(f"guest {name}: {exc.one_line()}")
     except Exception as exc:  # a bug: libvirt still gets one line, syslog gets the traceback
@@ -132,18 +143,15 @@ def run_release(name: str) -> int:
 
 
 def _holds_anything(name: str) -> bool:
-    """Whether the journals list anything for `name`: read without importing the jobs (fast path)."""
-    from vfiotask.integrations.libvirt.guestjournal import (
-        HUGEPAGES_JOURNAL,
-        GuestJournal,
-        guest_owner,
-        hugepage_owner_prefix,
-    )
+    """Whether the journals list anything for `name`: read without importing the jobs (fast path).
+    Owners are compared whole: guest `vm:1`'s hugepages are not guest `vm`'s."""
+    from vfiotask.integrations.libvirt.guestjournal import GuestJournal
     from vfiotask.journal import Journal
+    from vfiotask.journalrecords import GUEST_PAGES, HugepagesContents, guest_owner
 
-    guests = GuestJournal().journal.read()
-    if name in guests.get("guests", {}) or any(e.get("owner") == guest_owner(name) for e in guests.get("intents", [])):
+    guests = GuestJournal().read()
+    if name in guests.guests or guests.entries(guest_owner(name)):
         return True
-    hugepages = Journal(HUGEPAGES_JOURNAL).read()
-    owners = [*hugepages.get("owners", {}), *(e.get("owner", "") for e in hugepages.get("intents", []))]
-    return any(owner.startswith(hugepage_owner_prefix(name)) for owner in owners)
+    hugepages = Journal(HugepagesContents).read()
+    owners = [*hugepages.owners, *(entry.owner for entry in hugepages.intents)]
+    return any(owner.role == GUEST_PAGES and owner.name == name for owner in owners)

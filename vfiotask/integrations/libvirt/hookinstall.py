@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vfiotask.dirfd import Dir, identity_of, open_path, open_root, walk
 from vfiotask.errors import HostStateError, UsageError
+from vfiotask.trust import check_path, check_tree, trusted_owners
 
 HOOKS_DIR = Path("/etc/libvirt/hooks")
 HOOK_NAME = "50-vfiotask"
@@ -116,12 +117,53 @@ def hook_text(interpreter: str | None = None) -> str:
     return SHIM.format(python=python, hook=script, namespace=NAMESPACE, bootstrap=_bootstrap(paths))
 
 
+_SOURCE_HINT = ("libvirtd runs the hook as root: install vfiotask where only root can write (make install puts it "
+                "under /opt/vfiotask), or make every level of that path root's (chown root:root, chmod go-w)")
+
+
+def _is_package(directory: str) -> bool:
+    return os.path.isfile(os.path.join(directory, "__init__.py"))
+
+
+def check_sources(interpreter: str | None = None) -> None:
+    """Refuse to install a hook that would run code another user can change.
+
+    libvirtd runs the hook as root on every guest's start, so everything it executes is root's
+    code: the interpreter (and, for this one, its standard library), the hook script, the
+    vfiotask package, and every module or package the import paths it is given offer.  Each, and
+    every directory above it, must be writable by root alone (UntrustedPathError names the first
+    that is not).  A package is searched to its last file; the rest of a checkout (tests' data,
+    .git) is not, since nothing imports it.
+    """
+    import sysconfig
+
+    owners = (0,) if os.geteuid() == 0 else trusted_owners()
+    python = interpreter or sys.executable
+    check_path(python, "the hook's interpreter", _SOURCE_HINT, owners)
+    check_path(hook_script(), "the hook script", _SOURCE_HINT, owners)
+    import vfiotask
+
+    package = os.path.dirname(os.path.abspath(vfiotask.__file__))
+    check_tree(package, "the vfiotask package", _SOURCE_HINT, owners)
+    for directory in import_paths():
+        check_tree(directory, "the hook's import path", _SOURCE_HINT, owners,
+                   descend=lambda d: d != package and _is_package(d))
+    if python == sys.executable:
+        stdlib = sysconfig.get_paths()["stdlib"]
+        for directory in dict.fromkeys((stdlib, sysconfig.get_paths()["platstdlib"],
+                                        os.path.join(stdlib, "lib-dynload"))):
+            if os.path.isdir(directory):
+                check_tree(directory, "the interpreter's standard library", _SOURCE_HINT, owners,
+                           descend=lambda _: False)
+
+
 def hook_path(hooks_dir: Path) -> Path:
     return hooks_dir / "qemu.d" / HOOK_NAME
 
 
 def install(hooks_dir: Path, interpreter: str | None = None) -> tuple[Path, str]:
     """Write the hook (atomically, mode 0755); returns its path and "new", "updated" or "unchanged".
+    Nothing is written when the hook would run code others can change (check_sources).
 
     The hooks directory must exist: libvirt's packages make it, and a mistyped --hooks-dir made
     here would hold a hook no libvirtd ever runs.  Root writes here, so `qemu.d` and the hook are
@@ -134,6 +176,7 @@ def install(hooks_dir: Path, interpreter: str | None = None) -> tuple[Path, str]
         raise UsageError(f"{hooks_dir} is not a directory", hint="give libvirt's hooks directory with --hooks-dir")
     target = hook_path(hooks_dir)
     text = hook_text(interpreter)
+    check_sources(interpreter)
     try:
         with open_root(hooks_dir, follow=False) as hooks, walk(hooks, [target.parent.name], create=True) as qemu_d:
             info = qemu_d.lstat(HOOK_NAME)

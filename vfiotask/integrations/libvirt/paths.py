@@ -13,11 +13,11 @@ renames the finished guest directory into place last (docs/threat-model.md).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import NamedTuple
 
 from vfiotask.errors import HostStateError
+from vfiotask.journalrecords import Place  # a directory below a trusted root; journals record them
 
 TYPE_CHECKING = False  # `start begin` uses these paths without building the domain model
 if TYPE_CHECKING:
@@ -28,28 +28,29 @@ QEMU_CONF_ENV = "VFIOTASK_LIBVIRT_QEMU_CONF"
 DEFAULT_RAM_ROOT = Path("/var/lib/libvirt/qemu/ram")
 PRIVATE = ".vfiotask"
 
-_SETTING = re.compile(r'^\s*memory_backing_dir\s*=\s*"([^"]*)"\s*$')
-
 
 def qemu_conf() -> Path:
     return Path(os.environ.get(QEMU_CONF_ENV) or QEMU_CONF)
 
 
 def memory_backing_dir(conf: Path | None = None) -> Path | None:
-    """The memory_backing_dir qemu.conf sets, or None when it is left at libvirt's default."""
+    """The memory_backing_dir qemu.conf sets, or None when it is left at libvirt's default.
+
+    Read as libvirtd reads it (virconf: either quote, a comment after it, the first setting
+    wins); a file libvirtd could not read, or a value that is not an absolute path, is one error
+    naming the file."""
+    from vfiotask.integrations.libvirt import virconf
+
     path = conf or qemu_conf()
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    found = virconf.read(path)
+    value = None if found is None else found.get("memory_backing_dir")
+    if value is None:
         return None
-    except OSError as exc:
-        raise HostStateError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from exc
-    value = None
-    for line in text.splitlines():
-        match = _SETTING.match(line)
-        if match:
-            value = match.group(1)
-    return Path(value) if value else None
+    if not isinstance(value, str) or not value.startswith("/") or not value.isprintable():
+        raise HostStateError(f"{path}: memory_backing_dir = {value!r} is not an absolute path",
+                             hint='set it to the directory for guest RAM files, e.g. memory_backing_dir = '
+                             '"/dev/hugepages"')
+    return Path(value)
 
 
 def require_backing_dir(conf: Path | None = None) -> Path:
@@ -74,18 +75,6 @@ class RamFile(NamedTuple):
 def ram_files(domain: Domain) -> list[RamFile]:
     return [RamFile("pc.ram" if cell is None else f"ram-node{cell}", memory, domain.numatune.host_node(cell))
             for cell, memory in domain.ram_parts]
-
-
-class Place(NamedTuple):
-    """A directory below a trusted root: the root is the administrator's (followed), the levels
-    below it are walked by descriptor and never through a link."""
-
-    root: Path
-    parts: tuple[str, ...]
-
-    @property
-    def path(self) -> Path:
-        return self.root.joinpath(*self.parts)
 
 
 def guests_place(conf: Path | None = None) -> Place:

@@ -11,7 +11,6 @@ release: give back what was recorded; idempotent, and it never fails the stop.
 from __future__ import annotations
 
 import grp
-import os
 import pwd
 import time
 from collections.abc import Callable
@@ -22,16 +21,8 @@ from typing import Any
 from vfiotask.dirfd import Dir, identity_of, open_path
 from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, describe_exception
 from vfiotask.integrations.libvirt import paths
-from vfiotask.integrations.libvirt.guestjournal import (
-    OWNER_PREFIX,
-    GuestJournal,
-    guest_owner,
-    hugepage_owner,
-    hugepage_owner_prefix,
-)
+from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 from vfiotask.integrations.libvirt.ramfiles import (
-    STAGED_PREFIX,
-    FileRecord,
     hand_over,
     hugetlbfs_pages,
     open_private,
@@ -40,8 +31,24 @@ from vfiotask.integrations.libvirt.ramfiles import (
     remove_empty_shared,
     reserve_pages,
     settle_handover,
+    still_ours,
 )
-from vfiotask.journal import Journal, fs_fields, holder, holder_alive, undo_recorded
+from vfiotask.journal import Journal, fs_change, holder, holder_alive, undo_recorded
+from vfiotask.journalrecords import (
+    FILE,
+    GUEST,
+    GUEST_PAGES,
+    STAGING,
+    AtStart,
+    FileRecord,
+    GuestRecord,
+    LibvirtContents,
+    Owner,
+    Place,
+    PlacementRecord,
+    guest_owner,
+    guest_pages_owner,
+)
 from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
 
 TYPE_CHECKING = False  # the domain model is imported by prepare's caller; start never builds it
@@ -58,7 +65,7 @@ class HookContext:
 
     def __init__(self, *, journal: GuestJournal | None = None, conf: Path | None = None,
                  host_root: Path = Path("/"), log: Callable[[str], None] | None = None) -> None:
-        self.journal = journal or GuestJournal()
+        self.journal = journal or GuestJournal(conf=conf)
         self.conf = conf
         self.host_root = host_root
         self.log: Callable[[str], None] = log or (lambda message: None)
@@ -143,7 +150,7 @@ def hugepage_demands(domain: Domain, default: int) -> dict[int, dict[int | None,
 # -- phases --------------------------------------------------------------------------------------
 
 
-def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
+def prepare(domain: Domain, ctx: HookContext) -> GuestRecord:
     """Do everything for `start begin`; on any failure undo it all and raise.
 
     What an earlier preparation of the guest left (never released, or killed) is undone first, so
@@ -154,27 +161,25 @@ def prepare(domain: Domain, ctx: HookContext) -> dict[str, Any]:
     name = domain.name
     for done in recover_guest(name, ctx):
         ctx.log(f"{name}: {done}")
-    if domain.config.fail:
-        from vfiotask.engine.faults import FAIL_ENV  # the engine package, only when injecting
+    if domain.config.fail:  # refused unless root's config sets fault_injection = true
+        from vfiotask.faultinjection import for_guest
 
-        os.environ[FAIL_ENV] = domain.config.fail
-    record: dict[str, Any] = {"id": domain.id, "uuid": domain.uuid, "began": time.time(),
-                              "files": [], "hugepages": [], "holder": holder()}
+        for_guest(name, domain.config.fail, ctx.log)
+    record = GuestRecord(domain.id, domain.uuid, time.time(), holder())
     undo: list[Callable[[], object]] = []
     ctx.journal.put_guest(name, record)
     try:
-        _label_ids(domain)  # a DAC label naming no user fails here, before anything is made
+        label = _label_ids(domain)  # a DAC label naming no user fails here, before anything is made
         if domain.hostdevs:
             check_devices(domain)
         check_memlock(domain)
-        domain = _place(domain, ctx, record)
+        domain, record = _place(domain, ctx, record)
         if domain.backing.uses_hugepages and domain.config.hugepages:
-            _reserve_hugepages(domain, ctx, record, undo)
+            record = _reserve_hugepages(domain, ctx, record, undo)
         if domain.backing.file_backed and domain.config.prefault:
-            _populate_files(domain, ctx, record, undo)
-        record["prepared"] = time.time()
-        record["at_start"] = _at_start(domain, record)
-        ctx.journal.commit_guest(name, record)
+            record = _populate_files(domain, ctx, record, undo, label)
+        record = record._replace(prepared=time.time(), at_start=_at_start(record, label))
+        record = ctx.journal.commit_guest(name, record)
     except BaseException as exc:
         for action in reversed(undo):
             try:
@@ -199,19 +204,17 @@ def recover_guest(name: str, ctx: HookContext) -> list[str]:
     return [f"released guest {name}'s earlier preparation", *done, *problems]
 
 
-def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = False) -> list[str]:
+def recover(ctx: HookContext, match: Callable[[Owner], bool], *, dry_run: bool = False) -> list[str]:
     """Undo what killed prepares and stagings left (guests whose preparing process is gone, never
     those prepared and running), and remove the shared directories left empty; says what it did."""
-    data = ctx.journal.journal.read()
-    names = {name for name, record in data.get("guests", {}).items()
-             if record.get("holder") is not None and not holder_alive(record.get("holder"))}
-    staged: set[str] = set()
-    for entry in Journal.entries(data, orphaned=True):
-        owner = str(entry.get("owner"))
-        if owner.startswith(OWNER_PREFIX):
-            names.add(owner[len(OWNER_PREFIX):])
-        elif owner.startswith(STAGED_PREFIX):
-            staged.add(owner)
+    contents = ctx.journal.read()
+    names = {name for name, record in contents.guests.items() if not holder_alive(record.holder)}
+    staged: set[Owner] = set()
+    for entry in Journal.entries(contents, orphaned=True):
+        if entry.owner.role == GUEST:
+            names.add(entry.owner.name)
+        elif entry.owner.role == STAGING:
+            staged.add(entry.owner)
     done: list[str] = []
     for name in sorted(names):
         if not match(guest_owner(name)):
@@ -227,13 +230,12 @@ def recover(ctx: HookContext, match: Callable[[str], bool], *, dry_run: bool = F
     for owner in sorted(staged):
         if match(owner):
             done += undo_recorded(ctx.journal.journal, owner, dry_run=dry_run)
-            done += give_back_staged_hugepages(ctx.journal, owner[len(STAGED_PREFIX):], orphaned=True,
-                                               dry_run=dry_run)
+            done += give_back_staged_hugepages(ctx.journal, owner.name, orphaned=True, dry_run=dry_run)
     done += remove_empty_shared(ctx.journal.journal, dry_run=dry_run)  # of no one guest; only when empty
     return done
 
 
-def _place(domain: Domain, ctx: HookContext, record: dict[str, Any]) -> Domain:
+def _place(domain: Domain, ctx: HookContext, record: GuestRecord) -> tuple[Domain, GuestRecord]:
     """Apply NUMA from the device (placement.py) and note the choice in the log and the record."""
     from vfiotask.integrations.libvirt.placement import device_placement, placed
 
@@ -241,12 +243,11 @@ def _place(domain: Domain, ctx: HookContext, record: dict[str, Any]) -> Domain:
     if domain.hostdevs:
         where = "left to the kernel" if placement.node is None else f"node {placement.node}"
         ctx.log(f"{domain.name}: memory placement: {where} ({placement.reason})")
-    record["placement"] = placement.to_dict()
-    return placed(domain, placement)
+    return placed(domain, placement), record._replace(placement=PlacementRecord(placement.node, placement.reason))
 
 
-def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
-                       undo: list[Callable[[], object]]) -> None:
+def _reserve_hugepages(domain: Domain, ctx: HookContext, record: GuestRecord,
+                       undo: list[Callable[[], object]]) -> GuestRecord:
     reserver = ctx.reserver()
     default = reserver.resolve_page_size(None)
     mounted = hugetlbfs_page_sizes(ctx.host_root, default)
@@ -258,16 +259,17 @@ def _reserve_hugepages(domain: Domain, ctx: HookContext, record: dict[str, Any],
                 "but no hugetlbfs of that page size is mounted",
                 hint=f"mount -t hugetlbfs -o pagesize={page_size >> 20}M none /dev/hugepages, then restart libvirtd",
             )
-        owner = hugepage_owner(domain.name, page_size)
+        owner = guest_pages_owner(domain.name, page_size)
         undo.append(partial(reserver.release, owner))
         held = reserver.reserve(owner, per_node, page_size)
-        record["hugepages"].append(held.to_json())
+        record = record._replace(hugepages=(*record.hugepages, held))
         ctx.journal.put_guest(domain.name, record)
         ctx.log(f"{domain.name}: reserved {format_size(held.size)} of {format_size(page_size)} hugepages")
+    return record
 
 
-def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
-                    undo: list[Callable[[], object]]) -> None:
+def _populate_files(domain: Domain, ctx: HookContext, record: GuestRecord, undo: list[Callable[[], object]],
+                    label: tuple[int, int] | None) -> GuestRecord:
     from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
     if paths.memory_backing_dir(ctx.conf) is None:
@@ -275,36 +277,34 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
         # `ram` for anything: nothing is made there (and it is on disk, where prefaulting gains little)
         ctx.log(f"{domain.name}: no memory_backing_dir in qemu.conf; RAM files left to QEMU "
                 "(vfiotask setup memory-backing makes one only root can write)")
-        return
+        return record
     base = paths.require_backing_dir(ctx.conf)
-    guests = paths.guests_place(ctx.conf)
-    open_ram_root(guests).close()  # a directory another user can change is refused whatever is on it
+    open_ram_root(paths.guests_place(ctx.conf)).close()  # one another user can change is refused, whatever is on it
     fstype = filesystem_type(base, ctx.host_root)
     if fstype not in RAM_FILESYSTEMS:
         ctx.log(f"{domain.name}: memory_backing_dir {base} is not tmpfs or hugetlbfs; RAM files left to QEMU")
-        return
+        return record
     rams = paths.ram_files(domain)
     if fstype == "hugetlbfs":  # the files' pages, recorded like every reservation of the guest
         page_size, pages = hugetlbfs_pages(base, rams)
-        owner = hugepage_owner(domain.name, page_size)
-        held, new = reserve_pages(owner, page_size, pages, ctx.reserver)
+        pages_owner = guest_pages_owner(domain.name, page_size)
+        held, new = reserve_pages(pages_owner, page_size, pages, ctx.reserver)
         if new:
-            undo.append(partial(ctx.reserver().release, owner))
-        record["hugepages"].append(held)
+            undo.append(partial(ctx.reserver().release, pages_owner))
+        record = record._replace(hugepages=(*record.hugepages, held))
         ctx.journal.put_guest(domain.name, record)
     preparing = paths.preparing_place(domain, ctx.conf)
     final = paths.guest_place(domain, ctx.conf)
-    record["guest_dir"] = str(final.path)
-    record["place"] = {"root": str(final.root), "parts": list(final.parts)}
+    record = record._replace(guest_dir=str(final.path), place=final)
     owner = guest_owner(domain.name)
     journal = ctx.journal.journal
-    staged = ctx.journal.staged(domain.name) or {}
-    staged_files = {f.name: f for f in map(FileRecord.from_json, staged.get("files", []))}
+    staged = ctx.journal.staged(domain.name)
+    staged_files = {f.name: f for f in (staged.files if staged else ())}
     files: list[FileRecord] = []
     with open_private(preparing, journal, owner) as directory:
         for ram in rams:
             ahead = staged_files.pop(ram.name, None)
-            if ahead is not None and ahead.size == ram.size and ahead.still_ours() \
+            if ahead is not None and ahead.size == ram.size and still_ours(ahead) \
                     and directory.lstat(ram.name) is None:
                 done = _move_staged(ahead, directory, preparing, ram.name, journal, owner)
                 undo.append(partial(_move_back, done, ahead))
@@ -318,50 +318,29 @@ def _populate_files(domain: Domain, ctx: HookContext, record: dict[str, Any],
                 ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
                         f"in {done.seconds:.2f} s with {done.threads} thread(s)")
             files.append(done)
-            record["files"].append(done.to_json())
+            record = record._replace(files=(*record.files, done))
             ctx.journal.put_guest(domain.name, record)
     if staged:
         from vfiotask.integrations.libvirt.ahead import unstage
 
         unstage(domain.name, journal=ctx.journal)
-    label = _label_ids(domain)
-    files = hand_over(journal, owner, preparing, final, files, label)
-    record["files"] = [f.to_json() for f in files]
+    handed = hand_over(journal, owner, preparing, final, files, label)
     who = f"uid {label[0]} gid {label[1]}" if label else "root"
     ctx.log(f"{domain.name}: RAM files handed to QEMU ({who})")
+    return record._replace(files=tuple(handed))
 
 
-def _label_ids(domain: Domain) -> tuple[int, int] | None:
-    """QEMU's uid and gid from the guest's DAC label; None when libvirt gave it none (QEMU runs as root)."""
-    if domain.dac_label is None:
-        return None
-    return (_resolve_id(domain.dac_label.user, pwd.getpwnam, "user"),
-            _resolve_id(domain.dac_label.group, grp.getgrnam, "group"))
-
-
-def _at_start(domain: Domain, record: dict[str, Any]) -> dict[str, Any]:
-    """What QEMU is handed: its uid:gid and how much of each file is populated."""
-    files = [FileRecord.from_json(f) for f in record.get("files", [])]
-    at_start: dict[str, Any] = {"allocated": {f.path: f.allocated for f in files},
-                                "inodes": {f.path: f.inode for f in files}, "time": time.time()}
-    label = _label_ids(domain)
-    if label is not None:
-        at_start["owner"] = list(label)
-    return at_start
-
-
-def _move_staged(ahead: FileRecord, directory: Dir, place: paths.Place, name: str, journal: Journal,
-                 owner: str) -> FileRecord:
+def _move_staged(ahead: FileRecord, directory: Dir, place: Place, name: str, journal: Journal[LibvirtContents],
+                 owner: Owner) -> FileRecord:
     """Rename a staged file into the guest's directory, journaled for the guest first (same inode)."""
-    with journal.locked() as data:
-        entry = journal.intend(data, owner, "file", **fs_fields(directory, place.root, list(place.parts), name),
-                               ident=[ahead.dev, ahead.inode])
+    with journal.locked() as contents:
+        entry = journal.intend(contents, owner, fs_change(FILE, directory, place, name, (ahead.dev, ahead.inode)))
     with open_path(ahead.place.root, ahead.place.parts) as staging:
         staging.rename(ahead.name, directory, name)
-    with journal.locked() as data:
-        journal.done(data, entry)
-    return FileRecord(**{**ahead.to_json(), "path": str(place.path / name), "staged_from": ahead.path,
-                         "root": str(place.root), "parts": tuple(place.parts)})
+    with journal.locked() as contents:
+        journal.done(contents, entry)
+    return ahead._replace(path=str(place.path / name), staged_from=ahead.path, root=str(place.root),
+                          parts=tuple(place.parts))
 
 
 def _move_back(done: FileRecord, ahead: FileRecord) -> None:
@@ -385,6 +364,20 @@ def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
         ) from exc
 
 
+def _label_ids(domain: Domain) -> tuple[int, int] | None:
+    """QEMU's uid and gid from the guest's DAC label; None when libvirt gave it none (QEMU runs as root)."""
+    if domain.dac_label is None:
+        return None
+    return (_resolve_id(domain.dac_label.user, pwd.getpwnam, "user"),
+            _resolve_id(domain.dac_label.group, grp.getgrnam, "group"))
+
+
+def _at_start(record: GuestRecord, label: tuple[int, int] | None) -> AtStart:
+    """What QEMU is handed: its uid:gid and how much of each file is populated."""
+    return AtStart({f.path: f.allocated for f in record.files}, {f.path: f.inode for f in record.files},
+                   time.time(), label)
+
+
 def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> list[str]:
     """Give back what prepare took for `name`; returns the problems met (never raises for them).
 
@@ -403,9 +396,9 @@ def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> li
     ctx.journal.pop_guest(name)
     try:
         reserver = ctx.reserver()
-        done += reserver.recover(lambda owner: owner.startswith(hugepage_owner_prefix(name)))
+        done += reserver.recover(lambda owner: _guest_pages_of(owner, name))
         for held in reserver.owners():
-            if held.owner.startswith(hugepage_owner_prefix(name)) and reserver.release(held.owner):
+            if _guest_pages_of(held.owner, name) and reserver.release(held.owner):
                 done.append(f"released {held.owner}'s {format_size(held.size)} of hugepages")
     except (OSError, VfiotaskError) as exc:
         problems.append(f"releasing hugepages: {describe_exception(exc)}")
@@ -414,3 +407,9 @@ def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> li
     except (OSError, VfiotaskError) as exc:
         problems.append(f"removing empty directories: {describe_exception(exc)}")
     return problems
+
+
+def _guest_pages_of(owner: Owner, name: str) -> bool:
+    """Whether `owner` is guest `name`'s hugepages (of any page size): compared whole, so guest
+    `vm`'s release never takes guest `vm:1`'s."""
+    return owner.role == GUEST_PAGES and owner.name == name

@@ -1,13 +1,14 @@
 """Creating and populating a guest's RAM files, journaled by inode so another process can undo them.
 
-The same code serves the hook at `prepare begin` (files in the guest's own directory) and
-`prepin --domain` ahead of a start (files in the staging directory, renamed into place later).
-Everything below memory_backing_dir is reached by descriptor, one level at a time, never through
-a link (the QEMU user owns a running guest's directory); each directory and file made is recorded
-before it is made, with the device and inode it got, so an undo never removes something that
-someone else has since put at that name.  Directories shared by every guest (`libvirt/`,
-`libvirt/qemu/`, the staging directory) are recorded for the hook as a whole and removed by
-whichever release finds them empty.
+The same code serves the hook at `start begin` and `prepin --domain` ahead of a start.  libvirt
+gives memory_backing_dir/libvirt/qemu to the QEMU user, so nothing is made there: files are made
+in vfiotask's private directory below memory_backing_dir (root's, 0700), the hook's in the
+guest's directory there, the staging's in its own, and the finished guest directory is handed to
+QEMU last, by one rename (`hand_over`).  Everything is reached by descriptor, one level at a
+time, never through a link; each directory and file made is recorded before it is made, with the
+device and inode it got, so an undo never removes something that someone else has since put at
+that name.  Directories shared by every guest (`libvirt/`, `libvirt/qemu/`, the private
+directory) are recorded for the hook as a whole and removed by whichever release finds them empty.
 """
 
 from __future__ import annotations
@@ -17,12 +18,24 @@ import os
 import stat
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from vfiotask.dirfd import Dir, identity_of, open_path, walk
 from vfiotask.errors import HostStateError
-from vfiotask.integrations.libvirt.paths import Place
-from vfiotask.journal import Journal, fs_fields, journaled_mkdir, make_file, open_recorded_dir, undo_entry, undo_fs
+from vfiotask.journal import Journal, journaled_mkdir, make_file, open_recorded_dir, undo_entry, undo_fs
+from vfiotask.journalrecords import (
+    DIR,
+    FILE,
+    SHARED_OWNER,
+    Entry,
+    FileRecord,
+    FsChange,
+    Handover,
+    LibvirtContents,
+    Owner,
+    Place,
+    Reservation,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -30,57 +43,15 @@ if TYPE_CHECKING:
     from vfiotask.engine import Engine, ProgressFn
     from vfiotask.integrations.libvirt.paths import RamFile
 
-SHARED_OWNER = "libvirt"
-HANDOVER_KIND = "handover"  # a guest directory renamed from the private directory to where QEMU opens it
 
-
-STAGED_PREFIX = "libvirt-staged:"
-
-
-def staged_owner(name: str) -> str:
-    return f"{STAGED_PREFIX}{name}"
-
-
-class FileRecord(NamedTuple):
-    """A RAM file vfiotask made: where, how big, which node, and its identity."""
-
-    path: str
-    size: int
-    node: int | None
-    dev: int
-    inode: int
-    allocated: int
-    seconds: float = 0.0
-    threads: int = 0
-    staged_from: str | None = None
-    root: str | None = None
-    parts: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return self._asdict()
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileRecord:
-        fields: dict[str, Any] = {name: data[name] for name in cls._fields if name in data}
-        fields["parts"] = tuple(fields.get("parts") or ())
-        return cls(**fields)
-
-    @property
-    def place(self) -> Place:
-        return Place(Path(self.root or Path(self.path).parent), tuple(self.parts))
-
-    @property
-    def name(self) -> str:
-        return Path(self.path).name
-
-    def still_ours(self) -> bool:
-        """The name still has the file this record describes (same device and inode, not a link)."""
-        try:
-            with open_path(self.place.root, self.place.parts) as directory:
-                info = directory.lstat(self.name)
-        except (OSError, HostStateError):
-            return False
-        return info is not None and stat.S_ISREG(info.st_mode) and identity_of(info) == (self.dev, self.inode)
+def still_ours(record: FileRecord) -> bool:
+    """The name still has the file `record` describes (same device and inode, not a link)."""
+    try:
+        with open_path(record.place.root, record.place.parts) as directory:
+            info = directory.lstat(record.name)
+    except (OSError, HostStateError):
+        return False
+    return info is not None and stat.S_ISREG(info.st_mode) and identity_of(info) == (record.dev, record.inode)
 
 
 RAM_ROOT_HINT = ("point memory_backing_dir in qemu.conf at a directory only root can write, such as a hugetlbfs "
@@ -88,28 +59,27 @@ RAM_ROOT_HINT = ("point memory_backing_dir in qemu.conf at a directory only root
 
 
 def open_ram_root(place: Place) -> Dir:
-    """memory_backing_dir (or libvirt's default), only when no one but root can change it or any
-    directory above it: libvirt's default lies under the QEMU user's /var/lib/libvirt/qemu."""
+    """memory_backing_dir, only when no one but root can change it or any directory above it."""
     from vfiotask.dirfd import open_trusted_root
 
     return open_trusted_root(place.root, hint=RAM_ROOT_HINT)
 
 
-def open_place(place: Place, journal: Journal, owner: str, *, parent_mode: int = 0o755) -> Dir:
+def open_place(place: Place, journal: Journal[LibvirtContents], owner: Owner, *, parent_mode: int = 0o755) -> Dir:
     """`place`, opened level by level; missing levels are made and journaled first: the last for
     `owner`, those above it as shared.  Under the journal's lock, so that a release removing an empty
     shared directory never removes one a prepare is about to make its directory in."""
-    with open_ram_root(place) as root, journal.locked() as data:
+    with open_ram_root(place) as root, journal.locked() as contents:
         parent = walk(root, place.parts[:-1], create=True, mode=parent_mode,
-                      maker=journaled_mkdir(journal, data, SHARED_OWNER, place.root))
+                      maker=journaled_mkdir(journal, contents, SHARED_OWNER, place.root))
         with parent:
             try:
                 return parent.sub(place.parts[-1])
             except FileNotFoundError:
-                return journaled_mkdir(journal, data, owner, place.root)(parent, place.parts[-1], 0o700)
+                return journaled_mkdir(journal, contents, owner, place.root)(parent, place.parts[-1], 0o700)
 
 
-def open_private(place: Place, journal: Journal, owner: str) -> Dir:
+def open_private(place: Place, journal: Journal[LibvirtContents], owner: Owner) -> Dir:
     """A directory in vfiotask's private directory (made for `owner` when missing), checked to be
     root's alone at both levels: nothing in it can be reached, renamed or replaced by anyone else."""
     directory = open_place(place, journal, owner, parent_mode=0o700)
@@ -129,8 +99,8 @@ def open_private(place: Place, journal: Journal, owner: str) -> Dir:
     return directory
 
 
-def populate_file(directory: Dir, place: Place, name: str, size: int, node: int | None, *, journal: Journal,
-                  owner: str, threads: int = 0, engine: Engine | None = None,
+def populate_file(directory: Dir, place: Place, name: str, size: int, node: int | None, *,
+                  journal: Journal[LibvirtContents], owner: Owner, threads: int = 0, engine: Engine | None = None,
                   progress: ProgressFn | None = None) -> FileRecord:
     """Create `name` in `directory` at `size`, journaled for `owner`, and populate every page in
     parallel on `node`; on failure nothing is left (file and entry both go)."""
@@ -139,7 +109,7 @@ def populate_file(directory: Dir, place: Place, name: str, size: int, node: int 
 
     path = place.path / name
     try:
-        fd, entry = make_file(journal, owner, directory, place.root, list(place.parts), name, size)
+        fd, entry = make_file(journal, owner, directory, place, name, size)
     except FileExistsError as exc:
         raise HostStateError(
             f"guest RAM file {path} already exists (left by an earlier run?)",
@@ -162,32 +132,34 @@ def populate_file(directory: Dir, place: Place, name: str, size: int, node: int 
                       root=str(place.root), parts=tuple(place.parts))
 
 
-def remove_empty_shared(journal: Journal, *, dry_run: bool = False) -> list[str]:
+def remove_empty_shared(journal: Journal[LibvirtContents], *, dry_run: bool = False) -> list[str]:
     """Remove the shared directories the hook made, deepest first, once nothing is left in them."""
     actions = []
-    with journal.locked() as data:
-        for entry in journal.entries(data, SHARED_OWNER):
+    with journal.locked() as contents:
+        for entry in journal.entries(contents, SHARED_OWNER):
             action = undo_fs(entry, dry_run=dry_run)
             if action:
                 actions.append(action)
             if not dry_run and (action or not _present(entry)):
-                journal.drop(data, entry)
+                journal.drop(contents, entry)
     return actions
 
 
-def _present(entry: dict[str, Any]) -> bool:
+def _present(entry: Entry) -> bool:
     """Whether the recorded directory still has its name (it stays recorded until it is removed)."""
+    change = entry.change
+    if not isinstance(change, FsChange):
+        return False
     try:
-        with open_recorded_dir(entry) as directory:
-            info = directory.lstat(str(entry["name"]))
+        with open_recorded_dir(change) as directory:
+            info = directory.lstat(change.name)
     except (OSError, HostStateError):
         return False
-    ident = entry.get("ident")
-    return info is not None and (ident is None or list(identity_of(info)) == list(ident))
+    return info is not None and (change.ident is None or identity_of(info) == change.ident)
 
 
-def hand_over(journal: Journal, owner: str, preparing: Place, final: Place, files: list[FileRecord],
-              label: tuple[int, int] | None) -> list[FileRecord]:
+def hand_over(journal: Journal[LibvirtContents], owner: Owner, preparing: Place, final: Place,
+              files: list[FileRecord], label: tuple[int, int] | None) -> list[FileRecord]:
     """Give the finished guest directory to QEMU: chown it and its files to `label` (uid, gid)
     while they are still in root's private directory, then rename the directory to `final`.
 
@@ -217,14 +189,14 @@ def hand_over(journal: Journal, owner: str, preparing: Place, final: Place, file
     with open_place(Place(final.root, final.parts[:-1]), journal, SHARED_OWNER) as guests, \
             open_ram_root(preparing) as root, walk(root, preparing.parts[:-1]) as private:
         _check_guests_dir(guests, private)
-        with journal.locked() as data:
-            entry = journal.intend(data, owner, HANDOVER_KIND, moved=list(moved),
-                                   **fs_fields(guests, final.root, list(final.parts[:-1]), final.parts[-1]))
+        change = Handover(str(final.root), tuple(final.parts[:-1]), guests.identity(), final.parts[-1], moved)
+        with journal.locked() as contents:
+            entry = journal.intend(contents, owner, change)
         try:
             private.move_dir(preparing.parts[-1], guests, final.parts[-1])
         except OSError as exc:
-            with journal.locked() as data:
-                journal.drop(data, entry)
+            with journal.locked() as contents:
+                journal.drop(contents, entry)
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                 there = guests.lstat(final.parts[-1])
                 what = ("is a symbolic link" if there is not None and stat.S_ISLNK(there.st_mode)
@@ -235,9 +207,8 @@ def hand_over(journal: Journal, owner: str, preparing: Place, final: Place, file
                     hint="remove it after checking who put it there, then start the guest again",
                 ) from exc
             raise
-        with journal.locked() as data:
-            journal.done(data, entry)
-            relocate(journal, data, owner, entry)
+        with journal.locked() as contents:
+            relocate(journal, contents, owner, journal.done(contents, entry, save=False))
     return [r._replace(path=str(final.path / r.name), root=str(final.root), parts=tuple(final.parts)) for r in files]
 
 
@@ -256,42 +227,42 @@ def _check_guests_dir(guests: Dir, private: Dir) -> None:
                              hint="let libvirt make memory_backing_dir/libvirt/qemu itself (restart libvirtd)")
 
 
-def relocate(journal: Journal, data: dict[str, Any], owner: str, handover: dict[str, Any]) -> None:
+def relocate(journal: Journal[LibvirtContents], contents: LibvirtContents, owner: Owner, handover: Entry) -> None:
     """Point `owner`'s entries at the guest directory's new place (it kept its inode): the
-    directory's own entry, and those of the files in it."""
-    moved = list(handover["moved"])
-    new_parts = [*handover["parts"], handover["name"]]
-    for entry in journal.entries(data, owner):
-        if entry.get("kind") == "dir" and list(entry.get("ident") or []) == moved:
-            journal.done(data, entry, root=handover["root"], parts=list(handover["parts"]),
-                         name=handover["name"], dir=list(handover["dir"]))
-        elif entry.get("kind") == "file" and list(entry.get("dir") or []) == moved:
-            journal.done(data, entry, root=handover["root"], parts=new_parts)
-    journal.drop(data, handover)
+    directory's own entry, and those of the files in it; then the hand-over's entry goes.  One
+    save for all of it, so the journal never shows the directory in two places."""
+    change = handover.change
+    assert isinstance(change, Handover)
+    inside = (*change.parts, change.name)
+    for entry in journal.entries(contents, owner):
+        made = entry.change
+        if not isinstance(made, FsChange):
+            continue
+        if made.kind == DIR and made.ident == change.moved:
+            moved = made._replace(root=change.root, parts=change.parts, dir=change.dir, name=change.name)
+        elif made.kind == FILE and made.dir == change.moved:
+            moved = made._replace(root=change.root, parts=inside)
+        else:
+            continue
+        journal.done(contents, entry, moved, save=False)
+    journal.drop(contents, handover)
 
 
-def settle_handover(journal: Journal, owner: str) -> None:
+def settle_handover(journal: Journal[LibvirtContents], owner: Owner) -> None:
     """A hand-over killed between its intent and its record: find the directory where it is now."""
-    with journal.locked() as data:
-        for entry in journal.entries(data, owner):
-            if entry.get("kind") != HANDOVER_KIND:
+    with journal.locked() as contents:
+        for entry in journal.entries(contents, owner):
+            change = entry.change
+            if not isinstance(change, Handover):
                 continue
             arrived = False
-            with suppress(OSError, HostStateError), open_recorded_dir(entry) as guests:
-                info = guests.lstat(str(entry["name"]))
-                arrived = (list(guests.identity()) == list(entry["dir"]) and info is not None
-                           and list(identity_of(info)) == list(entry["moved"]))
+            with suppress(OSError, HostStateError), open_path(Path(change.root), change.parts) as guests:
+                info = guests.lstat(change.name)
+                arrived = guests.identity() == change.dir and info is not None and identity_of(info) == change.moved
             if arrived:
-                relocate(journal, data, owner, entry)
+                relocate(journal, contents, owner, entry)
             else:
-                journal.drop(data, entry)
-
-
-def allocated_bytes(record: FileRecord) -> int:
-    with suppress(OSError, HostStateError), open_path(record.place.root, record.place.parts) as directory:
-        info = directory.lstat(record.name)
-        return info.st_blocks * 512 if info is not None else 0
-    return 0
+                journal.drop(contents, entry)
 
 
 def hugetlbfs_pages(directory: Path, rams: Iterable[RamFile]) -> tuple[int, dict[int | None, int]]:
@@ -308,15 +279,13 @@ def hugetlbfs_pages(directory: Path, rams: Iterable[RamFile]) -> tuple[int, dict
     return page_size, pages
 
 
-def reserve_pages(owner: str, page_size: int, pages: dict[int | None, int],
-                  reserver: Callable[[], Any]) -> tuple[dict[str, Any], bool]:
-    """Hold `pages` for `owner` (already held: nothing to do); returns the record and whether it is new."""
+def reserve_pages(owner: Owner, page_size: int, pages: dict[int | None, int],
+                  reserver: Callable[[], Any]) -> tuple[Reservation, bool]:
+    """Hold `pages` for `owner` (already held: nothing to do); returns the reservation and whether it is new."""
     from vfiotask.integrations.libvirt.guestjournal import hugepages_held
 
     if hugepages_held(owner, page_size, pages):
-        nodes = {"any" if node is None else str(node): count for node, count in pages.items()}
-        return {"owner": owner, "page_size": page_size, "pages": nodes, "bytes": page_size * sum(pages.values()),
-                "already_held": True}, False
+        return Reservation(owner, page_size, dict(pages), already_held=True), False
     demands = {node: count * page_size for node, count in pages.items()}
-    held = reserver().reserve(owner, demands, page_size, use_free=True)  # the file takes them at once
-    return held.to_json(), not held.already_held
+    held: Reservation = reserver().reserve(owner, demands, page_size, use_free=True)  # the file takes them at once
+    return held, not held.already_held

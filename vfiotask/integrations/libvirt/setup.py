@@ -21,17 +21,17 @@ import difflib
 import hashlib
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from vfiotask.errors import HostStateError, UsageError
 from vfiotask.journal import Journal
+from vfiotask.journalrecords import MemoryBackingContents, SetupRecord, SetupStep
 from vfiotask.units import GiB, MiB, format_size
 
-JOURNAL_NAME = "memory-backing"
 LIB_DIR_ENV = "VFIOTASK_LIB_DIR"
 
 
@@ -44,7 +44,6 @@ def lib_dir(root: Path = Path("/")) -> Path:
 
 MARKER = "# vfiotask setup memory-backing"
 PAGE_SIZES = {2 * MiB: "2M", GiB: "1G"}
-_SETTING = re.compile(r'^\s*memory_backing_dir\s*=')
 _COMMENTED = re.compile(r'^\s*#\s*memory_backing_dir\s*=')
 
 
@@ -129,20 +128,37 @@ WantedBy=local-fs.target
 """
 
 
-def configured_conf(text: str, directory: Path) -> str:
-    """qemu.conf with memory_backing_dir set to `directory`: the active setting replaced, else added
-    after libvirt's commented default, else at the end."""
+def configured_conf(text: str, directory: Path, where: str = "qemu.conf") -> str:
+    """qemu.conf with memory_backing_dir set to `directory`: every statement setting it commented
+    out (libvirt takes the first, so none may stay), ours added after libvirt's commented default,
+    else at the end.  The file is read with libvirt's grammar (virconf), so a setting in single
+    quotes or with a comment after it is found, and a file libvirtd could not read is refused, not
+    edited."""
+    from vfiotask.integrations.libvirt import virconf
+
+    entries = virconf.parse(text, where)
     setting = [MARKER, f'memory_backing_dir = "{directory}"']  # the marker on its own line: libvirt's parser
-    lines = text.splitlines()
-    if setting[1] in lines and MARKER in lines:
+    ours = [entry for entry in entries if entry.name == "memory_backing_dir"]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(ours) == 1 and ours[0].value == str(directory) and MARKER in lines:
         return text
-    active = [i for i, current in enumerate(lines) if _SETTING.match(current)]
-    for index in active:
-        lines[index] = "#" + lines[index]
+    for entry in ours:
+        shared = [other.name for other in entries if other is not entry
+                  and other.first_line <= entry.last_line and other.last_line >= entry.first_line]
+        if shared:
+            raise UsageError(f"{where}:{entry.first_line}: memory_backing_dir shares its line with {shared[0]}",
+                             hint="put each setting on a line of its own, then run this again")
+        for index in range(entry.first_line - 1, entry.last_line):
+            lines[index] = "#" + lines[index]
     commented = [i for i, current in enumerate(lines) if _COMMENTED.match(current)]
-    at = commented[-1] + 1 if commented else len(lines)
-    lines[at:at] = setting
-    return "\n".join(lines) + "\n"
+    for at in dict.fromkeys((commented[-1] + 1 if commented else len(lines), len(lines))):
+        after = "\n".join(lines[:at] + setting + lines[at:]) + "\n"
+        if virconf.settings(virconf.parse(after, where)).get("memory_backing_dir") == str(directory):
+            return after
+    raise HostStateError(f"cannot set memory_backing_dir in {where} so that libvirt reads it",
+                         hint=f'set memory_backing_dir = "{directory}" by hand')
 
 
 def conf_diff(before: str, after: str, path: Path) -> str:
@@ -151,7 +167,7 @@ def conf_diff(before: str, after: str, path: Path) -> str:
 
 
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # as the file holds it
 
 
 # -- writing without following links ---------------------------------------------------------
@@ -179,7 +195,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
             os.unlink(tmp, dir_fd=dfd)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
         try:
-            os.write(fd, text.encode())
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
             os.fchmod(fd, mode)
             if owner is not None:
                 os.fchown(fd, *owner)
@@ -190,15 +206,25 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _read(path: Path) -> str | None:
+    """The file's text, never through a link, without blocking (a FIFO at the path is refused, not
+    waited on), capped like libvirt's own reader (virconf)."""
+    from vfiotask.integrations.libvirt.virconf import MAX_CONF_BYTES
+
     try:
         with _directory(path.parent) as dfd:
-            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            with os.fdopen(fd) as handle:
-                return handle.read()
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise HostStateError(f"{path} is not a regular file", hint="check that it is a plain file")
+                data = handle.read(MAX_CONF_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise HostStateError(f"cannot read {path}: {exc.strerror}", hint="check that it is a plain file") from exc
+    if len(data) > MAX_CONF_BYTES:
+        raise HostStateError(f"{path} is larger than {MAX_CONF_BYTES >> 20} MiB",
+                             hint="check that it is the right file")
+    return data.decode("utf-8", "surrogateescape")  # written back byte for byte
 
 
 def _unlink(path: Path) -> None:
@@ -269,22 +295,22 @@ def plan(paths: SetupPaths) -> Plan:
     before = _read(paths.qemu_conf)
     if before is None:
         raise HostStateError(f"{paths.qemu_conf} does not exist", hint="install libvirt-daemon-system first")
-    return Plan(paths, before, configured_conf(before, paths.mountpoint),
+    return Plan(paths, before, configured_conf(before, paths.mountpoint, str(paths.qemu_conf)),
                 make_mountpoint=not paths.local_mountpoint.exists(), write_unit=unit != unit_text(paths),
                 mount_now=mounted is None)
 
 
-def applied(root: Path) -> dict[str, Any] | None:
-    record: dict[str, Any] | None = Journal(JOURNAL_NAME, lib_dir(root)).read().get("applied")
-    return record
+def applied(root: Path) -> SetupRecord | None:
+    return Journal(MemoryBackingContents, lib_dir(root)).read().applied
 
 
 def apply(paths: SetupPaths) -> tuple[Plan, bool]:
     """Make the changes; returns the plan and False when everything was already in place."""
-    journal = Journal(JOURNAL_NAME, paths.journal_dir)
-    held = journal.read().get("applied")
-    if held is not None and held.get("page_size") != paths.page_size:
-        raise UsageError(f"memory-backing is already set up with {format_size(held['page_size'])} pages",
+    paths = replace(paths, root=Path(os.path.abspath(paths.root)))  # the journal records absolute paths
+    journal = Journal(MemoryBackingContents, paths.journal_dir)
+    held = journal.read().applied
+    if held is not None and held.page_size != paths.page_size:
+        raise UsageError(f"memory-backing is already set up with {format_size(held.page_size)} pages",
                          hint="run 'vfiotask setup memory-backing --undo' first")
     todo = plan(paths)
     if held is not None and not (todo.make_mountpoint or todo.write_unit or todo.mount_now
@@ -292,12 +318,13 @@ def apply(paths: SetupPaths) -> tuple[Plan, bool]:
         return todo, False
     if os.geteuid() != 0 and todo.mount_now:
         raise UsageError("mounting hugetlbfs needs root", hint="run it as root, or with --dry-run to see the changes")
+    if paths.root == Path("/") and todo.conf_before != todo.conf_after:
+        refuse_while_the_hook_holds_files()
 
-    def step(name: str, **data: Any) -> None:
+    def step(name: str, **data: str) -> None:
         with journal.locked() as state:
-            record = state.setdefault("applied", {"page_size": paths.page_size, "root": str(paths.root),
-                                                  "steps": []})
-            record["steps"].append({"step": name, **data})
+            record = state.applied or SetupRecord(paths.page_size, str(paths.root))
+            state.applied = record._replace(steps=(*record.steps, SetupStep(name, **data)))
 
     if todo.make_mountpoint:
         step("mountpoint", path=str(paths.local_mountpoint))
@@ -324,35 +351,54 @@ def apply(paths: SetupPaths) -> tuple[Plan, bool]:
     return todo, True
 
 
+def refuse_while_the_hook_holds_files() -> None:
+    """The hook's journal may only name files under memory_backing_dir as qemu.conf sets it: moving
+    it while the journal names files under the old one would refuse that journal (every start, and
+    every release) until it is moved back.  So it moves only while the hook holds nothing there."""
+    from vfiotask.integrations.libvirt.guestjournal import GuestJournal
+
+    contents = GuestJournal().read()
+    if not (contents.guests or contents.staged or contents.intents):
+        return
+    guests = sorted({*contents.guests, *contents.staged, *(e.owner.guest for e in contents.intents if e.owner.guest)})
+    held = f"guests {', '.join(guests)}" if guests else "directories shared by the guests"
+    raise UsageError(f"the hook holds files under the current memory_backing_dir ({held}); qemu.conf was left as it is",
+                     hint="stop those guests and unstage what is staged (vfiotask hook unstage --domain NAME), "
+                     "then run it again")
+
+
 def undo(root: Path) -> list[str]:
     """Revert every journaled step, newest first; returns what was done.  Idempotent."""
-    journal = Journal(JOURNAL_NAME, lib_dir(root))
-    record = journal.read().get("applied")
+    journal = Journal(MemoryBackingContents, lib_dir(root))
+    record = journal.read().applied
     if record is None:
         return []
+    if root == Path("/") and any(step.step == "qemu.conf" for step in record.steps):
+        refuse_while_the_hook_holds_files()
     done: list[str] = []
-    for step in reversed(record["steps"]):
+    for step in reversed(record.steps):
         done.extend(_undo_step(step, root))
         with journal.locked() as state:  # each step leaves the journal as soon as it is reverted
-            state["applied"]["steps"].remove(step)
+            if state.applied is not None:
+                state.applied = state.applied._replace(steps=tuple(s for s in state.applied.steps if s != step))
     with journal.locked() as state:
-        state.pop("applied", None)
+        state.applied = None
     return done
 
 
-def _undo_step(step: dict[str, Any], root: Path) -> list[str]:
-    path = Path(step["path"])
-    kind = step["step"]
+def _undo_step(step: SetupStep, root: Path) -> list[str]:
+    path = Path(step.path)
+    kind = step.step
     if kind == "qemu.conf":
         now = _read(path)
-        backup = _read(Path(step["backup"]))
-        if now is not None and _digest(now) == step["before"]:
+        backup = _read(Path(str(step.backup)))
+        if now is not None and _digest(now) == step.before:
             return []  # never written, or already reverted
-        if now is None or _digest(now) != step["after"] or backup is None or _digest(backup) != step["before"]:
+        if now is None or _digest(now) != step.after or backup is None or _digest(backup) != step.before:
             raise HostStateError(f"{path} changed since 'setup memory-backing' wrote it; it was left alone",
-                                 hint=f"restore memory_backing_dir by hand (the original is in {step['backup']})")
+                                 hint=f"restore memory_backing_dir by hand (the original is in {step.backup})")
         _write(path, backup)
-        return [f"restored {path} from {step['backup']}"]
+        return [f"restored {path} from {step.backup}"]
     if kind == "mount":
         if _mounted_at(path) != "hugetlbfs":
             return []
@@ -362,7 +408,7 @@ def _undo_step(step: dict[str, Any], root: Path) -> list[str]:
                                  hint="stop the guests whose RAM is there, then run --undo again")
         return [f"unmounted {path}"]
     if kind == "unit":
-        link = Path(step["link"])
+        link = Path(str(step.link))
         out = []
         if os.path.islink(link):
             _unlink(link)

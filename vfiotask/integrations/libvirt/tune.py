@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import difflib
 import xml.etree.ElementTree as ET
-from typing import Any
 
 from vfiotask.errors import UsageError
 from vfiotask.integrations.libvirt.domain import Domain, domain_from_element
 from vfiotask.integrations.libvirt.xmlsafe import parse_xml, register_namespaces
+from vfiotask.journal import Journal
+from vfiotask.journalrecords import TuneContents, TuneRecord
 
 QEMU_MAX_PREALLOC_THREADS = 16  # QEMU refuses more preallocation threads
 
@@ -158,11 +159,10 @@ def _backing_page_size() -> int | None:
     return os.statvfs(base).f_bsize if kind == "hugetlbfs" else None
 
 
-def _journal() -> Any:
+def _journal() -> Journal[TuneContents]:
     from vfiotask.integrations.libvirt.setup import lib_dir
-    from vfiotask.journal import Journal
 
-    return Journal("tune", lib_dir())
+    return Journal(TuneContents, lib_dir())
 
 
 def _digest(text: str) -> str:
@@ -185,27 +185,27 @@ def prepare_defined(name: str, *, undo: bool = False, dry_run: bool = False,
     try:
         current = connection.inactive_xml(connection.lookup(conn, name))
         if undo:
-            record = journal.read().get("guests", {}).get(name)
+            record = journal.read().guests.get(name)
             if record is None:
                 return "not tuned", current, current
-            if _digest(current) != record["after"]:
+            if _digest(current) != record.after:
                 raise UsageError(f"{name}'s definition changed since 'tune --prepared'; it was left alone",
                                  hint=f"edit it by hand (the earlier definition is in {journal.path})")
             if not dry_run:
-                connection.define(conn, record["before"])
-                with journal.locked() as data:
-                    data.get("guests", {}).pop(name, None)
-            return "changed", current, record["before"]
+                connection.define(conn, record.before)
+                with journal.locked() as contents:
+                    contents.guests.pop(name, None)
+            return "changed", current, record.before
         before, after = prepared(current, _backing_page_size())
         if before == after:
             return "unchanged", before, after
         if not dry_run:
-            with journal.locked() as data:
-                data.setdefault("guests", {})[name] = {"before": current, "after": None}
+            with journal.locked() as contents:
+                contents.guests[name] = TuneRecord(current)
             connection.define(conn, after)
             written = connection.inactive_xml(connection.lookup(conn, name))
-            with journal.locked() as data:
-                data["guests"][name]["after"] = _digest(written)
+            with journal.locked() as contents:
+                contents.guests[name] = TuneRecord(current, _digest(written))
         return "changed", before, after
     finally:
         connection.close(conn)
