@@ -52,7 +52,7 @@ def test_a_fifo_at_qemu_conf_fails_prepare_with_one_line(hook_host: HookHost, ro
                                                          attacker: Attacker, whose: str) -> None:
     """A FIFO nobody writes to used to block the hook, and with it libvirtd's start of the guest."""
     if whose == "root":
-        fifo = root_only_dir / "qemu.conf"
+        fifo = root_only_dir / "fifo.conf"
         os.mkfifo(fifo)
     else:
         home = root_only_dir / "home"
