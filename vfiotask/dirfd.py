@@ -218,20 +218,13 @@ class Untrusted(HostStateError):
 
 
 def unsafe_reason(info: os.stat_result, *, owner: int | None = None) -> str | None:
-    """Why a directory is not one only `owner` can change, or None when it is; without `owner`,
-    root or the user running this (whose own directories are theirs to change anyway).
+    """Why a directory is not one only `owner` (without one: root or the user running this) can
+    change, or None when it is (`trust.untrusted`, a sticky directory allowed: see there)."""
+    from vfiotask.trust import trusted_owners, untrusted
 
-    Writable by its group or by everyone is allowed only with the sticky bit, where an entry
-    can be renamed or removed only by its own owner (and the next level is checked in turn).
-    """
     if not stat.S_ISDIR(info.st_mode):
         return "is not a directory"
-    if info.st_uid not in ((0, os.geteuid()) if owner is None else (owner,)):
-        return f"is owned by uid {info.st_uid}"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
-        return f"is writable by {'its group' if info.st_mode & stat.S_IWGRP else 'everyone'} (mode " \
-               f"{stat.S_IMODE(info.st_mode):04o}) without the sticky bit"
-    return None
+    return untrusted(info, trusted_owners() if owner is None else (owner,), sticky_ok=True)
 
 
 MAX_LINKS = 40  # the kernel's own limit on links followed in one lookup

@@ -39,9 +39,29 @@ def memory_backing_dir(conf: Path | None = None) -> Path | None:
     Read as libvirtd reads it (virconf: either quote, a comment after it, the first setting
     wins); a file libvirtd could not read, or a value that is not an absolute path, is one error
     naming the file."""
+    path = conf or qemu_conf()
+    try:
+        info = os.stat(path)
+        seen = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size, info.st_mode)
+    except OSError:
+        seen = None
+    cached = _READ.get(str(path))
+    if seen is not None and cached is not None and cached[0] == seen:
+        return cached[1]
+    value = _memory_backing_dir(path)
+    if seen is not None:
+        _READ[str(path)] = (seen, value)
+    return value
+
+
+_READ: dict[str, tuple[tuple[int, ...], Path | None]] = {}
+"""What each qemu.conf said, by the file's identity and change time: a start asks for it a dozen
+times (the journal's allowed roots, the paths), and parsing it each time cost the hook milliseconds."""
+
+
+def _memory_backing_dir(path: Path) -> Path | None:
     from vfiotask.integrations.libvirt import virconf
 
-    path = conf or qemu_conf()
     found = virconf.read(path)
     value = None if found is None else found.get("memory_backing_dir")
     if value is None:

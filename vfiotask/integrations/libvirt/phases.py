@@ -11,6 +11,7 @@ release: give back what was recorded; idempotent, and it never fails the stop.
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import time
 from collections.abc import Callable
@@ -41,13 +42,16 @@ from vfiotask.journalrecords import (
     STAGING,
     AtStart,
     FileRecord,
+    FsChange,
     GuestRecord,
     LibvirtContents,
     Owner,
     Place,
     PlacementRecord,
+    StagedRecord,
     guest_owner,
     guest_pages_owner,
+    staging_owner,
 )
 from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
 
@@ -299,6 +303,8 @@ def _populate_files(domain: Domain, ctx: HookContext, record: GuestRecord, undo:
     owner = guest_owner(domain.name)
     journal = ctx.journal.journal
     staged = ctx.journal.staged(domain.name)
+    if staged is not None and _staged_whole(staged, rams):
+        return _take_over_staging(domain, ctx, record, staged, final, label, undo)
     staged_files = {f.name: f for f in (staged.files if staged else ())}
     files: list[FileRecord] = []
     with open_private(preparing, journal, owner) as directory:
@@ -328,6 +334,70 @@ def _populate_files(domain: Domain, ctx: HookContext, record: GuestRecord, undo:
     who = f"uid {label[0]} gid {label[1]}" if label else "root"
     ctx.log(f"{domain.name}: RAM files handed to QEMU ({who})")
     return record._replace(files=tuple(handed))
+
+
+def _staged_whole(staged: StagedRecord, rams: list[paths.RamFile]) -> bool:
+    """Whether the staging is exactly the guest's RAM, file for file, and still there."""
+    wanted = sorted((ram.name, ram.size) for ram in rams)
+    return sorted((f.name, f.size) for f in staged.files) == wanted and all(still_ours(f) for f in staged.files)
+
+
+def _take_over_staging(domain: Domain, ctx: HookContext, record: GuestRecord, staged: StagedRecord, final: Place,
+                       label: tuple[int, int] | None, undo: list[Callable[[], object]]) -> GuestRecord:
+    """A guest staged whole by `prepin --domain`: its staging directory becomes the guest's.
+
+    The staging's entries become the guest's and its record the guest's files in one journal
+    write, and the directory is handed to QEMU as it is: nothing is made, moved or populated
+    file by file, which keeps a prepared start to a few journal writes.  A failed hand-over gives
+    the directory back to the staging, untouched.
+    """
+    name = domain.name
+    staging = paths.staging_place(name, ctx.conf)
+    files = tuple(f._replace(staged_from=f.path) for f in staged.files)
+    record = record._replace(files=files)
+    journal = ctx.journal.journal
+    with ctx.journal.locked() as contents:
+        _reown(journal, contents, staging_owner(name), guest_owner(name))
+        contents.staged.pop(name, None)
+        contents.guests[name] = record
+    undo.append(partial(_give_staging_back, ctx, name, staged))
+    ctx.log(f"{name}: took over the files staged for it")
+    handed = hand_over(journal, guest_owner(name), staging, final, list(files), label)
+    who = f"uid {label[0]} gid {label[1]}" if label else "root"
+    ctx.log(f"{name}: RAM files handed to QEMU ({who})")
+    return record._replace(files=tuple(handed))
+
+
+def _reown(journal: Journal[LibvirtContents], contents: LibvirtContents, old: Owner, new: Owner) -> None:
+    """`old`'s files and directories become `new`'s (its staged hugepages' record goes: the
+    reservation is the guest's own, listed in its record)."""
+    for entry in journal.entries(contents, old):
+        if isinstance(entry.change, FsChange):
+            contents.intents = [item._replace(owner=new) if item.id == entry.id else item for item in contents.intents]
+        else:
+            journal.drop(contents, entry, save=False)
+
+
+def _give_staging_back(ctx: HookContext, name: str, staged: StagedRecord) -> None:
+    """Undo of a take-over whose hand-over failed: the files, still where they were staged, go
+    back to root and to the staging (a directory already handed over is QEMU's: release's)."""
+    if not all(still_ours(f) for f in staged.files):
+        return
+    for record in staged.files:
+        with open_path(record.place.root, record.place.parts) as directory:
+            fd = directory.open(record.name, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                if identity_of(os.fstat(fd)) == (record.dev, record.inode):
+                    os.fchown(fd, 0, 0)
+            finally:
+                os.close(fd)
+    with open_path(staged.files[0].place.root, staged.files[0].place.parts) as directory:
+        os.fchown(directory.fd, 0, 0)
+    journal = ctx.journal.journal
+    with ctx.journal.locked() as contents:
+        _reown(journal, contents, guest_owner(name), staging_owner(name))
+        contents.guests.pop(name, None)
+        contents.staged[name] = staged
 
 
 def _move_staged(ahead: FileRecord, directory: Dir, place: Place, name: str, journal: Journal[LibvirtContents],
