@@ -83,7 +83,7 @@ def test_make_install_is_independent_of_the_checkout_and_uninstall_removes_it(ro
     assert removed.returncode == 0, removed.stderr
     assert [path for path in installed if (tmp_path / path).exists()] == []
     assert not dirs["PREFIX"].exists() and not (hooks["removed"] / "qemu.d" / "50-vfiotask").exists()
-    started = subprocess.run([str(hooks["kept"] / "qemu.d" / "50-vfiotask"), "plain", "prepare", "begin", "-"],
+    started = subprocess.run([str(hooks["kept"] / "qemu.d" / "50-vfiotask"), "plain", "start", "begin", "-"],
                              input=guest_xml("plain", 64, id=1), capture_output=True, text=True,
                              env={"LC_ALL": "C", "PATH": os.defpath})
     assert (started.returncode, started.stderr) == (0, "")  # a hook left behind fails open

@@ -167,6 +167,17 @@ class Dir:
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target.path / new_name))
         os.rename(name, new_name, src_dir_fd=self.fd, dst_dir_fd=target.fd)
 
+    def move_dir(self, name: str, target: Dir, new_name: str) -> None:
+        """Move the directory `name` to `target/new_name`, replacing only an empty directory there.
+
+        This is rename(2)'s own rule for a directory: an empty directory at the new name is
+        replaced atomically, a non-empty one fails with ENOTEMPTY, anything else with ENOTDIR or
+        EEXIST; nothing inside what was there is ever touched.
+        """
+        _check_name(name, self.path)
+        _check_name(new_name, target.path)
+        os.rename(name, new_name, src_dir_fd=self.fd, dst_dir_fd=target.fd)
+
     def replace(self, name: str, new_name: str) -> None:
         """Atomically put `name` over `new_name` in this directory (a journal's write-then-rename)."""
         _check_name(name, self.path)
@@ -202,6 +213,76 @@ def open_root(path: Path, *, follow: bool = True) -> Dir:
     return Dir(fd, Path(path))
 
 
+class Untrusted(HostStateError):
+    """A directory on the way to where root writes that someone other than root can change."""
+
+
+def unsafe_reason(info: os.stat_result, *, owner: int | None = None) -> str | None:
+    """Why a directory is not one only `owner` (without one: root or the user running this) can
+    change, or None when it is (`trust.untrusted`, a sticky directory allowed: see there)."""
+    from vfiotask.trust import trusted_owners, untrusted
+
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    return untrusted(info, trusted_owners() if owner is None else (owner,), sticky_ok=True)
+
+
+MAX_LINKS = 40  # the kernel's own limit on links followed in one lookup
+
+
+def open_trusted_root(path: Path, *, hint: str) -> Dir:
+    """`path`, an administrator's directory, opened only if no one but root can change it or any
+    directory above it.
+
+    It is walked from `/` one level at a time without following anything, and every level must be
+    a directory only root can rename, replace or plant entries in (`unsafe_reason`).  A link on
+    the way is followed only where it lies in such a directory (so root or the administrator made
+    it): the same link in a directory another user owns, such as `ram` in the QEMU user's
+    /var/lib/libvirt/qemu, is refused.  The walk serves every root write below an administrator's
+    directory: memory_backing_dir, libvirt's default RAM directory, journals' recorded roots.
+    """
+    if not path.is_absolute():
+        raise Untrusted(f"{path} is not an absolute path", hint=hint)
+    pending = list(path.parts[1:])
+    current = open_root(Path("/"), follow=False)
+    links = 0
+    try:
+        _check_trusted(current, hint)
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                nxt = Dir(os.open("..", _DIR_FLAGS, dir_fd=current.fd), current.path.parent)
+            else:
+                info = current.lstat(part)
+                if info is not None and stat.S_ISLNK(info.st_mode):
+                    links += 1
+                    if links > MAX_LINKS:
+                        raise Untrusted(f"{path} has too many symbolic links", hint=hint)
+                    target = Path(os.readlink(part, dir_fd=current.fd))
+                    pending[:0] = list(target.parts[1:] if target.is_absolute() else target.parts)
+                    if target.is_absolute():
+                        current.close()
+                        current = open_root(Path("/"), follow=False)
+                    continue
+                nxt = current.sub(part)
+            current.close()
+            current = nxt
+            _check_trusted(current, hint)
+    except BaseException:
+        current.close()
+        raise
+    return Dir(current.fd, Path(path))
+
+
+def _check_trusted(directory: Dir, hint: str) -> None:
+    problem = unsafe_reason(os.fstat(directory.fd))
+    if problem is not None:
+        raise Untrusted(f"{directory.path} {problem}; vfiotask does not let root write below a directory "
+                        "another user can change", hint=hint)
+
+
 Maker = Callable[[Dir, str, int], Dir]
 
 
@@ -233,9 +314,6 @@ def walk(root: Dir, parts: Iterable[str], *, create: bool = False, mode: int = 0
     if current is root:
         return Dir(os.dup(root.fd), root.path)
     return current
-
-
-MAX_LINKS = 40  # the kernel's limit on links in one lookup
 
 
 def walk_in_tree(root: Dir, parts: Iterable[str], *,
@@ -291,7 +369,8 @@ def walk_in_tree(root: Dir, parts: Iterable[str], *,
             level.close()
 
 
-def open_path(root: Path, parts: Iterable[str]) -> Dir:
-    """`root` (followed: the trusted part) then `parts` without following links."""
-    with open_root(root) as base:
+def open_path(root: Path, parts: Iterable[str], *, hint: str = "use a directory only root can write") -> Dir:
+    """`root` (an administrator's directory that only root can change: `open_trusted_root`) then
+    `parts` without following links."""
+    with open_trusted_root(root, hint=hint) as base:
         return walk(base, parts)

@@ -254,13 +254,15 @@ class Journal(Generic[C]):
         crash_point("journal: intent on disk")
         return entry
 
-    def done(self, contents: C, entry: Entry, change: Change | None = None) -> Entry:
+    def done(self, contents: C, entry: Entry, change: Change | None = None, *, save: bool = True) -> Entry:
         """The change of `entry` is made; `change` (when given) says what it produced.  Returns the
-        entry as it is recorded now."""
+        entry as it is recorded now.  `save=False` when a later save in the same lock writes it:
+        only an intent must be on disk before its change, and recovery checks what a change made."""
         crash_point("journal: change made")
         made = entry._replace(done=True, change=change or entry.change)
         contents.intents = [made if item.id == entry.id else item for item in contents.intents]
-        self.save(contents)
+        if save:
+            self.save(contents)
         return made
 
     def drop(self, contents: C, *entries: Entry, save: bool = True) -> None:

@@ -35,6 +35,7 @@ DIR = "dir"
 POOL = "pool"
 PIN = "pin"
 STAGED_PAGES = "hugepages"  # a staging's hugepage reservation, recorded beside its files
+HANDOVER = "handover"  # a guest's RAM directory renamed from root's private directory to where QEMU opens it
 
 MAX_NUMBER = (1 << 63) - 1  # a page count, a size, a time in clock ticks
 MAX_IDENT = (1 << 64) - 1  # st_dev and st_ino are 64-bit unsigned
@@ -463,7 +464,30 @@ class StagedPages(NamedTuple):
         return {"hugepages_owner": str(self.hugepages_owner)}
 
 
-Change = FsChange | PoolGrowth | PinsHeld | StagedPages
+class Handover(NamedTuple):
+    """The finished guest directory (identity `moved`) renamed from root's private directory to
+    `name` in the guests' directory (`root`/`parts`, whose identity is `dir`), where QEMU opens it."""
+
+    root: str
+    parts: tuple[str, ...]
+    dir: Identity
+    name: str
+    moved: Identity
+
+    @property
+    def kind(self) -> str:
+        return HANDOVER
+
+    @property
+    def place(self) -> "Place":
+        return Place(Path(self.root), self.parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": self.root, "parts": list(self.parts), "dir": list(self.dir), "name": self.name,
+                "moved": list(self.moved)}
+
+
+Change = FsChange | PoolGrowth | PinsHeld | StagedPages | Handover
 
 _CHANGE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # kind: (required, optional) keys
     FILE: (("root", "parts", "dir", "name", "ident"), ()),
@@ -471,6 +495,7 @@ _CHANGE_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # kind: (r
     POOL: (("page_size", "node", "before", "pages"), ("got",)),
     PIN: (("bytes", "backend"), ()),
     STAGED_PAGES: (("hugepages_owner",), ()),
+    HANDOVER: (("root", "parts", "dir", "name", "moved"), ()),
 }
 _ENTRY_KEYS = ("id", "owner", "kind", "state", "holder")
 
@@ -523,6 +548,10 @@ def _change(kind: str, data: dict[str, Any], where: str, done: bool, roots: Root
         return PoolGrowth(_page_size(data["page_size"], f"{where}.page_size"), _node(data["node"], f"{where}.node"),
                           _whole(data["before"], f"{where}.before"), _whole(data["pages"], f"{where}.pages"),
                           _maybe_whole(data.get("got"), f"{where}.got"))
+    if kind == HANDOVER:
+        return Handover(_root(data["root"], f"{where}.root", roots), _parts(data["parts"], f"{where}.parts"),
+                        _identity(data["dir"], f"{where}.dir"), _name(data["name"], f"{where}.name"),
+                        _identity(data["moved"], f"{where}.moved"))
     if kind == PIN:
         return PinsHeld(_whole(data["bytes"], f"{where}.bytes"), _name(data["backend"], f"{where}.backend"))
     owner = _hugepage_owner_text(data["hugepages_owner"], f"{where}.hugepages_owner")
@@ -985,7 +1014,7 @@ class LibvirtContents(Contents):
     and directory made for them (under memory_backing_dir, or libvirt's default)."""
 
     NAME = "libvirt"
-    RULES = Rules(libvirt_owner, {GUEST: _FS, STAGING: _FS | {STAGED_PAGES}, SHARED: frozenset({DIR})})
+    RULES = Rules(libvirt_owner, {GUEST: _FS | {HANDOVER}, STAGING: _FS | {STAGED_PAGES}, SHARED: frozenset({DIR})})
     SECTIONS = ("guests", "staged")
 
     __slots__ = ("guests", "staged")

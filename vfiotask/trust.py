@@ -38,16 +38,20 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
-def untrusted(info: os.stat_result, owners: Collection[int]) -> str | None:
+def untrusted(info: os.stat_result, owners: Collection[int], *, sticky_ok: bool = False) -> str | None:
     """Why someone else could change this entry; None when only a trusted owner can.
 
     A link's own owner and bits decide nothing (it cannot be changed in place; its directory and
-    its target are checked on their own)."""
+    its target are checked on their own).  `sticky_ok`: a sticky directory others can write (as
+    /dev/shm) is trusted, for a walk that checks the owner of every level below it itself and
+    opens each by descriptor: there, others can add names but never rename or replace root's."""
     if stat.S_ISLNK(info.st_mode):
         return None
     if info.st_uid not in owners:
         return f"is owned by {_user(info.st_uid)}"
     mode = stat.S_IMODE(info.st_mode)
+    if sticky_ok and stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX:
+        return None
     if mode & 0o002:
         return f"is writable by others (mode {mode:04o})"
     if mode & 0o020:

@@ -19,6 +19,7 @@ from tests.conftest import requires_root, run_cli
 from tests.libvirt.conftest import HookHost, file_blocks
 from tests.libvirt.xmls import guest_xml
 from tests.recovery.conftest import tree
+from tests.support import crash_at
 
 MiB = 1 << 20
 POOL_2M = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
@@ -69,7 +70,7 @@ def on_hugetlbfs(hook_host: HookHost, hugetlbfs_mount: Path) -> Path:
 def test_the_hooks_release_of_vm_leaves_vm_1s_pages_and_record(hook_host: HookHost, on_hugetlbfs: Path) -> None:
     before = pool()
     for name in GUESTS:
-        prepared = hook_host.run(name, "prepare", "begin", xml(name))
+        prepared = hook_host.run(name, "start", "begin", xml(name))
         assert (prepared.returncode, prepared.stderr) == (0, b"")
     assert held(hook_host) == sorted([owner("vm"), owner("vm:1")])
     grown = pool() - before
@@ -91,7 +92,7 @@ def killed_reservation(host: HookHost, name: str) -> None:
     """`hugepages reserve` for guest NAME's owner, SIGKILLed right after the pool grew (crash
     point 2: after the intent, after the growth): what a prepare killed there leaves."""
     result = run_cli("hugepages", "reserve", "--size", "4M", "--page-size", "2M", "--owner", owner(name),
-                     env={**host.env(), "VFIOTASK_CRASH_AT": "2"})
+                     env={**host.env(), **crash_at(2, host.state.parent)})
     assert result.returncode == -9, result.stderr
 
 
@@ -125,7 +126,7 @@ def kill_prepare_after_reserving(host: HookHost, name: str) -> None:
     """Kill the hook's prepare of NAME at the first crash point where its reservation is recorded
     (earlier points are released and tried again): a guest record whose holder is gone."""
     for point in range(1, 80):
-        result = host.run(name, "prepare", "begin", xml(name), VFIOTASK_CRASH_AT=str(point))
+        result = host.run(name, "start", "begin", xml(name), **crash_at(point, host.state.parent))
         if result.returncode == -9 and owner(name) in held(host):
             return
         assert result.returncode in (-9, 0), result.stderr

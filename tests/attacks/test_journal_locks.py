@@ -69,7 +69,7 @@ def test_the_hook_fails_a_start_in_one_line(hook_host: HookHost, kind: str) -> N
     PLANTS[kind](hook_host.state / "libvirt.lock")
     before = entries(hook_host.state)
     xml = guest_xml("locked", 16, id=4, file_backed=True, config={"threads": "1"})
-    result = hook_host.run("locked", "prepare", "begin", xml)  # the helper's timeout: no hang
+    result = hook_host.run("locked", "start", "begin", xml)  # the helper's timeout: no hang
     assert result.returncode == 1 and "journal lock" in stderr_line(result) and result.stdout == b""
     assert entries(hook_host.state) == before
     assert not (hook_host.backing_dir / "libvirt").exists()

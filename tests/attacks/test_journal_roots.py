@@ -82,7 +82,7 @@ def test_an_entry_outside_the_roots_is_refused_and_the_file_stays(hook_host: Hoo
     xml = guest_xml("g", 16, id=5, file_backed=True, config={"threads": "1"})
     released = hook_host.run("g", "release", "end", xml)
     assert (released.returncode, released.stdout, released.stderr) == (0, b"", b"")
-    prepared = hook_host.run("g", "prepare", "begin", xml)
+    prepared = hook_host.run("g", "start", "begin", xml)
     assert prepared.returncode == 1 and f"journal {journal} is malformed" in stderr_line(prepared)
 
     assert victim.read_text() == "mine" and owned_tree(victim.parent) == theirs
@@ -107,7 +107,7 @@ def test_setup_memory_backing_leaves_qemu_conf_while_the_hook_holds_files(hook_h
     """Moving memory_backing_dir under a prepared guest would leave the hook's journal naming a
     root it may no longer change (refusing every start and release): setup refuses first."""
     xml = guest_xml("held", 16, id=6, file_backed=True, config={"threads": "1"})
-    assert hook_host.run("held", "prepare", "begin", xml).returncode == 0
+    assert hook_host.run("held", "start", "begin", xml).returncode == 0
     env = {**hook_host.env(), "VFIOTASK_LIB_DIR": str(tmp_path / "lib")}
     host = [Path("/dev/hugepages2M"), Path("/etc/systemd/system/dev-hugepages2M.mount")]
     before = (hook_host.conf.read_text(), [os.path.lexists(path) for path in host])

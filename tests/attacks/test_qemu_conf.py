@@ -40,7 +40,7 @@ def made_in(backing: Path) -> list[str]:
 def test_the_hook_reads_libvirts_spellings_as_libvirt_does(hook_host: HookHost, spelling: str) -> None:
     hook_host.conf.write_text(SPELLINGS[spelling].format(dir=hook_host.backing_dir))
     xml = guest_xml("q", 16, id=5, file_backed=True, config=OURS)
-    prepared = hook_host.run("q", "prepare", "begin", xml)
+    prepared = hook_host.run("q", "start", "begin", xml)
     assert (prepared.returncode, prepared.stdout, prepared.stderr) == (0, b"", b"")
     assert (hook_host.guest_dir("5-q") / "pc.ram").stat().st_size == 16 << 20
     assert hook_host.run("q", "release", "end", xml).returncode == 0
@@ -52,7 +52,7 @@ def test_a_fifo_at_qemu_conf_fails_prepare_with_one_line(hook_host: HookHost, ro
                                                          attacker: Attacker, whose: str) -> None:
     """A FIFO nobody writes to used to block the hook, and with it libvirtd's start of the guest."""
     if whose == "root":
-        fifo = root_only_dir / "qemu.conf"
+        fifo = root_only_dir / "fifo.conf"
         os.mkfifo(fifo)
     else:
         home = root_only_dir / "home"
@@ -61,7 +61,7 @@ def test_a_fifo_at_qemu_conf_fails_prepare_with_one_line(hook_host: HookHost, ro
         fifo = home / "qemu.conf"
         assert attacker.sh(f"mkfifo {fifo}").returncode == 0
     xml = guest_xml("f", 16, id=6, file_backed=True, config=OURS)
-    result = hook_host.run("f", "prepare", "begin", xml, VFIOTASK_LIBVIRT_QEMU_CONF=str(fifo))
+    result = hook_host.run("f", "start", "begin", xml, VFIOTASK_LIBVIRT_QEMU_CONF=str(fifo))
     assert result.returncode == 1 and result.stdout == b""
     assert f"{fifo} is not a regular file" in stderr_line(result)
     assert made_in(hook_host.backing_dir) == [] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
@@ -77,7 +77,7 @@ def test_a_fifo_at_qemu_conf_fails_prepare_with_one_line(hook_host: HookHost, ro
 def test_a_qemu_conf_libvirtd_cannot_read_is_one_line_naming_the_line(hook_host: HookHost, text: str,
                                                                       line: int | None, what: str) -> None:
     hook_host.conf.write_text(text)
-    result = hook_host.run("b", "prepare", "begin", guest_xml("b", 16, id=8, file_backed=True, config=OURS))
+    result = hook_host.run("b", "start", "begin", guest_xml("b", 16, id=8, file_backed=True, config=OURS))
     assert result.returncode == 1 and result.stdout == b""
     said = stderr_line(result)
     assert (f"{hook_host.conf}:{line}: " if line else f"{hook_host.conf}: ") in said and what in said, said

@@ -45,7 +45,7 @@ def test_installed_hook_runs_with_libvirtds_bare_environment(tmp_path: Path) -> 
     hooks.mkdir()
     assert run_cli("hook", "install", "--hooks-dir", str(hooks)).returncode == 0
     result = subprocess.run(
-        [str(hooks / "qemu.d" / "50-vfiotask"), "plain", "prepare", "begin", "-"],
+        [str(hooks / "qemu.d" / "50-vfiotask"), "plain", "start", "begin", "-"],
         input=guest_xml("plain", 64, id=1).encode(),
         capture_output=True,
         env={"LC_ALL": "C", "PATH": "/usr/bin:/bin", "HOME": "/root"},
@@ -65,11 +65,11 @@ def test_the_shim_starts_the_hook_with_no_site_processing(tmp_path: Path) -> Non
     """libvirtd waits for the hook on every phase: the interpreter gets -I -S and the import paths."""
     argv_file = tmp_path / "argv"
     shim = shim_with_recording_python(tmp_path, argv_file)
-    result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", "prepare", "begin", "-")
+    result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", "start", "begin", "-")
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     argv = argv_file.read_text().splitlines()
     assert argv[:3] == ["-I", "-S", "-c"]
-    assert argv[4:] == [str(REPO / "hooks" / "qemu"), "plain", "prepare", "begin", "-"]
+    assert argv[4:] == [str(REPO / "hooks" / "qemu"), "plain", "start", "begin", "-"]
 
 
 def test_phases_with_no_work_end_in_the_shim_without_python(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_phases_with_no_work_end_in_the_shim_without_python(tmp_path: Path) -> N
         result = run_shim(shim, xml, "ours", *phase, "-")
         assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), phase
     assert not started_python.exists()
-    result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", "prepare", "begin", "-")
+    result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", "start", "begin", "-")
     assert result.returncode == 0 and started_python.exists()
 
 
@@ -119,14 +119,14 @@ def test_with_vfiotask_gone_other_guests_still_start(tmp_path: Path) -> None:
     """Fails open: libvirtd runs the hook for every guest, and a removed vfiotask must not stop
     guests that never asked for it (a python shebang would exit 127 for all of them)."""
     shim = shim_with_vfiotask_gone(tmp_path)
-    for phase in (("prepare", "begin", "-"), ("start", "begin", "-"), ("release", "end", "-")):
+    for phase in (("start", "begin", "-"), ("start", "begin", "-"), ("release", "end", "-")):
         result = run_shim(shim, guest_xml("plain", 64, id=1), "plain", *phase)
         assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
 
 
 def test_with_vfiotask_gone_its_own_guests_fail_with_one_line(tmp_path: Path) -> None:
     shim = shim_with_vfiotask_gone(tmp_path)
-    result = run_shim(shim, guest_xml("ours", 64, id=1, config={"threads": "2"}), "ours", "prepare", "begin", "-")
+    result = run_shim(shim, guest_xml("ours", 64, id=1, config={"threads": "2"}), "ours", "start", "begin", "-")
     assert result.returncode == 1 and result.stdout == b""
     assert result.stderr.decode().count("\n") == 1 and "guest ours asks for vfiotask" in result.stderr.decode()
     released = run_shim(shim, guest_xml("ours", 64, id=1, config={"threads": "2"}), "ours", "release", "end", "-")
@@ -146,7 +146,7 @@ def test_check_catches_a_hook_whose_vfiotask_is_gone(tmp_path: Path) -> None:
 def test_the_checkout_hook_runs_with_a_python_that_lacks_vfiotask(tmp_path: Path) -> None:
     """The system python3 without vfiotask installed: the script finds the checkout it lives in."""
     result = subprocess.run(
-        [sys.base_prefix + "/bin/python3", "-I", str(REPO / "hooks" / "qemu"), "plain", "prepare", "begin", "-"],
+        [sys.base_prefix + "/bin/python3", "-I", str(REPO / "hooks" / "qemu"), "plain", "start", "begin", "-"],
         input=guest_xml("plain", 64, id=1).encode(), capture_output=True, cwd=tmp_path,
         env={"LC_ALL": "C", "PATH": "/usr/bin:/bin", "HOME": "/root"}, timeout=60,
     )
@@ -157,7 +157,7 @@ def test_a_hook_copy_that_cannot_import_vfiotask_says_so_in_one_line(tmp_path: P
     copy = tmp_path / "libvirt" / "hooks" / "qemu"
     copy.parent.mkdir(parents=True)
     copy.write_text((REPO / "hooks" / "qemu").read_text())
-    result = subprocess.run([sys.base_prefix + "/bin/python3", "-I", str(copy), "g", "prepare", "begin", "-"],
+    result = subprocess.run([sys.base_prefix + "/bin/python3", "-I", str(copy), "g", "start", "begin", "-"],
                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
                             env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1 and result.stdout == ""

@@ -124,7 +124,7 @@ XML_CASES = {
 @pytest.mark.parametrize("case", sorted(XML_CASES))
 def test_hostile_numbers_in_a_domain_definition_fail_the_hook_in_one_line(case: str, state_dir: Path) -> None:
     """The hook's documented failure is exit 1 with one line, which libvirt shows at `virsh start`."""
-    result = subprocess.run([sys.executable, str(REPO / "hooks" / "qemu"), "g", "prepare", "begin", "-"],
+    result = subprocess.run([sys.executable, str(REPO / "hooks" / "qemu"), "g", "start", "begin", "-"],
                             input=XML_CASES[case], capture_output=True, text=True, timeout=60)
     assert_refused(result, "", status=1)
     assert not state_dir.exists() or not any(state_dir.glob("*.json"))

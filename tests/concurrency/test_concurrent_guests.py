@@ -108,13 +108,13 @@ def test_guests_prepared_and_released_at_once(busy_host: HookHost, tmp_path: Pat
     env = host.env()
     cli_env = {**os.environ, "VFIOTASK_STATE_DIR": str(host.state)}
     for name, xml, _ in guests[:2]:  # the journals exist, as on a host that has run guests before
-        assert host.run(name, "prepare", "begin", xml).returncode == 0
+        assert host.run(name, "start", "begin", xml).returncode == 0
         assert host.run(name, "release", "end", xml).returncode == 0
     before = snapshot(host.state, host.backing_dir)
     cap = helper_cap(os.cpu_count() or 1, CpuPolicy().helper_fraction)
 
     with slot_watch(host.state) as held:
-        running = [(f"hook {name}", _start([sys.executable, str(HOOK), name, "prepare", "begin", "-"],
+        running = [(f"hook {name}", _start([sys.executable, str(HOOK), name, "start", "begin", "-"],
                                            xml.encode(), env, documents)) for name, xml, _ in guests]
         running += [(f"reserve {owner}", _start([*vfiotask_command(), "hugepages", "reserve", "--size", f"{CLI_MIB}M",
                                                  "--page-size", "2M", "--owner", owner], None, cli_env, documents))

@@ -176,10 +176,10 @@ def test_unbind_failure_at_each_device(host: Host, k: int) -> None:
 def test_hook_file_population_failure_at_each_chunk(host: Host, k: int) -> None:
     name = "fmfile"
     ok = guest_xml(name, GUEST_MIB, id=7, file_backed=True, config={})
-    assert host.hook(name, "prepare", "begin", ok).returncode == 0
+    assert host.hook(name, "start", "begin", ok).returncode == 0
     assert host.hook(name, "release", "end", ok).returncode == 0
     before = host.snap()
-    result = host.hook(name, "prepare", "begin",
+    result = host.hook(name, "start", "begin",
                        guest_xml(name, GUEST_MIB, id=7, file_backed=True, config={"fail": f"prefault:{k}"}))
     assert_failed_cleanly(result, 1, f"guest {name}:", INJECTED, f"prefault:{k} from the guest's fail=")
     assert result.stdout == ""
@@ -192,10 +192,10 @@ def test_hook_hugepage_failure(host: Host, tmp_path: Path) -> None:
     name = "fmhuge"
     with private_mount(tmp_path / "hugetlbfs", "hugetlbfs", "pagesize=2M"):
         ok = guest_xml(name, 8, id=8, hugepages="2048", config={})
-        assert host.hook(name, "prepare", "begin", ok).returncode == 0
+        assert host.hook(name, "start", "begin", ok).returncode == 0
         assert host.hook(name, "release", "end", ok).returncode == 0
         before = host.snap()
-        result = host.hook(name, "prepare", "begin",
+        result = host.hook(name, "start", "begin",
                            guest_xml(name, 8, id=8, hugepages="2048", config={"fail": "hugepages:1"}))
         assert_failed_cleanly(result, 1, f"guest {name}:", "hugepage reservation failed", INJECTED)
         assert result.stdout == ""

@@ -34,7 +34,7 @@ def _refused(result: subprocess.CompletedProcess[bytes], *words: str) -> str:
 def test_prepare_refuses_with_one_line_and_changes_nothing(hook_host: HookHost, case: str, name: str,
                                                            data: bytes, words: tuple[str, ...]) -> None:
     before = snapshot(hook_host.state, hook_host.backing_dir)
-    result = hook_host.run(name, "prepare", "begin", data)
+    result = hook_host.run(name, "start", "begin", data)
     line = _refused(result, *words)
     assert len(line) < 1000  # a hostile value is not echoed back whole
     assert snapshot(hook_host.state, hook_host.backing_dir) == before
@@ -54,7 +54,7 @@ def test_start_refuses_the_same_input(hook_host: HookHost, case: str, name: str,
 
 def test_release_with_hostile_input_never_fails_the_stop(hook_host: HookHost) -> None:
     """release end is recovery: whatever arrives, the stop goes on (status 0), silently."""
-    assert hook_host.run(NAME, "prepare", "begin", good()).returncode == 0
+    assert hook_host.run(NAME, "start", "begin", good()).returncode == 0
     prepared = snapshot(hook_host.state, hook_host.backing_dir)
     for case, name, data, _words in CORPUS:
         if name == NAME:
@@ -96,7 +96,7 @@ def test_argv_from_something_other_than_libvirtd(hook_host: HookHost, case: str,
 
 
 def test_extra_arguments_do_not_stop_a_real_prepare(hook_host: HookHost) -> None:
-    result = subprocess.run([sys.executable, str(HOOK), NAME, "prepare", "begin", "-", "more"],
+    result = subprocess.run([sys.executable, str(HOOK), NAME, "start", "begin", "-", "more"],
                             input=good().encode(), capture_output=True, env=hook_host.env(), timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     assert hook_host.run(NAME, "release", "end", good()).returncode == 0

@@ -33,7 +33,7 @@ def test_ten_thousand_hostdevs_prepare_in_linear_time(hook_host: HookHost, manag
     xml = many_hostdevs(managed, [("01", "0"), ("01", "1")])  # group 2 of the viable tree, both functions
     env = {"VFIOTASK_SYSFS_ROOT": str(sysfs("viable"))}
     started = time.monotonic()
-    result = hook_host.run("many", "prepare", "begin", xml, **env)
+    result = hook_host.run("many", "start", "begin", xml, **env)
     took = time.monotonic() - started
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     assert took < BOUND_S, f"prepare of {COUNT} hostdevs took {took:.2f} s"
@@ -42,7 +42,7 @@ def test_ten_thousand_hostdevs_prepare_in_linear_time(hook_host: HookHost, manag
 
 def test_ten_thousand_hostdevs_one_unknown_is_refused_at_once(hook_host: HookHost) -> None:
     xml = many_hostdevs("yes", [("01", "0"), ("01", "1"), ("42", "0")])
-    result = hook_host.run("many", "prepare", "begin", xml, VFIOTASK_SYSFS_ROOT=str(sysfs("viable")))
+    result = hook_host.run("many", "start", "begin", xml, VFIOTASK_SYSFS_ROOT=str(sysfs("viable")))
     lines = result.stderr.decode().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and "no PCI device 0000:42:00.0" in lines[0]
     assert not hook_host.journal().get("guests")

@@ -33,7 +33,7 @@ COMMANDS = {
     "unbind": (["unbind", "0000:05:00.0", "--sysfs-root", "{sys}"], 3),
     "recover": (["recover", "--all"], 3),
     "hook-status": (["hook", "status"], 3),
-    "libvirtd-prepare": (["prepare", "begin"], 1),  # the hook, run as libvirtd runs it
+    "libvirtd-prepare": (["start", "begin"], 1),  # the hook, run as libvirtd runs it
     "libvirtd-release": (["release", "end"], 0),
 }
 

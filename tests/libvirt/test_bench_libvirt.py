@@ -35,7 +35,7 @@ def test_bench_runs_every_variant_and_restores_the_host(host_lock: None) -> None
         assert all(len(v["seconds"]) == 1 for v in config["variants"].values())
         assert config["hook_populate"]["threads"]
         for kind in ("not ours", "prepared"):
-            assert set(config["hook_phase_ms"][kind]) == {"prepare", "start", "started", "release"}
+            assert set(config["hook_phase_ms"][kind]) == {"prepare", "start", "started", "release", "start path"}
         assert not Path(config["memory_backing_dir"]).exists()
     assert pools_before == {p: p.read_text() for p in POOLS}
     assert Path("/etc/libvirt/qemu.conf").read_text() == conf_before

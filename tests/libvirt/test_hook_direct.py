@@ -20,7 +20,7 @@ SYSFS = Path(__file__).resolve().parents[2] / "fixtures" / "sysfs"
 
 def test_a_guest_that_is_not_ours_is_left_alone(hook_host: HookHost) -> None:
     xml = guest_xml("plain", 256, id=3, file_backed=True)
-    for phase, sub in (("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end")):
+    for phase, sub in (("start", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end")):
         result = hook_host.run("plain", phase, sub, xml)
         assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
     assert not (hook_host.backing_dir / "libvirt").exists()
@@ -28,32 +28,36 @@ def test_a_guest_that_is_not_ours_is_left_alone(hook_host: HookHost) -> None:
 
 
 @requires_root
-def test_prepare_populates_start_hands_over_release_removes(hook_host: HookHost) -> None:
+def test_start_populates_and_hands_over_release_removes(hook_host: HookHost) -> None:
     xml = guest_xml("g1", 64, id=7, file_backed=True, immediate=True, config=OURS, dac="+64055:+64055")
-    ram = hook_host.guest_dir("7-g1") / "pc.ram"
+    guest = hook_host.guest_dir("7-g1")
+    ram = guest / "pc.ram"
 
-    prepared = hook_host.run("g1", "prepare", "begin", xml)
+    prepared = hook_host.run("g1", "prepare", "begin", xml)  # no work before libvirt's own preparation
     assert (prepared.returncode, prepared.stdout, prepared.stderr) == (0, b"", b"")
-    assert ram.stat().st_size == 64 * MiB and file_blocks(ram) == 64 * MiB
-    assert (ram.stat().st_uid, ram.stat().st_mode & 0o777) == (0, 0o600)
+    assert list(hook_host.backing_dir.iterdir()) == []
 
     started = hook_host.run("g1", "start", "begin", xml)
-    assert started.returncode == 0, started.stderr
-    assert (ram.stat().st_uid, ram.stat().st_gid) == (64055, 64055)
+    assert (started.returncode, started.stdout, started.stderr) == (0, b"", b"")
+    assert ram.stat().st_size == 64 * MiB and file_blocks(ram) == 64 * MiB
+    assert (ram.stat().st_uid, ram.stat().st_gid, ram.stat().st_mode & 0o777) == (64055, 64055, 0o600)
+    assert (guest.stat().st_uid, guest.stat().st_mode & 0o777) == (64055, 0o700)
+    assert list((hook_host.backing_dir / ".vfiotask").iterdir()) == []  # nothing left in root's directory
     record = hook_host.journal()["guests"]["g1"]  # type: ignore[index]
     assert record["at_start"]["allocated"][str(ram)] == 64 * MiB
 
     for _ in range(2):  # idempotent
         released = hook_host.run("g1", "release", "end", xml.replace(" id='7'", ""))
         assert (released.returncode, released.stderr) == (0, b"")
-    assert not ram.exists() and not hook_host.guest_dir("7-g1").exists()
+    assert not ram.exists() and not guest.exists()
+    assert list(hook_host.backing_dir.iterdir()) == []
     assert hook_host.journal()["guests"] == {}
 
 
 @requires_root
 def test_numa_cells_get_one_file_each(hook_host: HookHost) -> None:
     xml = guest_xml("numa", 64, id=8, file_backed=True, config=OURS, cells=[32, 32])
-    assert hook_host.run("numa", "prepare", "begin", xml).returncode == 0
+    assert hook_host.run("numa", "start", "begin", xml).returncode == 0
     files = sorted(p.name for p in hook_host.guest_dir("8-numa").iterdir())
     assert files == ["ram-node0", "ram-node1"]
     assert all(file_blocks(hook_host.guest_dir("8-numa") / f) == 32 * MiB for f in files)
@@ -66,7 +70,7 @@ def test_numa_cells_get_one_file_each(hook_host: HookHost) -> None:
 def test_forced_failure_aborts_with_one_line_and_leaves_nothing(hook_host: HookHost, fail: str,
                                                                 tmp_path: Path) -> None:
     xml = guest_xml("bad", 256, id=9, file_backed=True, config={"fail": fail})
-    result = hook_host.run("bad", "prepare", "begin", xml, **faults_on(tmp_path))
+    result = hook_host.run("bad", "start", "begin", xml, **faults_on(tmp_path))
     assert result.returncode == 1 and result.stdout == b""
     line = stderr_line(result)
     assert "guest bad" in line and "EIO], injected by fault_injection" in line
@@ -74,29 +78,42 @@ def test_forced_failure_aborts_with_one_line_and_leaves_nothing(hook_host: HookH
     assert hook_host.journal()["guests"] == {}
 
 
-def test_stale_file_is_never_reused(hook_host: HookHost) -> None:
+def test_a_directory_with_files_in_the_guests_place_is_never_used(hook_host: HookHost) -> None:
     guest = hook_host.guest_dir("4-old")
     guest.mkdir(parents=True)
     (guest / "pc.ram").write_bytes(b"secret guest data")
-    result = hook_host.run("old", "prepare", "begin", guest_xml("old", 64, id=4, file_backed=True, config=OURS))
-    assert result.returncode == 1 and "already exists" in stderr_line(result)
+    result = hook_host.run("old", "start", "begin", guest_xml("old", 64, id=4, file_backed=True, config=OURS))
+    assert result.returncode == 1 and "holds files vfiotask did not make" in stderr_line(result)
     assert (guest / "pc.ram").read_bytes() == b"secret guest data"
+    assert hook_host.run("old", "release", "end", guest_xml("old", 64, file_backed=True, config=OURS)).returncode == 0
+    assert sorted(p.name for p in hook_host.backing_dir.iterdir()) == ["libvirt"]  # root's directory went
+
+
+def test_the_empty_directory_libvirt_makes_is_replaced(hook_host: HookHost) -> None:
+    guest = hook_host.guest_dir("4-new")
+    guest.mkdir(parents=True, mode=0o700)
+    made = guest.stat().st_ino
+    result = hook_host.run("new", "start", "begin", guest_xml("new", 64, id=4, file_backed=True, config=OURS))
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert guest.stat().st_ino != made and file_blocks(guest / "pc.ram") == 64 * MiB
+    hook_host.run("new", "release", "end", guest_xml("new", 64, file_backed=True, config=OURS))
+    assert not guest.exists()
 
 
 @pytest.mark.parametrize(
     ("name", "phase", "xml", "needle"),
     [
-        ("x", "prepare", "<domain><name>x</name>", "malformed"),
-        ("x", "prepare", "", "is empty"),
-        ("x", "prepare", None, "is empty"),
-        ("x", "prepare", "<!DOCTYPE x><domain/>", "DOCTYPE"),
+        ("x", "start", "<domain><name>x</name>", "malformed"),
+        ("x", "start", "", "is empty"),
+        ("x", "start", None, "is empty"),
+        ("x", "start", "<!DOCTYPE x><domain/>", "DOCTYPE"),
         ("x", "start", "<domain", "malformed"),
-        ("a/b", "prepare", guest_xml("a/b", 64, id=1, config=OURS), "not usable"),
-        ("..", "prepare", guest_xml("..", 64, id=1, config=OURS), "not usable"),
-        ("caf\u00e9", "prepare", guest_xml("caf\u00e9", 64, id=1, config=OURS), "not usable"),
-        ("y", "prepare", guest_xml("x", 64, id=1, config=OURS), "is for 'x'"),
-        ("x", "prepare", guest_xml("x", 64, config=OURS), "no id"),
-        ("x", "prepare", guest_xml("x", 64, id=1, config={"threads": "many"}), "threads 'many' is not a whole number"),
+        ("a/b", "start", guest_xml("a/b", 64, id=1, config=OURS), "not usable"),
+        ("..", "start", guest_xml("..", 64, id=1, config=OURS), "not usable"),
+        ("caf\u00e9", "start", guest_xml("caf\u00e9", 64, id=1, config=OURS), "not usable"),
+        ("y", "start", guest_xml("x", 64, id=1, config=OURS), "is for 'x'"),
+        ("x", "start", guest_xml("x", 64, config=OURS), "no id"),
+        ("x", "start", guest_xml("x", 64, id=1, config={"threads": "many"}), "threads 'many' is not a whole number"),
     ],
 )
 def test_bad_input_fails_prepare_with_one_line(hook_host: HookHost, name: str, phase: str,
@@ -112,12 +129,12 @@ def test_other_phases_and_bad_names_never_fail_a_stop(hook_host: HookHost) -> No
     assert hook_host.run("x", "teleport", "begin", "<junk").returncode == 0
     assert hook_host.run("x", "stopped", "end", "<junk").returncode == 0
     unicode_plain = guest_xml("caf\u00e9", 64, id=2)
-    assert hook_host.run("caf\u00e9", "prepare", "begin", unicode_plain).returncode == 0
+    assert hook_host.run("caf\u00e9", "start", "begin", unicode_plain).returncode == 0
 
 
 def test_missing_memory_backing_dir(hook_host: HookHost) -> None:
     hook_host.conf.write_text(f'memory_backing_dir = "{hook_host.backing_dir}/nope"\n')
-    result = hook_host.run("m", "prepare", "begin", guest_xml("m", 64, id=1, file_backed=True, config=OURS))
+    result = hook_host.run("m", "start", "begin", guest_xml("m", 64, id=1, file_backed=True, config=OURS))
     assert result.returncode == 1
     assert "memory_backing_dir" in stderr_line(result) and "does not exist" in stderr_line(result)
     assert hook_host.journal()["guests"] == {}
@@ -126,17 +143,17 @@ def test_missing_memory_backing_dir(hook_host: HookHost) -> None:
 @requires_root
 def test_missing_qemu_user_fails_start_and_release_cleans_up(hook_host: HookHost) -> None:
     xml = guest_xml("u", 64, id=5, file_backed=True, config=OURS, dac="nosuchuser-vt:nosuchgroup-vt")
-    assert hook_host.run("u", "prepare", "begin", xml).returncode == 0
     result = hook_host.run("u", "start", "begin", xml)
     assert result.returncode == 1 and "nosuchuser-vt" in stderr_line(result)
+    assert list(hook_host.backing_dir.iterdir()) == []  # refused before anything was made
     assert hook_host.run("u", "release", "end", xml).returncode == 0
-    assert not hook_host.guest_dir("5-u").exists()
+    assert hook_host.journal()["guests"] == {}
 
 
 @requires_root
 def test_start_never_follows_a_link_put_in_place(hook_host: HookHost, tmp_path: Path) -> None:
     xml = guest_xml("l", 64, id=6, file_backed=True, config=OURS, dac="+64055:+64055")
-    assert hook_host.run("l", "prepare", "begin", xml).returncode == 0
+    assert hook_host.run("l", "start", "begin", xml).returncode == 0
     ram = hook_host.guest_dir("6-l") / "pc.ram"
     victim = tmp_path / "victim"
     victim.write_text("x")
@@ -152,7 +169,7 @@ def test_start_never_follows_a_link_put_in_place(hook_host: HookHost, tmp_path: 
 @requires_root
 def test_memlock_budget_below_guest_ram_is_refused(hook_host: HookHost, tmp_path: Path) -> None:
     xml = guest_xml("pin", 512, id=2, hostdevs=["0000:01:00.0"], hard_limit_mib=256, config={})
-    result = hook_host.run("pin", "prepare", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "viable/sys"))
+    result = hook_host.run("pin", "start", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "viable/sys"))
     assert result.returncode == 1
     line = stderr_line(result)
     assert "RLIMIT_MEMLOCK" in line and "hard_limit" in line
@@ -161,7 +178,7 @@ def test_memlock_budget_below_guest_ram_is_refused(hook_host: HookHost, tmp_path
 
 def test_hostdev_in_a_group_shared_with_a_host_driver_is_refused(hook_host: HookHost) -> None:
     xml = guest_xml("sib", 256, id=2, hostdevs=["0000:01:00.0"], config={})
-    result = hook_host.run("sib", "prepare", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "sibling/sys"))
+    result = hook_host.run("sib", "start", "begin", xml, VFIOTASK_SYSFS_ROOT=str(SYSFS / "sibling/sys"))
     assert result.returncode == 1
     assert "0000:01:00.1" in stderr_line(result)
     assert hook_host.journal()["guests"] == {}
@@ -170,7 +187,7 @@ def test_hostdev_in_a_group_shared_with_a_host_driver_is_refused(hook_host: Hook
 def test_viable_hostdev_passes_and_release_clears_it(hook_host: HookHost) -> None:
     xml = guest_xml("ok", 256, id=2, hostdevs=["0000:01:00.0", "0000:01:00.1"], config={})
     env = {"VFIOTASK_SYSFS_ROOT": str(SYSFS / "viable/sys")}
-    result = hook_host.run("ok", "prepare", "begin", xml, **env)
+    result = hook_host.run("ok", "start", "begin", xml, **env)
     assert (result.returncode, result.stderr) == (0, b"")
     assert "ok" in hook_host.journal()["guests"]  # type: ignore[operator]
     placement = hook_host.journal()["guests"]["ok"]["placement"]  # type: ignore[index]
@@ -193,7 +210,7 @@ def test_staged_files_are_moved_into_place_not_populated_again(hook_host: HookHo
     assert stage(parse_domain(xml))[1] is False  # staging again is a no-op
     staged = Path(files[0].path)
 
-    assert hook_host.run("warm", "prepare", "begin", xml).returncode == 0
+    assert hook_host.run("warm", "start", "begin", xml).returncode == 0
     ram = hook_host.guest_dir("11-warm") / "pc.ram"
     assert ram.stat().st_ino == files[0].inode and not staged.exists() and not staged.parent.exists()
     record = hook_host.journal()
@@ -214,7 +231,7 @@ def test_a_failed_prepare_puts_staged_files_back(hook_host: HookHost, monkeypatc
     files, _ = stage(parse_domain(xml.replace("fail", "x-fail")))
     # cell 0's staged file fits and is moved into place; cell 1 shrank, so its file is populated anew
     # and that fails: the moved file must go back to staging, untouched
-    result = hook_host.run("warm2", "prepare", "begin", xml.replace("memory='32' unit='MiB'/></numa>",
+    result = hook_host.run("warm2", "start", "begin", xml.replace("memory='32' unit='MiB'/></numa>",
                                                                     "memory='16' unit='MiB'/></numa>"),
                            **faults_on(tmp_path))
     assert result.returncode == 1 and "EIO" in stderr_line(result)
@@ -240,7 +257,7 @@ def test_hugetlbfs_not_mounted_for_the_page_size(hook_host: HookHost) -> None:
         pytest.skip("needs a 1 GiB pool and no 1 GiB hugetlbfs mount")
     before = GIB_POOL.read_text()
     xml = guest_xml("h1", 1024, id=3, hugepages="1048576", config=OURS)
-    result = hook_host.run("h1", "prepare", "begin", xml)
+    result = hook_host.run("h1", "start", "begin", xml)
     assert result.returncode == 1
     line = stderr_line(result)
     assert "no hugetlbfs of that page size is mounted" in line and "restart libvirtd" in line
@@ -261,7 +278,7 @@ def test_a_pool_that_cannot_grow_fails_prepare_and_keeps_nothing(hook_host: Hook
     try:
         before = GIB_POOL.read_text()
         xml = guest_xml("h2", 4 << 20, id=4, hugepages="1048576", config=OURS)  # 4 TiB of RAM
-        result = hook_host.run("h2", "prepare", "begin", xml)
+        result = hook_host.run("h2", "start", "begin", xml)
         assert result.returncode == 1
         line = stderr_line(result)
         assert "4096 hugepages of 1.0 GiB" in line and "no pool was changed" in line
@@ -331,7 +348,7 @@ def test_an_unexpected_error_still_reaches_libvirt_as_one_line(
 
     monkeypatch.setattr(phases, "prepare", broken)
     xml = guest_xml("oops", 64, id=12, file_backed=True, config=OURS)
-    status = hook.main(["hook", "oops", "prepare", "begin", "-"], stdin=io.BytesIO(xml.encode()))
+    status = hook.main(["hook", "oops", "start", "begin", "-"], stdin=io.BytesIO(xml.encode()))
     err = capsys.readouterr().err
     assert status == 1
     assert err.count("\n") == 1 and "failed unexpectedly" in err and "a bug" in err and "Traceback" not in err
@@ -350,7 +367,7 @@ def test_files_on_hugetlbfs_are_reserved_first_and_given_back(hook_host: HookHos
     _on_hugetlbfs(hook_host, hugetlbfs_mount)
     before = int(POOL_2M.read_text())
     xml = guest_xml("hg", 64, id=9, file_backed=True, config=OURS, dac="+0:+0")
-    prepared = hook_host.run("hg", "prepare", "begin", xml)
+    prepared = hook_host.run("hg", "start", "begin", xml)
     assert (prepared.returncode, prepared.stderr) == (0, b"")
     ram = hugetlbfs_mount / "libvirt" / "qemu" / "9-hg" / "pc.ram"
     assert int(POOL_2M.read_text()) == before + 32 and file_blocks(ram) == 64 * MiB
@@ -375,7 +392,7 @@ def test_files_staged_on_hugetlbfs_keep_their_reservation_until_release(
     unstage("hs")
     assert int(POOL_2M.read_text()) == before
     stage(parse_domain(xml))
-    assert hook_host.run("hs", "prepare", "begin", xml).returncode == 0
+    assert hook_host.run("hs", "start", "begin", xml).returncode == 0
     assert int(POOL_2M.read_text()) == before + 32  # taken over, not grown again
     ram = hugetlbfs_mount / "libvirt" / "qemu" / "10-hs" / "pc.ram"
     assert file_blocks(ram) == 64 * MiB
@@ -389,7 +406,7 @@ def test_a_hugetlbfs_pool_that_cannot_give_the_pages_refuses_the_start(
     _on_hugetlbfs(hook_host, hugetlbfs_mount)
     before = POOL_2M.read_text()
     xml = guest_xml("hx", 4 << 20, id=11, file_backed=True, config=OURS)  # 4 TiB
-    result = hook_host.run("hx", "prepare", "begin", xml)
+    result = hook_host.run("hx", "start", "begin", xml)
     assert result.returncode == 1
     line = stderr_line(result)
     assert "hugepages of 2.0 MiB" in line and "no pool was changed" in line
@@ -406,7 +423,7 @@ def test_pages_already_free_in_the_pool_are_used_before_it_grows(hook_host: Hook
     if int(POOL_2M.read_text()) != standing:
         pytest.skip("the 2 MiB pool cannot grow by 32 pages here")
     xml = guest_xml("hf", 96, id=12, file_backed=True, config=OURS)
-    assert hook_host.run("hf", "prepare", "begin", xml).returncode == 0
+    assert hook_host.run("hf", "start", "begin", xml).returncode == 0
     assert int(POOL_2M.read_text()) == standing + 16  # 48 pages needed, 32 were free
     assert hook_host.run("hf", "release", "end", xml).returncode == 0
     assert int(POOL_2M.read_text()) == standing

@@ -19,6 +19,12 @@ from tests.libvirt.xmls import guest_xml
 from tests.support import faults_on
 
 
+@pytest.fixture
+def tmp_path(root_only_dir: Path) -> Path:
+    """Root reads its config only where no one else can change it (not below /tmp)."""
+    return root_only_dir
+
+
 def absent_config(tmp_path: Path) -> dict[str, str]:
     return {"VFIOTASK_CONFIG": str(tmp_path / "no-config.toml")}
 
@@ -32,7 +38,7 @@ def test_fail_refuses_the_start_while_fault_injection_is_off(hook_host: HookHost
     """Refused, not ignored: a guest defined to fail must not start as if it were not, and a test
     of an undo path must not pass without failing anything."""
     xml = guest_xml("off", 64, id=4, file_backed=True, config={"fail": "prefault:1"})
-    result = hook_host.run("off", "prepare", "begin", xml, **absent_config(tmp_path))
+    result = hook_host.run("off", "start", "begin", xml, **absent_config(tmp_path))
     assert result.returncode == 1 and result.stdout == b""
     line = stderr_line(result)
     assert line.startswith("vfiotask: guest off: fail='prefault:1' in its <vfiotask:config> asks for an injected "
@@ -43,7 +49,7 @@ def test_fail_refuses_the_start_while_fault_injection_is_off(hook_host: HookHost
 
 def test_vfiotask_fail_given_to_the_hook_by_hand_is_refused_too(hook_host: HookHost, tmp_path: Path) -> None:
     xml = guest_xml("byhand", 64, id=5, file_backed=True, config={})
-    result = hook_host.run("byhand", "prepare", "begin", xml, VFIOTASK_FAIL="prefault:1", **absent_config(tmp_path))
+    result = hook_host.run("byhand", "start", "begin", xml, VFIOTASK_FAIL="prefault:1", **absent_config(tmp_path))
     assert result.returncode == 1 and result.stdout == b""
     assert stderr_line(result).startswith("vfiotask: guest byhand: VFIOTASK_FAIL is set, but fault injection is off")
     assert_nothing_prepared(hook_host)
@@ -63,7 +69,7 @@ def test_each_injection_goes_to_the_hooks_log(hook_host: HookHost, tmp_path: Pat
     logged: list[str] = []
     domain = parse_domain(guest_xml("logged", 64, id=6, file_backed=True, config={"fail": "prefault:1"}))
     with pytest.raises(VfiotaskError, match="injected by fault_injection"):
-        phases.prepare(domain, phases.HookContext(journal=GuestJournal(), conf=hook_host.conf, log=logged.append))
+        phases.prepare(domain, phases.HookContext(journal=GuestJournal(conf=hook_host.conf), conf=hook_host.conf, log=logged.append))
     assert "logged: fault injection is on: fail='prefault:1' will fail those chunks" in logged
     assert ("logged: chunk 1 of task prefault fails with EIO, injected by fault_injection "
             "(prefault:1 from the guest's fail='prefault:1')") in logged
@@ -73,7 +79,7 @@ def test_each_injection_goes_to_the_hooks_log(hook_host: HookHost, tmp_path: Pat
 def loaded_modules(hook_host: HookHost, name: str, xml: str, **env: str) -> set[str]:
     """The modules a `prepare begin` of the hook imports, from `python -X importtime` (no timing
     is looked at: only which modules appear)."""
-    result = subprocess.run([sys.executable, "-X", "importtime", str(HOOK), name, "prepare", "begin", "-"],
+    result = subprocess.run([sys.executable, "-X", "importtime", str(HOOK), name, "start", "begin", "-"],
                             input=xml.encode(), capture_output=True, env=hook_host.env(**env), timeout=120)
     lines = result.stderr.decode().splitlines()
     assert all(line.startswith(("import time:", "vfiotask: ")) for line in lines), lines  # no traceback

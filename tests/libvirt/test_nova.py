@@ -73,7 +73,7 @@ def test_file_backed_passthrough_prepares_it_hands_it_over_and_gives_it_back(hoo
     xml = nova_pci()
     ram = hook_host.guest_dir(f"7-{NAME}") / "pc.ram"
 
-    prepared = hook_host.run(NAME, "prepare", "begin", xml, **env)
+    prepared = hook_host.run(NAME, "start", "begin", xml, **env)
     assert (prepared.returncode, prepared.stdout, prepared.stderr) == (0, b"", b"")
     assert ram.stat().st_size == 64 * MiB and file_blocks(ram) == 64 * MiB
     (record,) = hook_host.journal()["guests"].values()  # type: ignore[attr-defined]
@@ -91,7 +91,7 @@ def test_file_backed_passthrough_prepares_it_hands_it_over_and_gives_it_back(hoo
 @requires_root
 def test_defaults_prefault_off_checks_but_populates_nothing(hook_host: HookHost) -> None:
     env = with_config(hook_host, PASSTHROUGH + "[defaults]\nprefault = false\n")
-    prepared = hook_host.run(NAME, "prepare", "begin", nova_pci(), **env)
+    prepared = hook_host.run(NAME, "start", "begin", nova_pci(), **env)
     assert (prepared.returncode, prepared.stderr) == (0, b"")
     assert NAME in hook_host.journal()["guests"]  # type: ignore[operator]
     assert not hook_host.guest_dir(f"7-{NAME}").exists()
@@ -130,7 +130,7 @@ def test_config_toml_is_read_only_for_guests_it_can_make_ours(hook_host: HookHos
     env = with_config(hook_host, "prepare_guests = \n")
     plain = as_libvirt_runs_it(nova_instance_xml(NAME, 64), 7)
     assert_left_alone(hook_host, plain, **env)
-    refused = hook_host.run(NAME, "prepare", "begin", nova_pci(), **env)
+    refused = hook_host.run(NAME, "start", "begin", nova_pci(), **env)
     assert refused.returncode == 1
     line = stderr_line(refused)
     assert f"config file {env['VFIOTASK_CONFIG']}: not valid TOML" in line
@@ -139,7 +139,7 @@ def test_config_toml_is_read_only_for_guests_it_can_make_ours(hook_host: HookHos
 
 def imported_modules(hook_host: HookHost, xml: str, **env: str) -> set[str]:
     """What the hook imports at prepare begin, from python -X importtime."""
-    result = subprocess.run([sys.executable, "-X", "importtime", str(HOOK), NAME, "prepare", "begin", "-"],
+    result = subprocess.run([sys.executable, "-X", "importtime", str(HOOK), NAME, "start", "begin", "-"],
                             input=xml.encode(), capture_output=True, env=hook_host.env(**env), timeout=120)
     assert result.returncode == 0, result.stderr
     return {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines()

@@ -93,7 +93,7 @@ def test_hook_prepare_killed_anywhere_is_recovered(hook_host: HookHost, cells: l
     before = tree(hook_host.backing_dir)
 
     def prepare(point: int) -> subprocess.CompletedProcess[bytes]:
-        return run([sys.executable, str(HOOK), "k", "prepare", "begin", "-"], {**env, **crash_at(point, tmp_path)},
+        return run([sys.executable, str(HOOK), "k", "start", "begin", "-"], {**env, **crash_at(point, tmp_path)},
                    xml)
 
     def recover() -> None:
@@ -104,7 +104,7 @@ def test_hook_prepare_killed_anywhere_is_recovered(hook_host: HookHost, cells: l
         assert run([sys.executable, str(HOOK), "k", "release", "end", "-"], env, xml).returncode == 0
 
     def prepare_again() -> None:
-        result = run([sys.executable, str(HOOK), "k", "prepare", "begin", "-"], env, xml)
+        result = run([sys.executable, str(HOOK), "k", "start", "begin", "-"], env, xml)
         assert result.returncode == 0, result.stderr  # not "already exists"
         assert len([p for p, kind, _ in tree(hook_host.backing_dir) if kind == "f"]) == max(len(cells), 1)
         release()
@@ -155,7 +155,7 @@ def test_prepare_moving_staged_files_killed_anywhere_is_recovered(hook_host: Hoo
     def prepare(point: int) -> subprocess.CompletedProcess[bytes]:
         staged = run([sys.executable, "-c", STAGE], env, xml)
         assert staged.returncode == 0, staged.stderr
-        return run([sys.executable, str(HOOK), "w", "prepare", "begin", "-"], {**env, **crash_at(point, tmp_path)},
+        return run([sys.executable, str(HOOK), "w", "start", "begin", "-"], {**env, **crash_at(point, tmp_path)},
                    xml)
 
     def recover() -> None:
@@ -194,7 +194,7 @@ def test_hugepage_reservations_killed_anywhere_are_given_back(hook_host: HookHos
         assert run(cli("recover"), env).returncode == 0
 
     def hook_prepare(point: int) -> subprocess.CompletedProcess[bytes]:
-        return run([sys.executable, str(HOOK), "hp", "prepare", "begin", "-"], {**env, **crash_at(point, tmp_path)},
+        return run([sys.executable, str(HOOK), "hp", "start", "begin", "-"], {**env, **crash_at(point, tmp_path)},
                    xml)
 
     def hook_release() -> None:

@@ -26,7 +26,7 @@ def test_a_link_at_any_level_below_the_backing_dir_fails_prepare_and_creates_not
         link = hook_host.backing_dir / level
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(target)
-        result = hook_host.run("g", "prepare", "begin", guest_xml("g", 16, id=3, file_backed=True, config=OURS))
+        result = hook_host.run("g", "start", "begin", guest_xml("g", 16, id=3, file_backed=True, config=OURS))
         assert result.returncode == 1 and "symbolic link" in stderr_line(result), result.stderr
         assert list(target.iterdir()) == []
         assert link.is_symlink()
@@ -41,8 +41,8 @@ def test_a_link_at_any_level_below_the_backing_dir_fails_prepare_and_creates_not
 def test_guests_released_in_any_order_leave_no_empty_directories(hook_host: HookHost) -> None:
     a = guest_xml("a", 16, id=1, file_backed=True, config=OURS)
     b = guest_xml("b", 16, id=2, file_backed=True, config=OURS)
-    assert hook_host.run("a", "prepare", "begin", a).returncode == 0
-    assert hook_host.run("b", "prepare", "begin", b).returncode == 0
+    assert hook_host.run("a", "start", "begin", a).returncode == 0
+    assert hook_host.run("b", "start", "begin", b).returncode == 0
     assert {p for p, kind, _ in tree(hook_host.backing_dir) if kind == "f"} == {
         "libvirt/qemu/1-a/pc.ram", "libvirt/qemu/2-b/pc.ram"}
     assert hook_host.run("a", "release", "end", a).returncode == 0
@@ -56,7 +56,7 @@ def test_guests_released_in_any_order_leave_no_empty_directories(hook_host: Hook
 def test_directories_someone_else_made_are_left(hook_host: HookHost) -> None:
     (hook_host.backing_dir / "libvirt/qemu").mkdir(parents=True)
     xml = guest_xml("c", 16, id=4, file_backed=True, config=OURS)
-    assert hook_host.run("c", "prepare", "begin", xml).returncode == 0
+    assert hook_host.run("c", "start", "begin", xml).returncode == 0
     assert hook_host.run("c", "release", "end", xml).returncode == 0
     assert [(path, kind) for path, kind, _ in tree(hook_host.backing_dir)] == [("libvirt", "d"), ("libvirt/qemu", "d")]
 
@@ -108,16 +108,15 @@ def test_a_planted_temporary_link_is_not_followed(state_dir: Path, tmp_path: Pat
 
 
 @requires_root
-def test_a_guest_directory_swapped_for_a_link_before_start_is_refused(hook_host: HookHost, tmp_path: Path) -> None:
+def test_a_link_at_the_guests_place_is_refused_and_never_followed(hook_host: HookHost, tmp_path: Path) -> None:
     xml = guest_xml("s", 16, id=8, file_backed=True, config=OURS, dac="+64055:+64055")
-    assert hook_host.run("s", "prepare", "begin", xml).returncode == 0
+    elsewhere = hook_host.backing_dir / "elsewhere"  # the same tmpfs, root's
+    elsewhere.mkdir(mode=0o700)
     guest = hook_host.guest_dir("8-s")
-    elsewhere = hook_host.backing_dir / "elsewhere"  # the same tmpfs
-    guest.rename(elsewhere)  # the prepared directory, moved aside, and a link put in its place
+    guest.parent.mkdir(parents=True)
     guest.symlink_to(elsewhere)
     result = hook_host.run("s", "start", "begin", xml)
-    assert result.returncode == 1 and "symbolic link" in stderr_line(result)
-    assert (elsewhere.stat().st_uid, (elsewhere / "pc.ram").stat().st_uid) == (0, 0)
-    guest.unlink()
+    assert result.returncode == 1 and "is a symbolic link" in stderr_line(result)
+    assert (list(elsewhere.iterdir()), elsewhere.stat().st_uid, elsewhere.stat().st_mode & 0o777) == ([], 0, 0o700)
     assert hook_host.run("s", "release", "end", xml).returncode == 0
-    assert (elsewhere / "pc.ram").exists()  # moved away from where it was made: not removed through a path
+    assert guest.is_symlink() and not (hook_host.backing_dir / ".vfiotask").exists()

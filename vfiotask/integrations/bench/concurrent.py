@@ -3,7 +3,7 @@
 At host boot or autostart libvirtd runs the hook for many guests at once.  Each prepare wants
 every CPU for its populate; the host-wide helper slots keep the helpers of all of them within
 the cap, so starting N guests together should take no longer than starting them in turn.  This
-suite runs the hook exactly as libvirtd does (a separate process, argv `NAME prepare begin -`,
+suite runs the hook exactly as libvirtd does (a separate process, argv `NAME start begin -`,
 the domain XML on stdin, an environment of LC_ALL, PATH and HOME) for N file-backed guests on a
 private memory_backing_dir on /dev/shm with a private state dir, and times:
   together - N hooks started at once, until the last one exits;
@@ -55,13 +55,13 @@ def measure(size: int, repeat: int) -> dict[str, Any]:
 
     def together() -> float:
         began = time.monotonic()
-        hook.wait([hook.start(name, "prepare", "begin", xml) for name, xml in guests])
+        hook.wait([hook.start(name, "start", "begin", xml) for name, xml in guests])
         return time.monotonic() - began
 
     def serial() -> float:
         began = time.monotonic()
         for name, xml in guests:
-            hook.wait([hook.start(name, "prepare", "begin", xml)])
+            hook.wait([hook.start(name, "start", "begin", xml)])
         return time.monotonic() - began
 
     def release() -> None:
@@ -103,7 +103,7 @@ def render(result: dict[str, Any]) -> str:
         return f"  {name:<9} {data['median_seconds']:>9.3f}  " + " ".join(f"{s:.3f}" for s in data["seconds"])
 
     return "\n".join([
-        f"prepare begin of {result['guests']} file-backed guests of {format_size(result['size'])} each, "
+        f"start begin of {result['guests']} file-backed guests of {format_size(result['size'])} each, "
         f"{result['repeat']} interleaved runs, warm host memory, {result['cpus']} CPUs "
         f"(load {result['load_before']} before)",
         f"  {'variant':<9} {'median s':>9}  runs",

@@ -106,30 +106,53 @@ def _size(options: BenchOptions) -> int:
 
 
 def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 * MiB) -> dict[str, dict[str, float]]:
-    """Median wall time of the installed hook per phase, for a prepared guest and one not ours.
+    """Median wall time of the installed hook per phase, for a prepared guest and one not ours,
+    and of its whole start path (`prepare` plus `start`, the phases libvirtd waits for before QEMU).
 
     The hook runs as libvirtd runs it (argv, the XML on stdin, an environment of LC_ALL, PATH
-    and HOME), pointed at a private state dir and a qemu.conf naming `backing_dir`.
+    and HOME), with a state dir under /run as on a host, a qemu.conf naming `backing_dir`, and
+    `backing_dir/libvirt/qemu` and the guest's empty directory made before each start, as libvirtd
+    makes them.  The prepared guest was staged by `prepin --domain` before each run.
     """
+    import pwd
+    import shutil
+
     from vfiotask.integrations.libvirt.ahead import stage
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 
+    try:
+        qemu_uid, qemu_gid = pwd.getpwnam("libvirt-qemu")[2:4]
+    except KeyError:
+        qemu_uid = qemu_gid = 0
+    guests_dir = backing_dir / "libvirt" / "qemu"
     times: dict[str, dict[str, list[float]]] = {"not ours": {}, "prepared": {}}
-    with tempfile.TemporaryDirectory(prefix="vfiotask-bench-hook-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="vfiotask-bench-hook-", dir="/run") as scratch:
         runner = HookRunner([hook], Path(scratch), backing_dir, hint="run the hook's tests (tests/libvirt)")
-        guests = {"not ours": guest_xml("bench-plain", size, ours=False, guest_id=901, dac="+0:+0"),
-                  "prepared": guest_xml("bench-prep", size, ours=True, guest_id=902, dac="+0:+0")}
+        guests = {"not ours": ("bench-plain", 901, guest_xml("bench-plain", size, ours=False, guest_id=901,
+                                                               dac="+0:+0")),
+                  "prepared": ("bench-prep", 902, guest_xml("bench-prep", size, ours=True, guest_id=902,
+                                                              dac="+0:+0"))}
         saved = {key: os.environ.get(key) for key in ("VFIOTASK_STATE_DIR", "VFIOTASK_LIBVIRT_QEMU_CONF")}
         os.environ.update({key: runner.env[key] for key in saved})
         try:
+            guests_dir.mkdir(parents=True, exist_ok=True)
+            os.chown(guests_dir, qemu_uid, qemu_gid)
             for _ in range(runs):
-                stage(parse_domain(guests["prepared"]), conf=runner.conf, journal=GuestJournal(runner.state))
-                for kind, xml in guests.items():
-                    name = "bench-plain" if kind == "not ours" else "bench-prep"
+                stage(parse_domain(guests["prepared"][2]), conf=runner.conf, journal=GuestJournal(runner.state))
+                for kind, (name, guest_id, xml) in guests.items():
+                    own = guests_dir / f"{guest_id}-{name}"
                     for phase, subphase in PHASES:
+                        if phase == "start":  # libvirtd made it between prepare and start
+                            own.mkdir(mode=0o700, exist_ok=True)
+                            os.chown(own, qemu_uid, qemu_gid)
+                        elif phase == "release":  # and removed it at the stop
+                            shutil.rmtree(own, ignore_errors=True)
                         times[kind].setdefault(phase, []).append(runner.timed(name, phase, subphase, xml))
+                    times[kind].setdefault("start path", []).append(times[kind]["prepare"][-1]
+                                                                    + times[kind]["start"][-1])
         finally:
+            shutil.rmtree(backing_dir / "libvirt", ignore_errors=True)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -9,6 +9,7 @@ free memory, and whether vfiotask can prepare it ahead.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from vfiotask.devices import Host, discover, group_viability, uses_of
 from vfiotask.devices.viability import ENABLE_IOMMU_HINT, not_viable_error
@@ -204,7 +205,17 @@ def ahead_findings(domain: Domain, probe: Probe) -> list[Finding]:
     fix = f"vfiotask tune --domain {domain.name} --file-backed"
     if not domain.backing.file_backed:
         return [warn("prepared ahead", "its RAM is anonymous: QEMU faults it itself, in one thread, at start", fix)]
-    base = memory_backing_dir(probe.qemu_conf) or DEFAULT_RAM_ROOT
+    configured = memory_backing_dir(probe.qemu_conf)
+    if configured is None:
+        return [warn("prepared ahead", f"file-backed, but qemu.conf sets no memory_backing_dir: libvirt's default "
+                     f"{DEFAULT_RAM_ROOT} lies in the QEMU user's directory, where the hook makes nothing",
+                     "vfiotask setup memory-backing")]
+    base = configured
+    if not probe.fixture:
+        problem = _untrusted(base)
+        if problem:
+            return [fail("prepared ahead", f"file-backed in {base}, but {problem}: the hook refuses to prepare it",
+                         "point memory_backing_dir at a directory only root can write (vfiotask setup memory-backing)")]
     try:
         mount = mount_of(base, probe.root)
     except FileNotFoundError:
@@ -219,6 +230,19 @@ def ahead_findings(domain: Domain, probe: Probe) -> list[Finding]:
         return [warn("prepared ahead", f"{seen}: it can be populated ahead, but in 4 KiB pages",
                      f"mount -o remount,huge=within_size {mount.mountpoint}")]
     return [ok("prepared ahead", f"{seen}: vfiotask prepin --domain {domain.name} populates it ahead")]
+
+
+def _untrusted(base: Path) -> str | None:
+    """Why the hook would refuse memory_backing_dir (another user can change it), or None."""
+    from vfiotask.dirfd import Untrusted, open_trusted_root
+
+    try:
+        open_trusted_root(base, hint="").close()
+    except Untrusted as exc:
+        return exc.message.split(";")[0]
+    except OSError:
+        return None  # missing: the mount check below says so
+    return None
 
 
 def guest_findings(domain: Domain, probe: Probe) -> list[Finding]:

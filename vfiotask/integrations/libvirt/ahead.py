@@ -1,7 +1,7 @@
 """Populate a stopped guest's RAM files ahead of its start (`vfiotask prepin --domain NAME`).
 
-The files are made in a staging directory beside the guests' own directories (the same
-filesystem, so the hook moves them into place at `prepare begin` with one rename) and written
+The files are made in a staging directory in root's private directory below memory_backing_dir
+(the same filesystem, so the hook takes them over at `start begin` with one rename) and written
 down in the journal.  A staged file is fresh memory no guest has run on; once a guest used it,
 libvirt removes it at stop, so no start ever gets another run's data.
 """
@@ -19,7 +19,7 @@ from vfiotask.integrations.libvirt.domain import NAMESPACE, Domain, parse_domain
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 from vfiotask.integrations.libvirt.ramfiles import (
     hugetlbfs_pages,
-    open_place,
+    open_private,
     populate_file,
     remove_empty_shared,
     reserve_pages,
@@ -82,7 +82,7 @@ def stage(domain: Domain, *, threads: int = 0, conf: Path | None = None,
     try:
         if fstype == "hugetlbfs":  # the guest's reservation, taken over by the hook at its start
             hugepages = _reserve_staged(journal, name, base, wanted)
-        with open_place(place, journal.journal, staging_owner(name)) as directory:
+        with open_private(place, journal.journal, staging_owner(name)) as directory:
             for ram in wanted:
                 meter = progress(f"{domain.name}: {ram.name}") if progress else None
                 done.append(populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal.journal,

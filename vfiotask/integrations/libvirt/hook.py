@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from typing import IO
 
 KNOWN_PHASES = {"prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "attach"}
-WORK = {("prepare", "begin"), ("start", "begin"), ("release", "end")}
+WORK = {("start", "begin"), ("release", "end")}  # everything else ends here (and in the shim, before Python)
 EXIT_OK = 0
 EXIT_FAILED = 1
 IDENT = "vfiotask-hook"
@@ -69,14 +69,14 @@ def main(argv: list[str] | None = None, stdin: IO[bytes] | None = None) -> int:
     try:
         if work == ("release", "end"):
             return run_release(name)
-        return run_prepare_or_start(name, phase, read_stdin(stdin))
+        return run_start(name, read_stdin(stdin))
     except KeyboardInterrupt:
         return fail(f"guest {name}: interrupted; everything taken was given back")
 
 
-def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
-    """`start begin` needs only the guest's name and DAC label, which the expat scan gives; the
-    domain model (ElementTree, the NamedTuples) is built for `prepare begin` alone."""
+def run_start(name: str, data: bytes) -> int:
+    """`start begin`: libvirt's last call before QEMU runs, with the whole definition and QEMU's
+    DAC label; expat alone decides whether the guest is ours, the domain model is built only then."""
     from vfiotask.errors import VfiotaskError
     from vfiotask.integrations.libvirt.ours import scan, validate_name
 
@@ -84,18 +84,18 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
         found = scan(data)
         if not found.ours:
             return EXIT_OK
-        domain = None
-        if phase == "prepare":
-            from vfiotask.integrations.libvirt.domain import parse_domain
+        from vfiotask.integrations.libvirt.domain import parse_domain
 
-            domain = parse_domain(data)
+        domain = parse_domain(data)
     except VfiotaskError as exc:
-        return fail(f"guest {name} {phase}: {exc.one_line()}")
+        return fail(f"guest {name} start: {exc.one_line()}")
     try:
         validate_name(name)
-        if found.name != name or (domain is not None and domain.name != name):
-            shown = found.name if found.name != name or domain is None else domain.name
+        if found.name != name or domain.name != name:
+            shown = found.name if found.name != name else domain.name
             return fail(f"guest {name}: the XML on stdin is for {shown!r}; nothing done")
+        if domain.id is None:
+            return fail(f"guest {name}: the XML has no id attribute; nothing done")
         from vfiotask import testpoints  # the journal imports it anyway: no extra module
         from vfiotask.integrations.libvirt import phases
 
@@ -103,20 +103,12 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
             from vfiotask.faultinjection import from_environment
 
             from_environment()
-        ctx = phases.HookContext(log=log)
-        if domain is not None:
-            if domain.id is None:
-                return fail(f"guest {name}: the XML has no id attribute; nothing done")
-            phases.prepare(domain, ctx)
-            from vfiotask.integrations.libvirt.domain import SOURCE_POLICY
+        phases.prepare(domain, phases.HookContext(log=log))
+        from vfiotask.integrations.libvirt.domain import SOURCE_POLICY
 
-            by_policy = " by prepare_guests, with the settings of [defaults]" \
-                if domain.config.source == SOURCE_POLICY else ""
-            log(f"{name}: prepared{by_policy}")
-        else:
-            at_start = phases.start(name, found.dac, ctx)
-            if at_start is not None:
-                log(f"{name}: files handed to QEMU ({list(at_start.owner) if at_start.owner else None})")
+        by_policy = " by prepare_guests, with the settings of [defaults]" \
+            if domain.config.source == SOURCE_POLICY else ""
+        log(f"{name}: prepared{by_policy} and handed to QEMU")
     except VfiotaskError as exc:
         return fail(f"guest {name}: {exc.one_line()}")
     except Exception as exc:  # a bug: libvirt still gets one line, syslog gets the traceback
@@ -124,8 +116,8 @@ def run_prepare_or_start(name: str, phase: str, data: bytes) -> int:
 
         from vfiotask.errors import describe_exception
 
-        log(f"{name}: {phase} failed unexpectedly:\n{traceback.format_exc()}")
-        return fail(f"guest {name}: {phase} failed unexpectedly ({describe_exception(exc)}); "
+        log(f"{name}: start failed unexpectedly:\n{traceback.format_exc()}")
+        return fail(f"guest {name}: start failed unexpectedly ({describe_exception(exc)}); "
                     "details are in syslog under vfiotask-hook")
     return EXIT_OK
 

@@ -60,7 +60,8 @@ HOOK='{hook}'
 # Phases the hook has no work in end here, before Python starts: libvirtd waits for each one.
 # (No output for migrate and restore keeps libvirt's own XML, as the hook itself would.)
 case "$2 $3" in
-    "started begin"|"stopped end"|"migrate begin"|"restore begin"|"reconnect begin"|"attach begin") exit 0 ;;
+    "prepare begin"|"started begin"|"stopped end"|"migrate begin"|"restore begin"|"reconnect begin"|"attach begin")
+        exit 0 ;;
 esac
 if [ -x "$PYTHON" ] && [ -f "$HOOK" ]; then
     # -I -S: no site processing, which costs more than most phases' work; the paths it would
@@ -68,7 +69,7 @@ if [ -x "$PYTHON" ] && [ -f "$HOOK" ]; then
     exec "$PYTHON" -I -S -c '{bootstrap}' "$HOOK" "$@"
 fi
 case "$2 $3" in
-    "prepare begin"|"start begin") ;;
+    "start begin") ;;
     *) exit 0 ;;
 esac
 if grep -q '{namespace}'; then

@@ -1,16 +1,17 @@
-"""What the hook does for a guest that is ours, phase by phase.
+"""What the hook does for a guest that is ours, at `start begin`, the last phase before QEMU runs.
 
-prepare: check the PCI devices' IOMMU groups and the memlock budget QEMU will get, reserve
-hugepages on the guest's nodes, and create and populate file-backed RAM (or move staged files into
-place) before QEMU opens it.  Each step registers its undo first, so any failure gives back
-everything and libvirt aborts the start with our message.
-start: hand the files to the DAC label QEMU runs as, and note how much of each file is populated.
-release: give back what prepare recorded; idempotent, and it never fails the stop.
+All of it happens in that one phase (libvirt gives it the whole definition and QEMU's DAC label):
+check the PCI devices' IOMMU groups and the memlock budget QEMU will get, reserve hugepages on
+the guest's nodes, make and populate file-backed RAM (or take over staged files) in root's
+private directory, and hand the finished directory to QEMU last.  Each step registers its undo
+first, so any failure gives back everything and libvirt aborts the start with our message.
+release: give back what was recorded; idempotent, and it never fails the stop.
 """
 
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import time
 from collections.abc import Callable
@@ -23,31 +24,34 @@ from vfiotask.errors import HostStateError, MemlockLimitError, VfiotaskError, de
 from vfiotask.integrations.libvirt import paths
 from vfiotask.integrations.libvirt.guestjournal import GuestJournal
 from vfiotask.integrations.libvirt.ramfiles import (
-    allocated_bytes,
     hand_over,
     hugetlbfs_pages,
-    open_place,
+    open_private,
+    open_ram_root,
     populate_file,
     remove_empty_shared,
     reserve_pages,
+    settle_handover,
     still_ours,
 )
 from vfiotask.journal import Journal, fs_change, holder, holder_alive, undo_recorded
 from vfiotask.journalrecords import (
-    DIR,
     FILE,
     GUEST,
     GUEST_PAGES,
     STAGING,
     AtStart,
     FileRecord,
+    FsChange,
     GuestRecord,
     LibvirtContents,
     Owner,
     Place,
     PlacementRecord,
+    StagedRecord,
     guest_owner,
     guest_pages_owner,
+    staging_owner,
 )
 from vfiotask.units import MAX_ID, GiB, format_size, parse_count, parse_size
 
@@ -151,10 +155,12 @@ def hugepage_demands(domain: Domain, default: int) -> dict[int, dict[int | None,
 
 
 def prepare(domain: Domain, ctx: HookContext) -> GuestRecord:
-    """Do everything for `prepare begin`; on any failure undo it all and raise.
+    """Do everything for `start begin`; on any failure undo it all and raise.
 
-    What an earlier prepare of the guest left (never released, or killed) is undone first, so a
-    killed prepare followed by a new one starts clean instead of failing on its leftovers.
+    What an earlier preparation of the guest left (never released, or killed) is undone first, so
+    a killed one followed by a new one starts clean instead of failing on its leftovers.  The RAM
+    files are handed to QEMU's DAC label (`<seclabel model='dac'>`, which libvirt adds at this
+    phase) last: until then only root can reach them, and release and recovery find them.
     """
     name = domain.name
     for done in recover_guest(name, ctx):
@@ -167,6 +173,7 @@ def prepare(domain: Domain, ctx: HookContext) -> GuestRecord:
     undo: list[Callable[[], object]] = []
     ctx.journal.put_guest(name, record)
     try:
+        label = _label_ids(domain)  # a DAC label naming no user fails here, before anything is made
         if domain.hostdevs:
             check_devices(domain)
         check_memlock(domain)
@@ -174,8 +181,9 @@ def prepare(domain: Domain, ctx: HookContext) -> GuestRecord:
         if domain.backing.uses_hugepages and domain.config.hugepages:
             record = _reserve_hugepages(domain, ctx, record, undo)
         if domain.backing.file_backed and domain.config.prefault:
-            record = _populate_files(domain, ctx, record, undo)
-        record = ctx.journal.commit_guest(name, record._replace(prepared=time.time()))
+            record = _populate_files(domain, ctx, record, undo, label)
+        record = record._replace(prepared=time.time(), at_start=_at_start(record, label))
+        record = ctx.journal.commit_guest(name, record)
     except BaseException as exc:
         for action in reversed(undo):
             try:
@@ -264,11 +272,18 @@ def _reserve_hugepages(domain: Domain, ctx: HookContext, record: GuestRecord,
     return record
 
 
-def _populate_files(domain: Domain, ctx: HookContext, record: GuestRecord,
-                    undo: list[Callable[[], object]]) -> GuestRecord:
+def _populate_files(domain: Domain, ctx: HookContext, record: GuestRecord, undo: list[Callable[[], object]],
+                    label: tuple[int, int] | None) -> GuestRecord:
     from vfiotask.host.mounts import RAM_FILESYSTEMS, filesystem_type
 
+    if paths.memory_backing_dir(ctx.conf) is None:
+        # libvirt's default lies in the QEMU user's /var/lib/libvirt/qemu, where that user can swap
+        # `ram` for anything: nothing is made there (and it is on disk, where prefaulting gains little)
+        ctx.log(f"{domain.name}: no memory_backing_dir in qemu.conf; RAM files left to QEMU "
+                "(vfiotask setup memory-backing makes one only root can write)")
+        return record
     base = paths.require_backing_dir(ctx.conf)
+    open_ram_root(paths.guests_place(ctx.conf)).close()  # one another user can change is refused, whatever is on it
     fstype = filesystem_type(base, ctx.host_root)
     if fstype not in RAM_FILESYSTEMS:
         ctx.log(f"{domain.name}: memory_backing_dir {base} is not tmpfs or hugetlbfs; RAM files left to QEMU")
@@ -282,35 +297,107 @@ def _populate_files(domain: Domain, ctx: HookContext, record: GuestRecord,
             undo.append(partial(ctx.reserver().release, pages_owner))
         record = record._replace(hugepages=(*record.hugepages, held))
         ctx.journal.put_guest(domain.name, record)
-    place = paths.guest_place(domain, ctx.conf)
-    record = record._replace(guest_dir=str(place.path), place=place)
+    preparing = paths.preparing_place(domain, ctx.conf)
+    final = paths.guest_place(domain, ctx.conf)
+    record = record._replace(guest_dir=str(final.path), place=final)
     owner = guest_owner(domain.name)
     journal = ctx.journal.journal
     staged = ctx.journal.staged(domain.name)
+    if staged is not None and _staged_whole(staged, rams):
+        return _take_over_staging(domain, ctx, record, staged, final, label, undo)
     staged_files = {f.name: f for f in (staged.files if staged else ())}
-    with open_place(place, journal, owner) as directory:
+    files: list[FileRecord] = []
+    with open_private(preparing, journal, owner) as directory:
         for ram in rams:
             ahead = staged_files.pop(ram.name, None)
             if ahead is not None and ahead.size == ram.size and still_ours(ahead) \
                     and directory.lstat(ram.name) is None:
-                done = _move_staged(ahead, directory, place, ram.name, journal, owner)
+                done = _move_staged(ahead, directory, preparing, ram.name, journal, owner)
                 undo.append(partial(_move_back, done, ahead))
-                ctx.log(f"{domain.name}: moved staged {ram.name} into place")
+                ctx.log(f"{domain.name}: took over staged {ram.name}")
             else:
                 from vfiotask.integrations.progress import hook_meter
 
                 meter = hook_meter(f"{domain.name}: populating {ram.name}", ram.size, ctx.log)
-                done = populate_file(directory, place, ram.name, ram.size, ram.node, journal=journal, owner=owner,
-                                     threads=domain.config.threads, progress=meter)
+                done = populate_file(directory, preparing, ram.name, ram.size, ram.node, journal=journal,
+                                     owner=owner, threads=domain.config.threads, progress=meter)
                 ctx.log(f"{domain.name}: populated {ram.name} ({format_size(ram.size)}) "
                         f"in {done.seconds:.2f} s with {done.threads} thread(s)")
+            files.append(done)
             record = record._replace(files=(*record.files, done))
             ctx.journal.put_guest(domain.name, record)
     if staged:
         from vfiotask.integrations.libvirt.ahead import unstage
 
         unstage(domain.name, journal=ctx.journal)
-    return record
+    handed = hand_over(journal, owner, preparing, final, files, label)
+    who = f"uid {label[0]} gid {label[1]}" if label else "root"
+    ctx.log(f"{domain.name}: RAM files handed to QEMU ({who})")
+    return record._replace(files=tuple(handed))
+
+
+def _staged_whole(staged: StagedRecord, rams: list[paths.RamFile]) -> bool:
+    """Whether the staging is exactly the guest's RAM, file for file, and still there."""
+    wanted = sorted((ram.name, ram.size) for ram in rams)
+    return sorted((f.name, f.size) for f in staged.files) == wanted and all(still_ours(f) for f in staged.files)
+
+
+def _take_over_staging(domain: Domain, ctx: HookContext, record: GuestRecord, staged: StagedRecord, final: Place,
+                       label: tuple[int, int] | None, undo: list[Callable[[], object]]) -> GuestRecord:
+    """A guest staged whole by `prepin --domain`: its staging directory becomes the guest's.
+
+    The staging's entries become the guest's and its record the guest's files in one journal
+    write, and the directory is handed to QEMU as it is: nothing is made, moved or populated
+    file by file, which keeps a prepared start to a few journal writes.  A failed hand-over gives
+    the directory back to the staging, untouched.
+    """
+    name = domain.name
+    staging = paths.staging_place(name, ctx.conf)
+    files = tuple(f._replace(staged_from=f.path) for f in staged.files)
+    record = record._replace(files=files)
+    journal = ctx.journal.journal
+    with ctx.journal.locked() as contents:
+        _reown(journal, contents, staging_owner(name), guest_owner(name))
+        contents.staged.pop(name, None)
+        contents.guests[name] = record
+    undo.append(partial(_give_staging_back, ctx, name, staged))
+    ctx.log(f"{name}: took over the files staged for it")
+    handed = hand_over(journal, guest_owner(name), staging, final, list(files), label)
+    who = f"uid {label[0]} gid {label[1]}" if label else "root"
+    ctx.log(f"{name}: RAM files handed to QEMU ({who})")
+    return record._replace(files=tuple(handed))
+
+
+def _reown(journal: Journal[LibvirtContents], contents: LibvirtContents, old: Owner, new: Owner) -> None:
+    """`old`'s files and directories become `new`'s (its staged hugepages' record goes: the
+    reservation is the guest's own, listed in its record)."""
+    for entry in journal.entries(contents, old):
+        if isinstance(entry.change, FsChange):
+            contents.intents = [item._replace(owner=new) if item.id == entry.id else item for item in contents.intents]
+        else:
+            journal.drop(contents, entry, save=False)
+
+
+def _give_staging_back(ctx: HookContext, name: str, staged: StagedRecord) -> None:
+    """Undo of a take-over whose hand-over failed: the files, still where they were staged, go
+    back to root and to the staging (a directory already handed over is QEMU's: release's)."""
+    if not all(still_ours(f) for f in staged.files):
+        return
+    for record in staged.files:
+        with open_path(record.place.root, record.place.parts) as directory:
+            fd = directory.open(record.name, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                if identity_of(os.fstat(fd)) == (record.dev, record.inode):
+                    os.fchown(fd, 0, 0)
+            finally:
+                os.close(fd)
+    with open_path(staged.files[0].place.root, staged.files[0].place.parts) as directory:
+        os.fchown(directory.fd, 0, 0)
+    journal = ctx.journal.journal
+    with ctx.journal.locked() as contents:
+        _reown(journal, contents, guest_owner(name), staging_owner(name))
+        contents.guests.pop(name, None)
+        contents.staged[name] = staged
 
 
 def _move_staged(ahead: FileRecord, directory: Dir, place: Place, name: str, journal: Journal[LibvirtContents],
@@ -347,28 +434,18 @@ def _resolve_id(text: str, lookup: Callable[[str], Any], what: str) -> int:
         ) from exc
 
 
-def start(name: str, label: tuple[str, str] | None, ctx: HookContext) -> AtStart | None:
-    """Give the prepared files to QEMU's uid:gid (`label`: the user and group of the guest's DAC
-    seclabel) and record how much of each is populated."""
-    record = ctx.journal.guest(name)
-    if record is None:
+def _label_ids(domain: Domain) -> tuple[int, int] | None:
+    """QEMU's uid and gid from the guest's DAC label; None when libvirt gave it none (QEMU runs as root)."""
+    if domain.dac_label is None:
         return None
-    files = list(record.files)
-    place = record.place
-    made_dir = any(e.kind == DIR for e in ctx.journal.journal_entries(guest_owner(name)))
-    allocated: dict[str, int] | None = None
-    owner: tuple[int, int] | None = None
-    if label is not None:
-        uid = _resolve_id(label[0], pwd.getpwnam, "user")
-        gid = _resolve_id(label[1], grp.getgrnam, "group")
-        if place is not None and (files or made_dir):
-            allocated = hand_over(place, files, uid, gid, directory_too=made_dir)
-        owner = (uid, gid)
-    if allocated is None:
-        allocated = {file.path: allocated_bytes(file) for file in files}
-    at_start = AtStart(allocated, {file.path: file.inode for file in files}, time.time(), owner)
-    ctx.journal.record_start(name, at_start)
-    return at_start
+    return (_resolve_id(domain.dac_label.user, pwd.getpwnam, "user"),
+            _resolve_id(domain.dac_label.group, grp.getgrnam, "group"))
+
+
+def _at_start(record: GuestRecord, label: tuple[int, int] | None) -> AtStart:
+    """What QEMU is handed: its uid:gid and how much of each file is populated."""
+    return AtStart({f.path: f.allocated for f in record.files}, {f.path: f.inode for f in record.files},
+                   time.time(), label)
 
 
 def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> list[str]:
@@ -382,6 +459,7 @@ def release(name: str, ctx: HookContext, *, done: list[str] | None = None) -> li
     done = [] if done is None else done
     journal = ctx.journal.journal
     try:
+        settle_handover(journal, guest_owner(name))
         done += undo_recorded(journal, guest_owner(name))
     except (OSError, VfiotaskError) as exc:
         problems.append(f"removing files: {describe_exception(exc)}")
