@@ -216,7 +216,8 @@ def test_a_ram_directory_another_user_can_change_is_refused(hook_host: HookHost,
     result = hook_host.run("d", "start", "begin", xml_for("d", 3))
     assert result.returncode == 1
     line = stderr_line(result)
-    assert f"is owned by {attacker.name} (uid {attacker.uid})" in line and "vfiotask does not let root write below" in line
+    assert f"is owned by {attacker.name} (uid {attacker.uid})" in line
+    assert "vfiotask does not let root write below" in line
     assert list(target.iterdir()) == [] and owned_tree(users_dir) == {
         "ram": ("link" if level == "ram" else "dir", attacker.uid, attacker.gid, owned_tree(users_dir)["ram"][3])}
     assert hook_host.journal()["guests"] == {}

@@ -69,7 +69,8 @@ def test_each_injection_goes_to_the_hooks_log(hook_host: HookHost, tmp_path: Pat
     logged: list[str] = []
     domain = parse_domain(guest_xml("logged", 64, id=6, file_backed=True, config={"fail": "prefault:1"}))
     with pytest.raises(VfiotaskError, match="injected by fault_injection"):
-        phases.prepare(domain, phases.HookContext(journal=GuestJournal(conf=hook_host.conf), conf=hook_host.conf, log=logged.append))
+        phases.prepare(domain, phases.HookContext(journal=GuestJournal(conf=hook_host.conf), conf=hook_host.conf,
+                                                  log=logged.append))
     assert "logged: fault injection is on: fail='prefault:1' will fail those chunks" in logged
     assert ("logged: chunk 1 of task prefault fails with EIO, injected by fault_injection "
             "(prefault:1 from the guest's fail='prefault:1')") in logged
