@@ -125,9 +125,8 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def root_only_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh directory that no one but root can change at any level, for what root must trust
-    (a config file, an installed vfiotask): pytest's tmp_path is below /tmp, which everyone can
-    write.  Made under /run and removed afterwards; a user other than root gets a tmp_path, since
-    vfiotask asks root alone for such paths."""
+    (a config file, an installed vfiotask), made under /run and removed afterwards; a user other
+    than root gets a tmp_path, since vfiotask asks root alone for such paths."""
     if not is_root():
         yield tmp_path_factory.mktemp("root-only")
         return

@@ -224,7 +224,7 @@ def unsafe_reason(info: os.stat_result, *, owner: int | None = None) -> str | No
 
     if not stat.S_ISDIR(info.st_mode):
         return "is not a directory"
-    return untrusted(info, trusted_owners() if owner is None else (owner,), sticky_ok=True)
+    return untrusted(info, trusted_owners() if owner is None else (owner,))
 
 
 MAX_LINKS = 40  # the kernel's own limit on links followed in one lookup

@@ -2,10 +2,11 @@
 
 Root reads its configuration, runs the hook's code and writes into sysfs trees that are named by
 path.  A path is only as safe as every level on the way to it: whoever can write a directory can
-rename the next level away and put their own in its place, and a sticky directory (/tmp) stops
-that only for names they do not own, not for the ones they made.  So every level, from / through
+rename the next level away and put their own in its place; a sticky directory (/tmp) stops that
+for names they do not own, so the level below it must be root's.  So every level, from / through
 the target of each link on the way to the entry itself, must be owned by root (or by the user
-running vfiotask, for that user's own files) and writable by no group and no other user.
+running vfiotask, for that user's own files) and writable by no group and no other user unless
+it is a sticky directory.
 
 A link is followed, not refused: where it may point is decided by the directory holding it, and
 that directory, like everything on the way to its target, is checked.
@@ -38,19 +39,19 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
-def untrusted(info: os.stat_result, owners: Collection[int], *, sticky_ok: bool = False) -> str | None:
+def untrusted(info: os.stat_result, owners: Collection[int]) -> str | None:
     """Why someone else could change this entry; None when only a trusted owner can.
 
     A link's own owner and bits decide nothing (it cannot be changed in place; its directory and
-    its target are checked on their own).  `sticky_ok`: a sticky directory others can write (as
-    /dev/shm) is trusted, for a walk that checks the owner of every level below it itself and
-    opens each by descriptor: there, others can add names but never rename or replace root's."""
+    its target are checked on their own).  A sticky directory others can write (/tmp, /dev/shm)
+    passes: there no one can rename or remove an entry they do not own, and the next level is
+    checked in turn, so what passes below it is root's and stays root's."""
     if stat.S_ISLNK(info.st_mode):
         return None
     if info.st_uid not in owners:
         return f"is owned by {_user(info.st_uid)}"
     mode = stat.S_IMODE(info.st_mode)
-    if sticky_ok and stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX:
+    if stat.S_ISDIR(info.st_mode) and mode & stat.S_ISVTX:
         return None
     if mode & 0o002:
         return f"is writable by others (mode {mode:04o})"

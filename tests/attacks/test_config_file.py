@@ -77,18 +77,28 @@ def test_a_root_file_others_can_write_is_refused(root_only_dir: Path, attacker: 
     assert stat.S_IMODE(config.stat().st_mode) == mode and config.stat().st_uid == 0
 
 
-def test_a_root_file_below_a_sticky_world_writable_directory_is_refused(root_only_dir: Path,
-                                                                        attacker: Attacker) -> None:
-    """The file is root's, but the directory holding it is /tmp-like: the attacker made the file's
-    name there first, or can make it after root's file is gone."""
+def test_a_name_planted_first_in_a_sticky_world_writable_directory_is_refused(root_only_dir: Path,
+                                                                              attacker: Attacker) -> None:
+    """A /tmp-like directory on the way is allowed (no one renames what is not theirs there), but a
+    name the attacker made in it before root is the attacker's, and refused."""
     shared = root_only_dir / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
     config, target = shared / "config.toml", root_only_dir / "evil-state"
-    config.write_text(evil_settings(target))
-    line = refused(config, target, f"{shared} is writable by others (mode 1777)")
+    assert attacker.sh(f"printf '%s' '{evil_settings(target)}' > {config}").returncode == 0
+    line = refused(config, target, f"is owned by {attacker.name}")
     assert "another user could change it" in line
     assert config.read_text() == evil_settings(target)
+
+
+def test_roots_file_in_a_sticky_world_writable_directory_is_read(root_only_dir: Path) -> None:
+    shared = root_only_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    config = shared / "config.toml"
+    config.write_text("max_threads = 3\n")
+    result = run_cli("config", "show", "--json", env={"VFIOTASK_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_link_to_the_attackers_file_is_refused(root_only_dir: Path, attacker: Attacker) -> None:
