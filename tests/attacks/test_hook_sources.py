@@ -115,3 +115,15 @@ def test_roots_own_checkout_installs(root_only_dir: Path, hooks: Path) -> None:
     result = install_from(checkout, hooks)
     assert result.returncode == 0, result.stderr
     assert f"HOOK='{checkout / 'hooks' / 'qemu'}'" in (hooks / "qemu.d" / "50-vfiotask").read_text()
+
+
+def test_a_site_directory_that_does_not_exist_is_no_reason_to_refuse(root_only_dir: Path, hooks: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's interpreters name site directories that need not exist (`<prefix>/local/lib/...`);
+    the levels above a missing one are checked, so only root could make it."""
+    from vfiotask.integrations.libvirt import hookinstall
+
+    missing = str(root_only_dir / "local" / "lib" / "python3" / "dist-packages")
+    real = hookinstall.import_paths
+    monkeypatch.setattr(hookinstall, "import_paths", lambda: [*real(), missing])
+    hookinstall.check_sources()  # refuses by raising; a missing directory must not

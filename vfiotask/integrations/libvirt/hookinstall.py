@@ -146,8 +146,11 @@ def check_sources(interpreter: str | None = None) -> None:
     package = os.path.dirname(os.path.abspath(vfiotask.__file__))
     check_tree(package, "the vfiotask package", _SOURCE_HINT, owners)
     for directory in import_paths():
-        check_tree(directory, "the hook's import path", _SOURCE_HINT, owners,
-                   descend=lambda d: d != package and _is_package(d))
+        try:
+            check_tree(directory, "the hook's import path", _SOURCE_HINT, owners,
+                       descend=lambda d: d != package and _is_package(d))
+        except FileNotFoundError:  # a site dir that does not exist (Debian's local/...): the levels
+            continue               # above it were checked, so only root could make it
     if python == sys.executable:
         stdlib = sysconfig.get_paths()["stdlib"]
         for directory in dict.fromkeys((stdlib, sysconfig.get_paths()["platstdlib"],
