@@ -54,7 +54,11 @@ lint: test-venv
 typecheck: test-venv
 	$(BIN)/mypy
 
+# Byte-compiled first: the suite starts the command hundreds of times, the nested guest too (under
+# TCG), and with PYTHONDONTWRITEBYTECODE set, as CI runners often have it, each start would compile
+# the package again (0.8 s against 0.4 s here).
 pytest: test-venv nested-kernels
+	$(BIN)/python -m compileall -q vfiotask tests
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

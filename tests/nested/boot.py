@@ -86,7 +86,8 @@ def run_script(kernel: Kernel, workdir: Path, script: str, *, timeout: float) ->
     (results / "run.sh").write_text(
         f"cd {shlex.quote(str(REPO))}\n"
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp\n"
-        f"export VFIOTASK_GUEST_KERNEL={kernel.name} PYTHONDONTWRITEBYTECODE=1\n"
+        f"export VFIOTASK_GUEST_KERNEL={kernel.name} VFIOTASK_GUEST_CONTAINERS={','.join(kernel.containers)}\n"
+        "export PYTHONDONTWRITEBYTECODE=1\n"
         # The host's /etc is live over 9p, and other checkouts' tests write /etc/vfiotask/config.toml
         # while a guest runs: the checks read no config file (guest_libvirt.py copies /etc for libvirtd).
         f"export VFIOTASK_CONFIG=/tmp/results/no-config.toml\n"

@@ -4,15 +4,20 @@ Packages are downloaded with `apt-get download` and unpacked with `dpkg -x` into
 directory, never installed: nothing touches /boot, /lib/modules or the host's package database.
 
 - type1: Debian 12's kernel (what `linux-image-amd64` depends on), through the host's apt
-  sources: vfio, vfio-pci, vfio_iommu_type1 and 9p as modules.
+  sources: vfio, vfio-pci, vfio_iommu_type1 and 9p as modules.  Fetched only on request
+  (`python -m tests.nested.kernels type1`, for tests/nested/measure_vfio_start.py --kernel type1):
+  `make test` boots the 6.12 kernel below, which has type1 as well.
 - wheelhouse: wheels of what `make install` needs from PyPI (setuptools to build, psutil, pyudev,
   libvirt-python built here against Debian's libvirt-dev), so the guest, which has no network,
   installs offline with PIP_NO_INDEX=1 PIP_FIND_LINKS=build/nested/wheelhouse (guest_libvirt.py).
 - iommufd: Debian's 6.12 kernel with iommufd.ko and the vfio modules (device cdev on) built out
   of tree from Debian's linux-source-6.12 against the image's own headers: no Debian kernel
-  enables CONFIG_IOMMUFD.  See iommufd_build.py.
+  enables CONFIG_IOMMUFD.  See iommufd_build.py.  Its legacy container is still type1
+  (vfio_iommu_type1.ko, IOMMUFD_VFIO_CONTAINER off), so one boot checks every container and the
+  libvirt path (Debian's QEMU 7.2 opens /dev/vfio/vfio).
 
-Run as `python -m tests.nested.kernels` (the Makefile's `nested-kernels`); the nested tests skip,
+Run as `python -m tests.nested.kernels [PART...]` (the Makefile's `nested-kernels` fetches what
+`make test` boots: busybox, iommufd, wheelhouse); the nested tests skip,
 saying so (with what failed, kept in build/nested/<name>.missing), when a kernel is missing.
 """
 
@@ -33,10 +38,11 @@ DEBS = BUILD / "debs"
 
 @dataclass(frozen=True)
 class Kernel:
-    """One unpacked kernel: its image and its module tree."""
+    """One unpacked kernel: its image, its module tree and the VFIO containers it has."""
 
     name: str
     root: Path
+    containers: tuple[str, ...]
 
     @property
     def release(self) -> str:
@@ -60,8 +66,8 @@ class Kernel:
             return False
 
 
-TYPE1 = Kernel("type1", BUILD / "type1")
-IOMMUFD = Kernel("iommufd", BUILD / "iommufd")
+TYPE1 = Kernel("type1", BUILD / "type1", ("type1",))
+IOMMUFD = Kernel("iommufd", BUILD / "iommufd", ("type1", "iommufd", "iommufd-group"))
 BUSYBOX = BUILD / "busybox" / "bin" / "busybox"
 
 
@@ -160,16 +166,20 @@ def iommufd_built() -> bool:
     return iommufd_build.built()
 
 
-def fetch_all() -> list[str]:
-    """Fetch what is missing; returns one line per part that could not be had."""
+PARTS = {
+    "busybox": ("busybox-static", None, BUSYBOX.is_file, fetch_busybox),
+    "type1": ("Debian kernel (type1)", TYPE1, TYPE1.present, fetch_type1),
+    "iommufd": ("Debian 6.12 kernel with rebuilt iommufd and vfio", IOMMUFD, iommufd_built, fetch_iommufd),
+    "wheelhouse": ("wheelhouse for make install in the guest", None, wheelhouse_present, fetch_wheelhouse),
+}
+FOR_MAKE_TEST = ("busybox", "iommufd", "wheelhouse")
+
+
+def fetch_all(parts: tuple[str, ...] = FOR_MAKE_TEST) -> list[str]:
+    """Fetch what is missing of `parts`; returns one line per part that could not be had."""
     problems = []
     BUILD.mkdir(parents=True, exist_ok=True)
-    for name, kernel, present, fetch in (
-        ("busybox-static", None, BUSYBOX.is_file, fetch_busybox),
-        ("Debian kernel (type1)", TYPE1, TYPE1.present, fetch_type1),
-        ("Debian 6.12 kernel with rebuilt iommufd and vfio", IOMMUFD, iommufd_built, fetch_iommufd),
-        ("wheelhouse for make install in the guest", None, wheelhouse_present, fetch_wheelhouse),
-    ):
+    for name, kernel, present, fetch in (PARTS[part] for part in parts):
         note = BUILD / f"{kernel.name}.missing" if kernel else None
         if present():
             continue
@@ -187,7 +197,10 @@ def fetch_all() -> list[str]:
 
 
 if __name__ == "__main__":
-    missing = fetch_all()
+    unknown = [part for part in sys.argv[1:] if part not in PARTS]
+    if unknown:
+        sys.exit(f"unknown part {unknown[0]!r}: choose from {', '.join(PARTS)}")
+    missing = fetch_all(tuple(sys.argv[1:]) or FOR_MAKE_TEST)
     for line in missing:
         print(f"nested guest: {line} (its tests will be skipped)", file=sys.stderr)
     sys.exit(0)

@@ -1,8 +1,9 @@
 """`vfiotask bench vfio-start` in the nested guest, in full: the table in docs/bench.md.
 
-    python -m tests.nested.measure_vfio_start [--repeat 5] [--install guest|host]
+    python -m tests.nested.measure_vfio_start [--repeat 5] [--install guest|host] [--kernel type1|iommufd]
 
-Boots the type1 guest, installs vfiotask there (by default `make install` run by the guest
+Boots the guest on Debian 12's own kernel (type1; fetched into build/nested/ when missing) or on
+the 6.12 one `make test` boots, installs vfiotask there (by default `make install` run by the guest
 itself, offline from the wheelhouse: the path a user without network takes; `--install host`
 runs it here first, as `make test` does), starts libvirtd (tests/nested/guest_libvirt.py) and
 runs the suite on the lone edu with 64 MiB of RAM, first with memory_backing_dir on hugetlbfs,
@@ -49,6 +50,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--install", choices=("guest", "host"), default="guest")
+    parser.add_argument("--kernel", choices=("type1", "iommufd"), default="type1")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inside:
@@ -57,10 +59,13 @@ def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.nested import install
     from tests.nested.boot import run_script
-    from tests.nested.kernels import BUILD, TYPE1
+    from tests.nested.kernels import BUILD, IOMMUFD, TYPE1, fetch_all
     from vfiotask.integrations.bench.vfio_start import render
 
-    why = install.wheelhouse_missing()
+    kernel = TYPE1 if args.kernel == "type1" else IOMMUFD
+    for problem in fetch_all(("busybox", kernel.name, "wheelhouse")):
+        print(problem, file=sys.stderr)
+    why = install.wheelhouse_missing() or (None if kernel.present() else f"no {kernel.name} kernel")
     if why:
         print(why, file=sys.stderr)
         return 1
@@ -72,7 +77,7 @@ def main(argv: list[str]) -> int:
             install.copy_source(results / "src")
         else:
             install.install_archive(workdir, results / "install.tar")
-        run = run_script(TYPE1, workdir,
+        run = run_script(kernel, workdir,
                          f".venv/bin/python -m tests.nested.measure_vfio_start --inside --repeat {args.repeat}",
                          timeout=4 * 3600)
         found = results / RESULT
