@@ -1,4 +1,4 @@
-"""A short soak in `make test`: 10 start/stop cycles under a real libvirtd leave nothing behind.
+"""A short soak in `make test`: 5 start/stop cycles under a real libvirtd leave nothing behind.
 
 The full run (200 cycles) is `python -m tests.soak.soak`; docs/bench.md has its figures.
 """
@@ -9,7 +9,7 @@ import pytest
 
 from tests.libvirt.conftest import skip_without_libvirt
 
-CYCLES = 10
+CYCLES = 5
 
 
 @pytest.mark.libvirt

@@ -271,7 +271,7 @@ def measure(size: int, repeat: int, config: str) -> dict[str, Any]:
                     chosen.append(make(name))
             times = interleave(chosen, repeat, _warm(size, base, hugetlb))
             unstage(ahead_domain.name)
-            phases = hook_phase_ms(str(hook), base)
+            phases = hook_phase_ms(str(hook), base, runs=repeat)
         finally:
             hook.write_text(ours_text)
             conn.close()

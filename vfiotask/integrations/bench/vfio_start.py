@@ -12,11 +12,12 @@ at --uri, and measures per start:
   all RAM while it builds the machine, before the guest runs (the firmware's first steps remap
   parts of it from the vCPU thread, as far as they happen before the start returns);
 - `start_s`: the wall time of the start (virDomainCreate, what `virsh start` calls), hook included;
-- QEMU's VmLck afterwards (type1 charges every pinned page to it).
+- QEMU's VmLck afterwards, the guest paused first (type1 charges every pinned page to it; read
+  while the firmware remaps, it can catch a remap half done).
 
 Variants, interleaved (each round in another order), after warming host memory:
   cold   - `<vfiotask:config prefault="off"/>`: the hook leaves the RAM file to QEMU; the maps fault it;
-  hook   - the hook creates and populates the file at `prepare begin`, in parallel;
+  hook   - the hook creates and populates the file at `start begin`, in parallel;
   ahead  - `vfiotask prepin --domain` populated it before the start (untimed); the hook moves it in.
 
 The libvirtd must run on this host (ftrace and /proc are read here), with the vfiotask hook
@@ -171,6 +172,7 @@ def measure(options: BenchOptions) -> dict[str, Any]:
                     took = time.monotonic() - began
                     calls = tracer.stop()
                 pid = qemu_pid(name)
+                domains[variant].suspend()  # VmLck read mid-remap (firmware running) would be half of one
                 maps = [call for call in of_process(calls, threads_of(pid)) if call.is_map]
                 setup = [call for call in maps if call.pid == pid]
                 runs[variant].append({
