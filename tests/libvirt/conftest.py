@@ -100,6 +100,39 @@ def skip_without_libvirt() -> None:
         pytest.skip(f"not installed: {', '.join(missing_tools())}")
 
 
+# What `vfiotask setup memory-backing` changes on a host: the hugetlbfs mount, its unit, qemu.conf.
+RECOMMENDED_MOUNT = Path("/dev/hugepages2M")
+RECOMMENDED_UNIT = Path("/etc/systemd/system/dev-hugepages2M.mount")
+UNIT_WANTS = Path("/etc/systemd/system/local-fs.target.wants")
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+def mounted(path: Path) -> bool:
+    return any(f" {path} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+@contextmanager
+def memory_backing_put_back() -> Iterator[None]:
+    """qemu.conf, the mount unit, the hugetlbfs mount and setup's backup as they were, also on
+    failure (what `setup memory-backing --undo` does when a test gets that far)."""
+    conf = QEMU_CONF.read_text()
+    backup = QEMU_CONF.with_name("qemu.conf.vfiotask-backup")
+    backup_existed, wants_existed = backup.exists(), UNIT_WANTS.exists()
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(RECOMMENDED_MOUNT)], capture_output=True, check=False)
+        QEMU_CONF.write_text(conf)
+        RECOMMENDED_UNIT.unlink(missing_ok=True)
+        (UNIT_WANTS / RECOMMENDED_UNIT.name).unlink(missing_ok=True)
+        if not wants_existed:
+            shutil.rmtree(UNIT_WANTS, ignore_errors=True)
+        if not backup_existed:
+            backup.unlink(missing_ok=True)
+        if RECOMMENDED_MOUNT.is_dir() and not mounted(RECOMMENDED_MOUNT):
+            RECOMMENDED_MOUNT.rmdir()
+
+
 @contextmanager
 def running_private_libvirt(**options: Any) -> Iterator[PrivateLibvirt]:
     """A private libvirtd for the block; the tests skip, saying why, when it cannot start (a

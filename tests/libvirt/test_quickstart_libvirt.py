@@ -21,8 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,7 +33,15 @@ from tests.conftest import (
     pools_restored,
     real_state_dir_kept_as_found,
 )
-from tests.libvirt.conftest import running_private_libvirt, skip_without_libvirt
+from tests.libvirt.conftest import (
+    QEMU_CONF,
+    RECOMMENDED_MOUNT,
+    RECOMMENDED_UNIT,
+    memory_backing_put_back,
+    mounted,
+    running_private_libvirt,
+    skip_without_libvirt,
+)
 from tests.test_quickstart import blocks, user_commands
 
 pytestmark = pytest.mark.libvirt
@@ -43,18 +49,12 @@ pytestmark = pytest.mark.libvirt
 NAME = "vfiotask-qs-guest"
 MiB = 1 << 20
 GUEST_MIB = 256
-MOUNT = Path("/dev/hugepages2M")
-UNIT = Path("/etc/systemd/system/dev-hugepages2M.mount")
-WANTS = Path("/etc/systemd/system/local-fs.target.wants")
-QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+MOUNT = RECOMMENDED_MOUNT
+UNIT = RECOMMENDED_UNIT
 HOOK = Path("/etc/libvirt/hooks/qemu.d/50-vfiotask")
 POOL_2M = HUGEPAGES_SYSFS / "hugepages-2048kB/nr_hugepages"
 JOURNAL = Path("/run/vfiotask/libvirt.json")
 GUEST_TOPICS = ("preparation", "memory placement", "memlock", "hugepages", "memory", "prepared ahead")
-
-
-def _mounted(path: Path) -> bool:
-    return any(f" {path} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
 def guest_xml() -> str:
@@ -64,28 +64,6 @@ def guest_xml() -> str:
     xml = xml.replace("<memory unit='GiB'>16</memory>", f"<memory unit='MiB'>{GUEST_MIB}</memory>")
     xml = xml.replace("<vcpu placement='static'>8</vcpu>", "<vcpu placement='static'>1</vcpu>")
     return re.sub(r"\s*<hostdev .*?</hostdev>", "", xml, flags=re.S)
-
-
-@contextmanager
-def host_put_back() -> Iterator[None]:
-    """qemu.conf, the mount unit, the hugetlbfs mount and setup's backup as they were, also on failure
-    (what the quick start's own uninstall block does when it gets that far)."""
-    conf = QEMU_CONF.read_text()
-    backup = QEMU_CONF.with_name("qemu.conf.vfiotask-backup")
-    backup_existed, wants_existed = backup.exists(), WANTS.exists()
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(MOUNT)], capture_output=True, check=False)
-        QEMU_CONF.write_text(conf)
-        UNIT.unlink(missing_ok=True)
-        (WANTS / UNIT.name).unlink(missing_ok=True)
-        if not wants_existed:
-            shutil.rmtree(WANTS, ignore_errors=True)
-        if not backup_existed:
-            backup.unlink(missing_ok=True)
-        if MOUNT.is_dir() and not _mounted(MOUNT):
-            MOUNT.rmdir()
 
 
 def _journal() -> dict[str, dict[str, object]]:
@@ -113,7 +91,7 @@ def _virsh_xml() -> str:
 def test_the_quick_start_as_a_user_types_it(root_only_dir: Path) -> None:
     tmp_path = root_only_dir  # root installs its hook only from code no other user can change
     skip_without_libvirt()
-    if _mounted(MOUNT) or UNIT.exists():
+    if mounted(MOUNT) or UNIT.exists():
         pytest.skip(f"{MOUNT} is already configured on this host")
     root = tmp_path / "root"
     dirs = {"PREFIX": tmp_path / "opt", "BINDIR": tmp_path / "bin", "SHAREDIR": tmp_path / "share",
@@ -124,7 +102,7 @@ def test_the_quick_start_as_a_user_types_it(root_only_dir: Path) -> None:
     env["VFIOTASK_LIB_DIR"] = str(tmp_path / "lib")  # setup's and tune's undo records, not /var/lib's
     seen: dict[str, object] = {}
 
-    with holding_host_lock(), pools_restored(), real_state_dir_kept_as_found(), host_put_back(), \
+    with holding_host_lock(), pools_restored(), real_state_dir_kept_as_found(), memory_backing_put_back(), \
             running_private_libvirt(guest_prefix=NAME, set_backing_dir=False, hugetlbfs=False,
                                     install_hook=False) as libvirtd:
         seen["pool"] = int(POOL_2M.read_text())
@@ -164,7 +142,7 @@ def after_step(step: str, out: str, dirs: dict[str, Path], root: Path, seen: dic
     if step.startswith("make install"):
         assert (dirs["BINDIR"] / "vfiotask").is_file()
     elif step == "vfiotask setup memory-backing":
-        assert _mounted(MOUNT) and f'memory_backing_dir = "{MOUNT}"' in QEMU_CONF.read_text()
+        assert mounted(MOUNT) and f'memory_backing_dir = "{MOUNT}"' in QEMU_CONF.read_text()
     elif step == "vfiotask hook install":
         assert f"PYTHON='{dirs['PREFIX']}/bin/python" in HOOK.read_text()
     elif step == f"vfiotask tune --domain {NAME} --prepared":
@@ -197,7 +175,7 @@ def after_step(step: str, out: str, dirs: dict[str, Path], root: Path, seen: dic
     elif step == f"vfiotask tune --domain {NAME} --prepared --undo":
         assert parse_domain(_virsh_xml()).backing.uses_hugepages
     elif step == "vfiotask setup memory-backing --undo":
-        assert not _mounted(MOUNT) and not UNIT.exists() and QEMU_CONF.read_text() == seen["qemu.conf"]
+        assert not mounted(MOUNT) and not UNIT.exists() and QEMU_CONF.read_text() == seen["qemu.conf"]
     elif step == "vfiotask hook uninstall":
         assert not HOOK.exists()
     elif step.startswith("systemctl enable"):

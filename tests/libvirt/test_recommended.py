@@ -9,59 +9,42 @@ Whatever happens, qemu.conf, the unit files, the mount and the pools are put bac
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import HUGEPAGES_SYSFS, holding_host_lock, pools_restored, real_state_dir_kept_as_found, run_cli
-from tests.libvirt.conftest import running_private_libvirt, skip_without_libvirt
+from tests.libvirt.conftest import (
+    QEMU_CONF,
+    RECOMMENDED_MOUNT,
+    RECOMMENDED_UNIT,
+    memory_backing_put_back,
+    mounted,
+    running_private_libvirt,
+    skip_without_libvirt,
+)
 from tests.libvirt.xmls import guest_xml
 
 pytestmark = pytest.mark.libvirt
 
 PREFIX = "vfiotask-rec-"
-MOUNT = Path("/dev/hugepages2M")
-UNIT = Path("/etc/systemd/system/dev-hugepages2M.mount")
-WANTS = Path("/etc/systemd/system/local-fs.target.wants")
+MOUNT = RECOMMENDED_MOUNT
+UNIT = RECOMMENDED_UNIT
 POOL_2M = HUGEPAGES_SYSFS / "hugepages-2048kB/nr_hugepages"
-QEMU_CONF = Path("/etc/libvirt/qemu.conf")
-
-
-def _mounted(path: Path) -> bool:
-    return any(f" {path} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     skip_without_libvirt()
-    if _mounted(MOUNT) or UNIT.exists():
+    if mounted(MOUNT) or UNIT.exists():
         pytest.skip(f"{MOUNT} is already configured on this host")
     env = {"VFIOTASK_LIB_DIR": str(tmp_path_factory.mktemp("lib"))}
-    with holding_host_lock(), pools_restored(), real_state_dir_kept_as_found():
-        conf = QEMU_CONF.read_text()
-        backup = QEMU_CONF.with_name("qemu.conf.vfiotask-backup")
-        backup_existed = backup.exists()
-        wants_existed = WANTS.exists()
-        try:
-            applied = run_cli("setup", "memory-backing", env=env)
-            assert applied.returncode == 0, applied.stderr
-            with running_private_libvirt(guest_prefix=PREFIX, set_backing_dir=False, hugetlbfs=False):
-                yield env
-        finally:
-            subprocess.run(["umount", "-l", str(MOUNT)], capture_output=True, check=False)
-            with open(QEMU_CONF, "w") as handle:
-                handle.write(conf)
-            UNIT.unlink(missing_ok=True)
-            (WANTS / UNIT.name).unlink(missing_ok=True)
-            if not wants_existed:
-                shutil.rmtree(WANTS, ignore_errors=True)
-            if not backup_existed:
-                backup.unlink(missing_ok=True)
-            if MOUNT.is_dir() and not _mounted(MOUNT):
-                MOUNT.rmdir()
+    with holding_host_lock(), pools_restored(), real_state_dir_kept_as_found(), memory_backing_put_back():
+        applied = run_cli("setup", "memory-backing", env=env)
+        assert applied.returncode == 0, applied.stderr
+        with running_private_libvirt(guest_prefix=PREFIX, set_backing_dir=False, hugetlbfs=False):
+            yield env
 
 
 def _kernel_page_sizes(pid: int, needle: str) -> set[str]:
@@ -76,7 +59,7 @@ def _kernel_page_sizes(pid: int, needle: str) -> set[str]:
 
 
 def test_setup_points_libvirt_at_a_hugetlbfs_mount_unit(host: dict[str, str]) -> None:
-    assert _mounted(MOUNT) and "Type=hugetlbfs" in UNIT.read_text()
+    assert mounted(MOUNT) and "Type=hugetlbfs" in UNIT.read_text()
     assert f'memory_backing_dir = "{MOUNT}"' in QEMU_CONF.read_text()
 
 
@@ -124,5 +107,5 @@ def test_setup_undo_restores_qemu_conf_and_removes_the_unit(host: dict[str, str]
     assert memory_backing_dir() == MOUNT
     undone = run_cli("setup", "memory-backing", "--undo", env=host)
     assert undone.returncode == 0, undone.stderr
-    assert not UNIT.exists() and not _mounted(MOUNT) and not MOUNT.exists()
+    assert not UNIT.exists() and not mounted(MOUNT) and not MOUNT.exists()
     assert memory_backing_dir() != MOUNT

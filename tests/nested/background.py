@@ -86,7 +86,7 @@ class GuestBoot:
             pytest.skip(f"no {kernel.name} kernel under {kernel.root}: {why_missing(kernel)}")
         if "type1" in kernel.containers:
             prepare_install(self.workdir, self.workdir / "results")
-        run = boot.run_script(kernel, self.workdir, GUEST_PYTEST, timeout=GUEST_TIMEOUT_S, started=self._started)
+        run = boot.run_script(kernel, self.workdir, GUEST_PYTEST, timeout=GUEST_TIMEOUT_S, on_start=self._started)
         if run.console_path.is_file():  # kept for a look afterwards
             shutil.copyfile(run.console_path, BUILD / f"console-{kernel.name}.log")
         junit = run.results / "junit.xml"

@@ -76,11 +76,11 @@ def qemu_command(kernel: Kernel, initrd: Path, results: Path, console: Path) -> 
 
 
 def run_script(kernel: Kernel, workdir: Path, script: str, *, timeout: float,
-               started: Callable[[subprocess.Popen[str]], None] | None = None) -> GuestRun:
+               on_start: Callable[[subprocess.Popen[str]], None] | None = None) -> GuestRun:
     """Boot `kernel`, run `script` (sh, as root, in the host's root) and return what came back.
 
     `script` writes what the host should see under /tmp/results (the host's `workdir/results`);
-    its exit status lands in results/rc.  `started` is given QEMU's process (to kill it early)."""
+    its exit status lands in results/rc.  `on_start` is given QEMU's process (to kill it early)."""
     results = workdir / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "checkout").write_text(str(REPO))  # where init mounts the checkout, also below /tmp
@@ -101,8 +101,8 @@ def run_script(kernel: Kernel, workdir: Path, script: str, *, timeout: float,
     timed_out = False
     with subprocess.Popen(qemu_command(kernel, initrd, results, console), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
-        if started is not None:
-            started(process)
+        if on_start is not None:
+            on_start(process)
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
