@@ -181,7 +181,10 @@ def test_iommufd_maps_chunks_from_several_workers_type1_from_one(region: Region,
         backend = ContainerBackend(container, BASE)
         assert not backend.serializes
         with pin(region, backend, acct, max_threads=2, min_chunk=CHUNK) as pinning:
-            assert sorted(m.iova for m in container.mappings()) == list(range(BASE, BASE + SIZE, CHUNK))
+            # How many chunks the engine cuts depends on the CPUs it finds idle; they tile the range
+            maps = sorted(container.mappings(), key=lambda m: m.iova)
+            assert [m.iova for m in maps] == [BASE, *(m.end for m in maps[:-1])] and maps[-1].end == BASE + SIZE
+            assert all(m.size % CHUNK == 0 for m in maps)
             assert pinning.locked_bytes == SIZE
         assert container.mappings() == [] and fake.pinned == []
     with Type1Container([5], syscalls=FakeVfioKernel(groups={5: FakeGroup()})) as container:
