@@ -50,7 +50,8 @@ $(VENV)/.test-installed: pyproject.toml
 test-venv: debian-packages $(VENV)/.test-installed
 
 # The nested guest's kernels and busybox, unpacked (never installed) into build/nested/; what
-# cannot be fetched is named, and its tests skip saying so.
+# cannot be fetched is named, and its tests skip saying so.  `make test` fetches them in the
+# background of its host tests (tests/nested/background.py); this target fetches them alone.
 nested-kernels: test-venv
 	$(BIN)/python -m tests.nested.kernels
 
@@ -63,7 +64,7 @@ typecheck: test-venv
 # Byte-compiled first: the suite starts the command hundreds of times, the nested guest too (under
 # TCG), and with PYTHONDONTWRITEBYTECODE set, as CI runners often have it, each start would compile
 # the package again (0.8 s against 0.4 s here).
-pytest: test-venv nested-kernels
+pytest: test-venv
 	$(BIN)/python -m compileall -q vfiotask tests
 	$(BIN)/pytest -q
 

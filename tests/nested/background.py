@@ -1,6 +1,8 @@
 """The nested guest's one boot, started in the background as soon as collection shows the session
 needs it, so that the host's tests run beside it (under TCG the guest keeps about one host CPU
 busy for ten minutes); its checks are ordered last (tests/nested/conftest.py) and wait for it.
+What the boot needs and a fresh checkout lacks (the kernel, busybox, the wheelhouse: `make
+nested-kernels`) is fetched and built first, in the same background.
 
 The boot is everything tests/nested/test_nested.py judges: `make install` for the guest, the run
 of every check inside it, its console and junit report.  A skip (no QEMU, no kernel) or an error
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.nested import boot, install
-from tests.nested.kernels import BUILD, IOMMUFD, Kernel, why_missing
+from tests.nested.kernels import BUILD, IOMMUFD, Kernel, fetch_all, why_missing
 
 # The checks take about 10 minutes under TCG on a quiet host, the host's suite shares its CPUs.
 GUEST_TIMEOUT_S = 1500
@@ -82,6 +84,7 @@ class GuestBoot:
         if reason:
             pytest.skip(reason)
         kernel = self.kernel
+        fetch_all()  # what `make nested-kernels` fetches, here beside the host's tests; nothing when present
         if not kernel.present():
             pytest.skip(f"no {kernel.name} kernel under {kernel.root}: {why_missing(kernel)}")
         if "type1" in kernel.containers:

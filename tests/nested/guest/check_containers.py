@@ -50,7 +50,7 @@ def test_prepin_maps_through_the_container_and_gives_everything_back(bound_edu: 
 
 
 def test_a_holder_is_charged_what_the_accountant_said_and_a_sigkill_releases_it(
-        bound_edu: int, flavor: str) -> None:
+        bound_edu: int, container_kind: str) -> None:
     holder, report = start_holder("--size", "256M", "--pin", "vfio", "--group", str(bound_edu))
     try:
         assert report["locked_bytes"] == 256 * MiB
@@ -73,7 +73,7 @@ def test_a_holder_is_charged_what_the_accountant_said_and_a_sigkill_releases_it(
     assert locked() == 0
 
 
-def test_the_kernels_refusals_become_our_errors(bound_edu: int, flavor: str) -> None:
+def test_the_kernels_refusals_become_our_errors(bound_edu: int, container_kind: str) -> None:
     region = open_region(RegionSpec(size=8 * MiB, backing="anon"))
     try:
         with open_container("vfio", [bound_edu]) as box:
@@ -130,7 +130,7 @@ except VfiotaskError as exc:
 """
 
 
-def test_enomem_at_rlimit_memlock_without_cap_ipc_lock(bound_edu: int, flavor: str) -> None:
+def test_enomem_at_rlimit_memlock_without_cap_ipc_lock(bound_edu: int, container_kind: str) -> None:
     prefix = drop_ipc_lock(16 * MiB)
     refused = run_cli("prepin", "--size", "64M", "--pin", "vfio", "--group", str(bound_edu), prefix=prefix)
     assert refused.returncode == 3, refused.stderr  # the accountant refuses before the kernel is asked
@@ -143,7 +143,7 @@ def test_enomem_at_rlimit_memlock_without_cap_ipc_lock(bound_edu: int, flavor: s
 
 
 def test_a_failure_at_each_chunk_leaves_the_container_empty(
-        bound_edu: int, flavor: str, inject_faults: Callable[[str], None], tmp_path: Path) -> None:
+        bound_edu: int, container_kind: str, inject_faults: Callable[[str], None], tmp_path: Path) -> None:
     region = open_region(RegionSpec(size=128 * MiB, backing="anon"))
     try:
         for chunk in range(1, 5):
