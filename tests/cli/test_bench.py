@@ -95,7 +95,9 @@ def test_interleave_rotates_the_order_each_round() -> None:
     assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3}
 
 
-def test_parallel_bound_populates_in_separate_processes(shm_dir: Path) -> None:
+def test_parallel_bound_populates_in_separate_processes(shm_dir: Path, state_dir: Path) -> None:
+    """The children exit holding their files, as the bench's do: their journal is private here (the
+    bench itself drops each entry with its file)."""
     pids: list[int] = []
 
     def open_share(index: int) -> tuple[int, int]:
