@@ -117,6 +117,7 @@ def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 *
     import pwd
     import shutil
 
+    from vfiotask.dirfd import open_root, walk
     from vfiotask.integrations.libvirt.ahead import stage
     from vfiotask.integrations.libvirt.domain import parse_domain
     from vfiotask.integrations.libvirt.guestjournal import GuestJournal
@@ -125,7 +126,6 @@ def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 *
         qemu_uid, qemu_gid = pwd.getpwnam("libvirt-qemu")[2:4]
     except KeyError:
         qemu_uid = qemu_gid = 0
-    guests_dir = backing_dir / "libvirt" / "qemu"
     times: dict[str, dict[str, list[float]]] = {"not ours": {}, "prepared": {}}
     with tempfile.TemporaryDirectory(prefix="vfiotask-bench-hook-", dir="/run") as scratch:
         runner = HookRunner([hook], Path(scratch), backing_dir, hint="run the hook's tests (tests/libvirt)")
@@ -136,21 +136,23 @@ def hook_phase_ms(hook: str, backing_dir: Path, runs: int = 7, size: int = 256 *
         saved = {key: os.environ.get(key) for key in ("VFIOTASK_STATE_DIR", "VFIOTASK_LIBVIRT_QEMU_CONF")}
         os.environ.update({key: runner.env[key] for key in saved})
         try:
-            guests_dir.mkdir(parents=True, exist_ok=True)
-            os.chown(guests_dir, qemu_uid, qemu_gid)
-            for _ in range(runs):
-                stage(parse_domain(guests["prepared"][2]), conf=runner.conf, journal=GuestJournal(runner.state))
-                for kind, (name, guest_id, xml) in guests.items():
-                    own = guests_dir / f"{guest_id}-{name}"
-                    for phase, subphase in PHASES:
-                        if phase == "start":  # libvirtd made it between prepare and start
-                            own.mkdir(mode=0o700, exist_ok=True)
-                            os.chown(own, qemu_uid, qemu_gid)
-                        elif phase == "release":  # and removed it at the stop
-                            shutil.rmtree(own, ignore_errors=True)
-                        times[kind].setdefault(phase, []).append(runner.timed(name, phase, subphase, xml))
-                    times[kind].setdefault("start path", []).append(times[kind]["prepare"][-1]
-                                                                    + times[kind]["start"][-1])
+            # Made as libvirtd makes them, by descriptor: the QEMU user owns libvirt/qemu, and a
+            # link it planted at a guest's name must not turn root's mkdir and chown elsewhere.
+            with open_root(backing_dir) as base, walk(base, ["libvirt", "qemu"], create=True) as held:
+                os.fchown(held.fd, qemu_uid, qemu_gid)
+                for _ in range(runs):
+                    stage(parse_domain(guests["prepared"][2]), conf=runner.conf, journal=GuestJournal(runner.state))
+                    for kind, (name, guest_id, xml) in guests.items():
+                        own = f"{guest_id}-{name}"
+                        for phase, subphase in PHASES:
+                            if phase == "start":  # libvirtd made it between prepare and start
+                                with held.mkdir(own, 0o700) as made:
+                                    os.fchown(made.fd, qemu_uid, qemu_gid)
+                            elif phase == "release" and held.lstat(own) is not None:  # and removed it at the stop
+                                shutil.rmtree(own, dir_fd=held.fd)
+                            times[kind].setdefault(phase, []).append(runner.timed(name, phase, subphase, xml))
+                        times[kind].setdefault("start path", []).append(times[kind]["prepare"][-1]
+                                                                        + times[kind]["start"][-1])
         finally:
             shutil.rmtree(backing_dir / "libvirt", ignore_errors=True)
             for key, value in saved.items():
